@@ -1,0 +1,5 @@
+import sys
+
+from pvreal.cli import main
+
+sys.exit(main())

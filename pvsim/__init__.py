@@ -1,0 +1,1 @@
+"""pvtwin's simulator: SimPy devices, faults, hub, rollout strategies, fleets and reports."""

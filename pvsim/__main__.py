@@ -1,0 +1,5 @@
+import sys
+
+from pvsim.cli import main
+
+sys.exit(main())
