@@ -125,6 +125,7 @@ class Container:
     storage_disks: Mapping[str, str] = field(default_factory=dict)  # storage dir -> `disk`
     config: str | None = None  # LXC config path
     explicit_group: bool = True  # False: assigned by the §1.4 default rules
+    run_key: str = ""  # the state key holding `run` ("<name>/run.json" or a legacy platform JSON)
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,10 +185,10 @@ class State:
         first = parts[0]
         if first in self._container_names():
             return first
-        if self.spec == MULTI1_SPEC and len(parts) == 1 and first.endswith(".json"):
-            stem = first[: -len(".json")]
-            if stem in self._container_names():
-                return stem
+        if self.spec == MULTI1_SPEC:
+            for c in self.containers:
+                if c.run_key == key:
+                    return c.name
         return None
 
     def _container_names(self) -> frozenset[str]:
@@ -327,7 +328,10 @@ class _Parser:
             }
         if bsp is None and not self.partial:
             where = "pantavisor.json" if spec == MULTI1_SPEC else "bsp/run.json"
-            raise self.fail("a full state needs a BSP; use partial mode for packages", where)
+            raise self.fail(
+                "a full state needs a BSP (kernel + initrd, fit or rpiab); a package needs partial mode (--partial)",
+                where,
+            )
         if bsp is not None and not self.partial:
             self.check_bsp_assets(bsp, objects, spec)
 
@@ -403,13 +407,20 @@ class _Parser:
             firmware=self.opt_string(pv, key, "firmware"),
             addons=self.string_list(pv.get("addons", []), key, "addons"),
         )
+        listed = self.string_list(pv.get("platforms", []), key, "platforms")
+        # Every other inline JSON whose `name` is a listed platform is that platform's JSON;
+        # listed platforms without one are dropped, as Pantavisor's legacy parser does.
         platforms: dict[str, tuple[str, Any]] = {}
-        for name in self.string_list(pv.get("platforms", []), key, "platforms"):
+        for jkey, value in jsons.items():
+            if jkey == key or not isinstance(value, Mapping) or value.get("name") not in listed:
+                continue
+            name = value["name"]
             check_path(name, source=self.source)
-            pkey = f"{name}.json"
-            if pkey not in jsons:
-                raise self.fail(f"platform {name!r} is listed but {pkey} is missing", key)
-            platforms[name] = (pkey, jsons[pkey])
+            if name in platforms:
+                raise self.fail(
+                    f"platform {name!r} is also described by {platforms[name][0]}", jkey
+                )
+            platforms[name] = (jkey, value)
         return bsp, platforms
 
     def check_bsp_assets(self, bsp: Bsp, objects: Mapping[str, str], spec: str) -> None:
@@ -594,6 +605,7 @@ class _Parser:
             storage_disks=MappingProxyType(disks),
             config=self.opt_string(run, key, "config"),
             explicit_group=explicit,
+            run_key=key,
         )
 
     def check_container_files(
