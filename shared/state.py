@@ -32,6 +32,7 @@ Every error is an `InvalidState` (or `InvalidJson` from the text parser) naming 
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import re
 from collections.abc import Mapping
@@ -239,7 +240,10 @@ def parse_state(
     BSP is required and references to boot assets, root volumes and groups outside the document
     are not checked. Raises `InvalidState` / `InvalidJson` naming `source` and the key.
     """
-    root = canonical.loads(data, source=source) if isinstance(data, str | bytes) else data
+    if isinstance(data, str | bytes):
+        root = canonical.loads(data, source=source)
+    else:
+        root = copy.deepcopy(data)  # the State must not change when the caller's dict does
     if not isinstance(root, Mapping):
         raise InvalidState(
             f"root must be a JSON object, found {type(root).__name__}", source=source
@@ -263,6 +267,8 @@ def is_unloaded(key: str) -> bool:
 
 def check_path(key: str, *, source: str | None = None) -> None:
     """A state key must be a clean relative path."""
+    if not isinstance(key, str):
+        raise InvalidState("keys must be strings", source=source, key=repr(key))
     if not key:
         raise InvalidState("empty path", source=source, key=key)
     if key.startswith("/"):

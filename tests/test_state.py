@@ -85,6 +85,20 @@ def test_text_bytes_and_mapping_inputs_agree(rev0):
     assert len({a, b, c}) == 1
 
 
+def test_state_does_not_follow_later_changes_to_the_input(rev0):
+    state = parse_state(rev0)
+    rev0["web/run.json"]["group"] = "root"
+    rev0["bsp/kernel.img"] = sha("other")
+    assert state.entries["web/run.json"]["group"] == "app"
+    assert state.objects["bsp/kernel.img"] != rev0["bsp/kernel.img"]
+    assert state.container("web").run["group"] == "app"
+
+
+def test_non_string_keys_are_rejected(rev0):
+    rev0[7] = sha("x")
+    assert invalid(rev0).key == "7"
+
+
 def test_canonical_bytes_round_trip(rev0):
     state = parse_state(json.dumps(rev0, indent=1))
     data = state.canonical_bytes()
