@@ -1,0 +1,796 @@
+"""The Updater: one device's update state machine (pantavisor.md §3, §4), table-driven like h11.
+
+Phases (what the device is doing; the progress record is what it says about it):
+
+    IDLE           running a revision, no update in progress
+    QUEUED         remote step accepted, object metadata requested
+    GC_FOR_SPACE   the space check failed once; GC runs before the second check
+    DOWNLOADING    fetching missing objects
+    TRANSITIONING  non-reboot transition: affected containers being stopped
+    INPROGRESS     the new revision runs; waiting for the Hub (remote) and the status goals
+    TESTING        goals met; commit delay and stable_timeout windows running
+    REBOOTING      a Reboot was issued; this Updater is finished
+
+TABLE maps (phase, event key) to a handler; the handler returns the next phase. The event key is
+the event class name, `timer:<kind>` for TimerFired, or a verdict of the container sub-machine
+(`container:failed`, `goals:achieved`, `goals:timedout`, `containers:stable`).
+
+Rules that do not fit the table, kept here:
+  R1. REBOOTING handles nothing.
+  R2. Container events and container timers (goal/recovery/stable/backoff) go to the container
+      sub-machine in every phase; its verdict is then dispatched through TABLE.
+  R3. pv-ctrl events (CtrlCommand, LocalStepStarted, LocalStepUploaded), RUN_GC and WaitTick are
+      handled in every phase: their rules depend on whether an update is active, not on the phase.
+  R4. GcDone outside GC_FOR_SPACE only updates what the engine knows of the object pool.
+  R5. Any other (phase, event) pair is ignored: e.g. a late ObjectFetched after WONTGO.
+  R6. Boot (`Updater.boot`) is not an event: it decides normal / try / rolled-back boot (§3.7),
+      the factory revision (§3.8) and, in the hardened ordering, repairs a commit cut short.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING
+
+from shared.diff import Transition, diff_states
+from shared.engine import gc
+from shared.engine.commands import (
+    ArmTimer,
+    CancelTimer,
+    Command,
+    CtrlReply,
+    DeleteRevision,
+    FetchMetadata,
+    FetchObject,
+    LinkObjects,
+    PersistProgress,
+    Reboot,
+    ReportProgress,
+    RunGc,
+    SetBootEnv,
+    StopContainers,
+    SwitchRevision,
+    WriteDoneMarker,
+    WriteTrail,
+)
+from shared.engine.config import DEFAULT_CONFIG, Config, Ordering
+from shared.engine.containers import Containers, CStatus, Verdict
+from shared.engine.ctrl import ctrl_decision
+from shared.engine.events import (
+    ContainerExited,
+    ContainerMounted,
+    ContainerReady,
+    ContainerStarted,
+    CtrlCommand,
+    DiskView,
+    Event,
+    GcDone,
+    LocalStepStarted,
+    LocalStepUploaded,
+    MetadataReceived,
+    ObjectFetched,
+    PendingSteps,
+    StorageStats,
+    TimerFired,
+    WaitTick,
+)
+from shared.engine.progress import Msg, Progress, Status
+from shared.errors import PvError
+
+if TYPE_CHECKING:
+    from shared.state import State
+
+LOCAL_PREFIX = "locals/"
+
+
+class Phase(StrEnum):
+    IDLE = "IDLE"
+    QUEUED = "QUEUED"
+    GC_FOR_SPACE = "GC_FOR_SPACE"
+    DOWNLOADING = "DOWNLOADING"
+    TRANSITIONING = "TRANSITIONING"
+    INPROGRESS = "INPROGRESS"
+    TESTING = "TESTING"
+    REBOOTING = "REBOOTING"
+
+
+UPDATE_PHASES = frozenset(
+    {
+        Phase.QUEUED,
+        Phase.GC_FOR_SPACE,
+        Phase.DOWNLOADING,
+        Phase.TRANSITIONING,
+        Phase.INPROGRESS,
+        Phase.TESTING,
+    }
+)
+# Phases in which the new revision runs: a failure there is an update failure (rollback).
+TRYING_PHASES = frozenset({Phase.TRANSITIONING, Phase.INPROGRESS, Phase.TESTING})
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    handler: str  # Updater method name
+    targets: tuple[Phase, ...]  # phases the handler can return (for the diagram and tests)
+    label: str = ""
+
+
+P = Phase
+_INSTALL = (P.TRANSITIONING, P.INPROGRESS, P.REBOOTING, P.IDLE)
+_FAIL = (P.REBOOTING,)
+
+TABLE: Mapping[tuple[Phase, str], Rule] = {
+    # remote intake (§3.3)
+    (P.IDLE, "PendingSteps"): Rule(
+        "_on_pending_steps", (P.IDLE, P.QUEUED, *_INSTALL), "first pending step"
+    ),
+    (P.QUEUED, "MetadataReceived"): Rule(
+        "_on_metadata", (P.DOWNLOADING, P.GC_FOR_SPACE, P.IDLE), "space check"
+    ),
+    (P.QUEUED, "MetadataFailed"): Rule("_on_metadata_failed", (P.QUEUED, P.IDLE), "retry / WONTGO"),
+    (P.GC_FOR_SPACE, "GcDone"): Rule("_on_space_gc_done", (P.DOWNLOADING, P.IDLE), "re-check"),
+    (P.DOWNLOADING, "ObjectFetched"): Rule(
+        "_on_object_fetched", (P.DOWNLOADING, P.IDLE, *_INSTALL), "object in pool / retry"
+    ),
+    # non-reboot transition (§3.6)
+    (P.TRANSITIONING, "ContainersStopped"): Rule("_on_stopped", (P.INPROGRESS,), "merge, restart"),
+    (P.TRANSITIONING, Verdict.FAILED): Rule("_on_container_failed", _FAIL, "ERROR, roll back"),
+    # testing (§3.5)
+    (P.INPROGRESS, "HubReached"): Rule(
+        "_on_hub_reached", (P.INPROGRESS, P.TESTING, *_FAIL), "hub ok"
+    ),
+    (P.INPROGRESS, "timer:network"): Rule("_on_network_timeout", _FAIL, "ERROR Hub not reachable"),
+    (P.INPROGRESS, Verdict.ACHIEVED): Rule("_on_goals", (P.INPROGRESS, P.TESTING), "goals met"),
+    (P.INPROGRESS, Verdict.TIMEDOUT): Rule("_on_goals", (P.INPROGRESS, *_FAIL), "goal timeout"),
+    (P.INPROGRESS, Verdict.FAILED): Rule("_on_container_failed", _FAIL, "ERROR, roll back"),
+    (P.TESTING, "HubRequestFailed"): Rule("_on_hub_failed", (P.TESTING, *_FAIL), "hub unstable"),
+    (P.TESTING, "timer:commit"): Rule("_on_commit_timer", (P.TESTING, P.IDLE), "commit"),
+    (P.TESTING, Verdict.STABLE): Rule("_on_stable", (P.TESTING, P.IDLE), "commit if due"),
+    (P.TESTING, Verdict.FAILED): Rule("_on_container_failed", _FAIL, "ERROR, roll back"),
+    # steady state (§4.3): a container that exits reboots the device
+    (P.IDLE, Verdict.FAILED): Rule("_on_steady_failure", (P.REBOOTING,), "reboot"),
+    (P.QUEUED, Verdict.FAILED): Rule("_on_steady_failure", (P.REBOOTING,), "reboot"),
+    (P.GC_FOR_SPACE, Verdict.FAILED): Rule("_on_steady_failure", (P.REBOOTING,), "reboot"),
+    (P.DOWNLOADING, Verdict.FAILED): Rule("_on_steady_failure", (P.REBOOTING,), "reboot"),
+}
+
+_CONTAINER_TIMERS = frozenset({"timer:goal", "timer:recovery", "timer:stable", "timer:backoff"})
+
+
+class _Update:
+    """The update object (§3.1): one at a time."""
+
+    __slots__ = (
+        "rev",
+        "state",
+        "remote",
+        "retries",
+        "tried",
+        "transition",
+        "todo",
+        "inflight",
+        "sizes",
+        "gc_tried",
+        "hub_ok",
+        "hub_failures",
+        "commit_due",
+        "waiting_stable",
+    )
+
+    def __init__(self, rev: str, state: State | None, retries: int, *, tried: bool = False):
+        self.rev = rev
+        self.state = state
+        self.remote = not rev.startswith(LOCAL_PREFIX)
+        self.retries = retries
+        self.tried = tried  # the device booted into this revision via the try latch
+        self.transition = Transition.REBOOT
+        self.todo: list[str] = []
+        self.inflight: set[str] = set()
+        self.sizes: Mapping[str, int] = {}
+        self.gc_tried = False
+        self.hub_ok = not self.remote  # local updates skip the Hub checks (§3.4.6)
+        self.hub_failures = 0
+        self.commit_due = False
+        self.waiting_stable = False
+
+
+class Updater:
+    """One device's update logic. Build it with `Updater.boot`, then feed events to `handle`."""
+
+    __slots__ = (
+        "config",
+        "phase",
+        "booted_rev",
+        "running_rev",
+        "running_state",
+        "pv_rev",
+        "pv_try",
+        "_trails",
+        "_progress",
+        "_gone",
+        "objects",
+        "storage",
+        "update",
+        "containers",
+        "local_mode",
+        "_out",
+    )
+
+    def __init__(self, disk: DiskView, config: Config = DEFAULT_CONFIG):
+        self.config = config
+        self.phase = Phase.IDLE
+        self.booted_rev = disk.booted_rev
+        self.running_rev = disk.booted_rev
+        self.running_state: State | None = None
+        self.pv_rev = disk.pv_rev
+        self.pv_try = disk.pv_try
+        self._trails = disk.trails
+        self._progress: dict[str, Progress] = {}  # records written since boot
+        self._gone: set[str] = set()  # revisions deleted since boot
+        self.objects: frozenset[str] = disk.objects
+        self.storage = disk.storage
+        self.update: _Update | None = None
+        self.containers: Containers | None = None
+        self.local_mode = disk.booted_rev.startswith(LOCAL_PREFIX)
+        self._out: list[Command] = []
+
+    # ================================================================== public API
+
+    @classmethod
+    def boot(cls, disk: DiskView, config: Config = DEFAULT_CONFIG) -> tuple[Updater, list[Command]]:
+        """A boot: decide what the booted revision means (§3.7, §3.8) and start it."""
+        self = cls(disk, config)
+        self._boot()
+        return self, self._take()
+
+    def handle(self, event: Event) -> list[Command]:
+        """Feed one event; returns the commands to execute, durable ones in order."""
+        phase = self.phase
+        if phase is Phase.REBOOTING:  # R1
+            return []
+        key = event.key
+        rule = TABLE.get((phase, key))
+        if rule is not None:
+            self.phase = getattr(self, rule.handler)(event)
+        elif key in _CONTAINER_EVENT_KEYS or key in _CONTAINER_TIMERS:  # R2
+            self._container_event(event)
+        elif key in _ANY_PHASE:  # R3, R4
+            getattr(self, _ANY_PHASE[key])(event)
+        return self._take()  # R5: anything else changes nothing
+
+    @property
+    def update_active(self) -> bool:
+        return self.phase in UPDATE_PHASES
+
+    @property
+    def finished(self) -> bool:
+        """A Reboot was issued: build a new Updater from the disk after the boot."""
+        return self.phase is Phase.REBOOTING
+
+    @property
+    def remote_enabled(self) -> bool:
+        """The Hub client consumes steps (local mode turns it off, §3.4.5)."""
+        cfg = self.config
+        return cfg.control_remote and (not self.local_mode or cfg.control_remote_always)
+
+    @property
+    def accepts_remote_steps(self) -> bool:
+        """Poll the Hub and send PendingSteps now (pending steps are ignored otherwise)."""
+        return self.phase is Phase.IDLE and self.remote_enabled
+
+    @property
+    def watches_hub(self) -> bool:
+        """Hub request outcomes matter now (remote update running INPROGRESS or TESTING)."""
+        u = self.update
+        return u is not None and u.remote and self.phase in (Phase.INPROGRESS, Phase.TESTING)
+
+    def progress_of(self, rev: str) -> Progress | None:
+        """The progress record of `rev` as it is on disk (as far as this engine knows)."""
+        record = self._progress.get(rev)
+        if record is not None or rev in self._gone:
+            return record
+        trail = self._trails.get(rev)
+        return trail.progress if trail is not None else None
+
+    # ================================================================== boot (R6)
+
+    def _boot(self) -> None:
+        booted, pv_try = self.booted_rev, self.pv_try
+        trail = self._trails.get(booted)
+        state = trail.state if trail is not None else None
+        if pv_try and booted == pv_try:
+            self._try_boot(booted, state)
+            return
+        if pv_try:
+            self._rolled_back_boot(pv_try)
+        elif self.config.ordering is Ordering.HARDENED and booted == self.pv_rev:
+            self._repair_cut_commit(booted)
+        if booted == gc.FACTORY_REV and not pv_try:
+            record = self.progress_of(booted)
+            if record is None or record.status is not Status.DONE:
+                self._persist(booted, Progress.make(Status.DONE, Msg.FACTORY))
+                self._out.append(WriteDoneMarker(booted))
+        if not self._load_running(booted, state):
+            self._out.append(Reboot("bad revision: " + booted))
+            self.phase = Phase.REBOOTING
+            return
+        self._start_containers()
+
+    def _try_boot(self, rev: str, state: State | None) -> None:
+        """pv_try == booted pv_rev: the latch gave this revision its try (§3.7)."""
+        record = self.progress_of(rev)
+        retries = record.retries if record is not None else 0
+        if record is not None and record.is_failed:
+            self._out.append(Reboot("rollback: " + rev + " already failed"))
+            self.phase = Phase.REBOOTING
+            return
+        self.update = _Update(rev, state, retries, tried=True)
+        if not self._load_running(rev, state):
+            return  # _load_running failed the update
+        self._set_progress(Status.INPROGRESS, Msg.TRYING)
+        self.phase = Phase.INPROGRESS
+        self._arm_network_timer()
+        self._start_containers()
+
+    def _rolled_back_boot(self, tried: str) -> None:
+        """pv_try set but another revision booted: the try of `tried` failed (§3.7)."""
+        record = self.progress_of(tried)
+        hardened = self.config.ordering is Ordering.HARDENED
+        if record is not None and record.is_failed:
+            self._report(tried, record)
+        elif record is not None and record.status is Status.DONE and not hardened:
+            # Faithful: DONE means "nothing to do" and pv_try stays set (the §3.9 window).
+            return
+        else:
+            retries = record.retries if record is not None else 0
+            self._persist(tried, Progress.make(Status.ERROR, Msg.UNEXPECTED_ROLLBACK, retries))
+        self._set_env(pv_try="")
+
+    def _repair_cut_commit(self, rev: str) -> None:
+        """Hardened: pv_rev was committed but the DONE record not yet written; finish it."""
+        record = self.progress_of(rev)
+        if record is not None and not record.is_final and record.status is not Status.NEW:
+            self._persist(rev, Progress.make(Status.DONE, Msg.DONE, record.retries))
+            self._out.append(WriteDoneMarker(rev))
+
+    def _load_running(self, rev: str, state: State | None) -> bool:
+        """Load and validate the booted revision's state (§3.5 RUN steps 2-3)."""
+        msg = None
+        if state is None:
+            msg = Msg.NOT_FOUND
+        elif self.config.secureboot_checksum and not state.object_shas() <= self.objects:
+            msg = Msg.OBJECT_VALIDATION
+        if msg is not None:
+            if self.update is not None:
+                self.phase = self._fail(msg)
+            return False
+        self.running_state = state
+        self.containers = Containers(rev, state, self.config.goals_timeout)
+        return True
+
+    # ================================================================== remote intake (§3.3)
+
+    def _on_pending_steps(self, event: PendingSteps) -> Phase:
+        if not event.steps or not self.remote_enabled:
+            return Phase.IDLE
+        step = event.steps[0]
+        rev = step.rev
+        record = self.progress_of(rev) or step.hub_progress
+        if record is not None and record.is_final:
+            self._report(rev, record)  # re-report what the Hub missed (PR #481)
+            return Phase.IDLE
+        retries = (record.retries if record is not None else 0) + 1
+        self.update = u = _Update(rev, None, retries)
+        limit = self.config.revision_retries
+        if retries >= limit:
+            return self._wontgo(Msg.MAX_RETRIES)
+        self._set_progress(Status.QUEUED, Msg.retried(retries, limit))
+        if step.signature_error:
+            return self._wontgo(step.signature_error)
+        state = step.state
+        if state is None:
+            if step.raw is None:
+                return self._wontgo(Msg.NOT_FOUND)
+            state = _parse(step.raw, rev)
+            if state is None:
+                return self._wontgo(Msg.BAD_FORMAT)
+        verify = self.config.verify_signature
+        if verify is not None:
+            problem = verify(state)
+            if problem:
+                return self._wontgo(problem)
+        u.state = state
+        self._out.append(WriteTrail(rev, state))
+        missing = state.object_shas() - self.objects
+        if not missing:
+            return self._install(u)
+        u.todo = sorted(missing)
+        self._out.append(FetchMetadata(rev, frozenset(missing)))
+        return Phase.QUEUED
+
+    def _on_metadata(self, event: MetadataReceived) -> Phase:
+        u = self.update
+        if u is None or event.rev != u.rev:
+            return self.phase
+        u.sizes = event.sizes
+        self.storage = event.storage
+        return self._space_check(u, event.storage, allow_gc=True)
+
+    def _on_metadata_failed(self, event: Event) -> Phase:
+        u = self.update
+        if u is None:
+            return self.phase
+        u.retries += 1
+        limit = self.config.revision_retries
+        if u.retries >= limit:
+            return self._wontgo(Msg.MAX_DOWNLOAD_RETRIES)
+        self._set_progress(Status.QUEUED, Msg.metadata_retry(u.retries, limit))
+        self._out.append(FetchMetadata(u.rev, frozenset(u.todo)))
+        return Phase.QUEUED
+
+    def _on_space_gc_done(self, event: GcDone) -> Phase:
+        self._gc_done(event)
+        u = self.update
+        assert u is not None
+        storage = event.storage or self.storage
+        if storage is None:
+            return self._wontgo(Msg.INTERNAL)
+        return self._space_check(u, storage, allow_gc=False)
+
+    def _space_check(self, u: _Update, storage: StorageStats, *, allow_gc: bool) -> Phase:
+        """§2.3 trigger 1: missing objects must fit in real free space; GC once, then WONTGO."""
+        required = sum(u.sizes.get(sha, 0) for sha in u.todo if sha not in self.objects)
+        available = storage.real_free(self.config.gc_reserved)
+        if required > available:
+            if allow_gc and not u.gc_tried:
+                u.gc_tried = True
+                self._out.append(self._gc_command("space"))
+                return Phase.GC_FOR_SPACE
+            return self._wontgo(Msg.space_required(required, max(available, 0)))
+        limit = self.config.revision_retries
+        self._set_progress(Status.DOWNLOADING, Msg.download_retry(u.retries, limit))
+        u.todo = [sha for sha in u.todo if sha not in self.objects]
+        return self._fetch_more(u)
+
+    def _fetch_more(self, u: _Update) -> Phase:
+        while u.todo and len(u.inflight) < self.config.transfer_max_count:
+            sha = u.todo.pop()
+            u.inflight.add(sha)
+            self._out.append(FetchObject(u.rev, sha, u.sizes.get(sha, 0)))
+        if not u.todo and not u.inflight:
+            return self._install(u)
+        return Phase.DOWNLOADING
+
+    def _on_object_fetched(self, event: ObjectFetched) -> Phase:
+        u = self.update
+        if u is None or event.sha not in u.inflight:
+            return self.phase
+        u.inflight.discard(event.sha)
+        if event.ok:
+            self.objects = self.objects | {event.sha}
+            return self._fetch_more(u)
+        u.retries += 1
+        limit = self.config.revision_retries
+        if u.retries >= limit:
+            return self._wontgo(Msg.MAX_DOWNLOAD_RETRIES)
+        self._set_progress(Status.DOWNLOADING, Msg.download_retry(u.retries, limit))
+        u.todo.append(event.sha)
+        return self._fetch_more(u)
+
+    # ================================================================== install (§3.3.5, §3.6)
+
+    def _install(self, u: _Update, *, force_reboot: bool = False) -> Phase:
+        state = u.state
+        assert state is not None and self.running_state is not None
+        self._out.append(LinkObjects(u.rev, state))
+        self._set_env(pv_try=u.rev)
+        diff = diff_states(self.running_state, state)
+        u.transition = Transition.REBOOT if force_reboot else diff.transition
+        if u.transition is Transition.REBOOT:
+            self._set_progress(Status.INPROGRESS, Msg.REBOOTING)
+            self._out.append(Reboot("update " + u.rev))
+            return Phase.REBOOTING
+        self._set_progress(Status.INPROGRESS, Msg.TRANSITIONING)
+        assert self.containers is not None
+        affected = frozenset(diff.containers)
+        to_stop = tuple(n for n in self.containers.running() if n in affected)
+        if to_stop:
+            self._out.append(StopContainers(to_stop, self.config.stop_grace))
+            return Phase.TRANSITIONING
+        return self._switch(u, affected)
+
+    def _on_stopped(self, event: Event) -> Phase:
+        u = self.update
+        assert u is not None and u.state is not None and self.running_state is not None
+        return self._switch(u, frozenset(diff_states(self.running_state, u.state).containers))
+
+    def _switch(self, u: _Update, affected: frozenset[str]) -> Phase:
+        """Merge the pending state into the running one and re-enter RUN (§3.6)."""
+        assert self.containers is not None and u.state is not None
+        self.containers = self.containers.merged(
+            u.rev, u.state, affected, self.config.goals_timeout
+        )
+        self.running_rev, self.running_state = u.rev, u.state
+        self.local_mode = u.rev.startswith(LOCAL_PREFIX)
+        self._out.append(SwitchRevision(u.rev))
+        self._arm_network_timer()
+        self.phase = Phase.INPROGRESS
+        self._start_containers()
+        return self.phase
+
+    # ================================================================== testing (§3.5)
+
+    def _arm_network_timer(self) -> None:
+        u = self.update
+        if u is not None and u.remote:
+            self._out.append(ArmTimer("network", self.config.network_timeout))
+
+    def _on_hub_reached(self, event: Event) -> Phase:
+        u = self.update
+        assert u is not None
+        if not u.hub_ok:
+            u.hub_ok = True
+            self._out.append(CancelTimer("network"))
+        return self._check_goals(u)
+
+    def _on_network_timeout(self, event: Event) -> Phase:
+        u = self.update
+        if u is None or u.hub_ok:
+            return self.phase
+        return self._fail(Msg.HUB_NOT_REACHABLE)
+
+    def _on_goals(self, event: Event) -> Phase:
+        u = self.update
+        assert u is not None
+        return self._check_goals(u)
+
+    def _check_goals(self, u: _Update) -> Phase:
+        """Goal checking does not run until the Hub has answered (remote, §3.5 WAIT step 2)."""
+        c = self.containers
+        if not u.hub_ok or c is None:
+            return Phase.INPROGRESS
+        if c.any_timedout():
+            return self._fail(Msg.GOAL_NOT_REACHED)
+        if not c.all_achieved():
+            return Phase.INPROGRESS
+        msg = Msg.TESTING_NON_REBOOT if not u.tried else Msg.TESTING_REBOOT
+        self._set_progress(Status.TESTING, msg)
+        self._out.append(ArmTimer("commit", self.config.commit_delay))
+        return Phase.TESTING
+
+    def _on_hub_failed(self, event: Event) -> Phase:
+        u = self.update
+        assert u is not None
+        if not u.remote:
+            return Phase.TESTING
+        u.hub_failures += 1
+        if u.hub_failures > self.config.online_request_threshold:
+            return self._fail(Msg.HUB_NOT_STABLE)
+        return Phase.TESTING
+
+    def _on_commit_timer(self, event: Event) -> Phase:
+        u = self.update
+        assert u is not None and self.containers is not None
+        u.commit_due = True
+        if not self.containers.all_stable():
+            if not u.waiting_stable:
+                u.waiting_stable = True
+                self._set_progress(Status.TESTING, Msg.TESTING_STABLE)
+            return Phase.TESTING
+        return self._commit(u)
+
+    def _on_stable(self, event: Event) -> Phase:
+        u = self.update
+        assert u is not None
+        return self._commit(u) if u.commit_due else Phase.TESTING
+
+    def _commit(self, u: _Update) -> Phase:
+        """`pv_update_set_final` (§3.5); the order of the writes is the ordering's business."""
+        if not u.tried:  # non-reboot: UPDATED, the old revision stays the rollback point
+            self._set_progress(Status.UPDATED, Msg.UPDATED)
+            return self._end_update()
+        done = Progress.make(Status.DONE, Msg.DONE, u.retries)
+        if self.config.ordering is Ordering.HARDENED:
+            self._set_env(pv_rev=u.rev, pv_try="")
+            self._persist(u.rev, done)
+        else:
+            self._persist(u.rev, done)
+            self._set_env(pv_rev=u.rev, pv_try="")
+        self._out.append(WriteDoneMarker(u.rev))
+        return self._end_update()
+
+    def _end_update(self) -> Phase:
+        self._out.append(CancelTimer("network"))
+        self.update = None
+        return Phase.IDLE
+
+    # ================================================================== failures
+
+    def _fail(self, msg: str) -> Phase:
+        """ERROR during INPROGRESS/TESTING → ROLLBACK (§3.5, §3.7)."""
+        u = self.update
+        assert u is not None
+        self._set_progress(Status.ERROR, msg)
+        if not u.tried and self.pv_try == u.rev:
+            # A live (non-reboot) transition: the cmdline still names the old revision, so
+            # clearing pv_try makes the next boot a plain boot of pv_rev.
+            self._set_env(pv_try="")
+        self._out.append(Reboot("rollback: " + msg))
+        self.update = None
+        return Phase.REBOOTING
+
+    def _wontgo(self, msg: str) -> Phase:
+        self._set_progress(Status.WONTGO, msg)
+        self.update = None
+        return Phase.IDLE
+
+    def _on_container_failed(self, event: Event) -> Phase:
+        return self._fail(Msg.CONTAINER_FAILED)
+
+    def _on_steady_failure(self, event: Event) -> Phase:
+        self._out.append(Reboot("a container exited"))
+        self.update = None
+        return Phase.REBOOTING
+
+    # ================================================================== rules beside the table
+
+    def _container_event(self, event: Event) -> None:  # R2
+        c = self.containers
+        if c is None:
+            return
+        if isinstance(event, ContainerExited):
+            out, verdict = c.on_exit(event.name, event.uptime, self.phase in TRYING_PHASES)
+        elif isinstance(event, TimerFired):
+            out, verdict = c.on_timer(event.name)
+        else:
+            out, verdict = c.on_status(event.name, _STATUS_OF[type(event)])
+        self._out.extend(out)
+        if verdict is not None:
+            rule = TABLE.get((self.phase, verdict))
+            if rule is not None:
+                self.phase = getattr(self, rule.handler)(event)
+
+    def _on_ctrl(self, event: CtrlCommand) -> None:  # R3
+        decision = ctrl_decision(
+            event.op,
+            update_active=self.update_active,
+            control_remote=self.config.control_remote,
+            local_mode=self.local_mode,
+        )
+        if not decision.accepted:
+            self._out.append(CtrlReply(decision.status, decision.retry_after, decision.reason))
+            return
+        self._out.append(CtrlReply(200))
+        op = event.op
+        if op in ("REBOOT_DEVICE", "POWEROFF_DEVICE"):
+            self._out.append(Reboot(op, poweroff=op == "POWEROFF_DEVICE"))
+            self.phase = Phase.REBOOTING
+        elif op == "RUN_GC":
+            self._out.append(self._gc_command("command"))
+        elif op == "GO_REMOTE":
+            self.local_mode = False
+        elif op in ("LOCAL_RUN", "LOCAL_RUN_COMMIT"):
+            self.phase = self._local_run(event, force_reboot=op == "LOCAL_RUN_COMMIT")
+
+    def _local_run(self, event: CtrlCommand, *, force_reboot: bool) -> Phase:
+        """`pv_update_run` (§3.4.3): no object or space check."""
+        rev = event.payload
+        record = self.progress_of(rev)
+        self.update = u = _Update(rev, event.state, record.retries if record is not None else 0)
+        if event.state_error or event.state is None:
+            return self._wontgo(event.state_error or Msg.NOT_FOUND)
+        return self._install(u, force_reboot=force_reboot)
+
+    def _on_local_step_started(self, event: LocalStepStarted) -> None:
+        self._persist(event.rev, Progress.make(Status.NEW, Msg.NOT_INSTALLED))
+
+    def _on_local_step_uploaded(self, event: LocalStepUploaded) -> None:
+        if event.error or event.state is None:
+            self._out.append(DeleteRevision(event.rev))
+            self._gone.add(event.rev)
+            self._progress.pop(event.rev, None)
+            self._out.append(CtrlReply(422, None, event.error or Msg.BAD_FORMAT))
+            return
+        self._persist(event.rev, Progress.make(Status.NEW, Msg.READY_TO_RUN))
+        self._out.append(CtrlReply(200))
+
+    def _on_wait_tick(self, event: WaitTick) -> None:
+        """§2.3 trigger 2: threshold GC, never while downloading or just after an object PUT."""
+        self.storage = s = event.storage
+        cfg = self.config
+        if cfg.gc_threshold <= 0 or self.phase in (Phase.DOWNLOADING, Phase.GC_FOR_SPACE):
+            return
+        if (
+            event.since_object_put is not None
+            and event.since_object_put < cfg.gc_threshold_defertime
+        ):
+            return
+        if s.total > 0 and s.real_free(cfg.gc_reserved) * 100 < cfg.gc_threshold * s.total:
+            self._out.append(self._gc_command("threshold"))
+
+    def _gc_done(self, event: GcDone) -> None:  # R4
+        if event.storage is not None:
+            self.storage = event.storage
+        if event.removed_objects:
+            self.objects = self.objects - event.removed_objects
+        for rev in event.removed_revisions:
+            self._gone.add(rev)
+            self._progress.pop(rev, None)
+
+    def _gc_command(self, reason: str) -> RunGc:
+        u = self.update
+        keep = gc.keep_revisions(
+            running=self.running_rev,
+            in_flight=u.rev if u is not None else None,
+            pv_rev=self.pv_rev,
+            pv_try=self.pv_try,
+            config=self.config,
+        )
+        keep_objects = (
+            u.state.object_shas() if u is not None and u.state is not None else frozenset()
+        )
+        return RunGc(keep, keep_objects, reason)
+
+    # ================================================================== helpers
+
+    def _start_containers(self) -> None:
+        if self.containers is not None:
+            self._out.extend(self.containers.start_eligible())
+
+    def _set_progress(self, status: Status, msg: str) -> None:
+        u = self.update
+        assert u is not None
+        self._persist(u.rev, Progress.make(status, msg, u.retries))
+
+    def _persist(self, rev: str, record: Progress) -> None:
+        """Every status change is written to disk first, then queued to the Hub (§3.2)."""
+        self._progress[rev] = record
+        self._gone.discard(rev)
+        self._out.append(PersistProgress(rev, record))
+        self._report(rev, record)
+
+    def _report(self, rev: str, record: Progress) -> None:
+        if not rev.startswith(LOCAL_PREFIX):
+            self._out.append(ReportProgress(rev, record))
+
+    def _set_env(self, *, pv_rev: str | None = None, pv_try: str | None = None) -> None:
+        if pv_rev is not None:
+            self.pv_rev = pv_rev
+        if pv_try is not None:
+            self.pv_try = pv_try
+        redundant = self.config.ordering is Ordering.HARDENED
+        self._out.append(SetBootEnv(pv_rev=pv_rev, pv_try=pv_try, redundant=redundant))
+
+    def _take(self) -> list[Command]:
+        out, self._out = self._out, []
+        return out
+
+
+def _parse(raw: object, rev: str) -> State | None:
+    from shared.state import parse_state
+
+    try:
+        return parse_state(raw, source=f"trails/{rev}/.pvr/json")  # type: ignore[arg-type]
+    except PvError:
+        return None
+
+
+_STATUS_OF = {
+    ContainerMounted: CStatus.MOUNTED,
+    ContainerStarted: CStatus.STARTED,
+    ContainerReady: CStatus.READY,
+}
+_CONTAINER_EVENT_KEYS = frozenset(
+    {"ContainerMounted", "ContainerStarted", "ContainerReady", "ContainerExited"}
+)
+_ANY_PHASE: Mapping[str, str] = {
+    "CtrlCommand": "_on_ctrl",
+    "LocalStepStarted": "_on_local_step_started",
+    "LocalStepUploaded": "_on_local_step_uploaded",
+    "WaitTick": "_on_wait_tick",
+    "GcDone": "_gc_done",
+}
+
+Handler = Callable[[Updater, Event], Phase]
