@@ -1,0 +1,551 @@
+"""The on-device storage tree (`/storage` on a Pantavisor device) under a root folder.
+
+Layout (pantavisor.md §2.1):
+
+    objects/<sha>                       content-addressed pool; downloads land in objects/<sha>.tmp
+    trails/<rev>/.pvr/json              the revision's state JSON (canonical)
+    trails/<rev>/.pvr/config            {"ObjectsDir": ...}: a trail is a pvr checkout
+    trails/<rev>/.pv/progress|done|commitmsg
+    trails/<rev>/.pv/pv-kernel.img ...  hard links to the boot assets named by bsp/run.json
+    trails/<rev>/<path>                 hard links into objects/ (`*.bind` copied), inline JSONs as files
+    disks/perm/<container>/<vol>        permanent volumes
+    disks/rev/<rev>/<container>/<vol>   revision volumes
+    logs/<rev>/<container>/...          logs per revision
+
+Only file logic lives here (no mounts, no subprocesses), so unit tests run it on pyfakefs.
+Every write that must survive a power cut goes through `pvreal.durable`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from pvreal.durable import atomic_write, fsync_dir
+from shared import canonical
+from shared.errors import InvalidState, PvError
+from shared.state import check_path, is_unloaded
+
+SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+_REV_PART_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
+LOCAL_PREFIX = "locals/"
+LOCAL_NAME_MAX = 63  # Pantavisor: a local revision name is shorter than 64 characters
+DEFAULT_RESERVED_PERCENT = 5  # PV_STORAGE_GC_RESERVED
+_CHUNK = 1 << 20
+
+# bsp/run.json key → the file name Pantavisor links into trails/<rev>/.pv/ (§1.2).
+BOOT_ASSET_NAMES = {
+    "linux": "pv-kernel.img",
+    "initrd": "pv-initrd.img",
+    "fdt": "pv-fdt.dtb",
+    "fit": "pantavisor.fit",
+}
+
+
+class ObjectError(PvError):
+    """An object that is missing, malformed or whose bytes do not hash to its name."""
+
+
+class ObjectHashMismatch(ObjectError):
+    """The bytes written for an object hash to something else; the partial file was deleted."""
+
+
+def is_sha(value: object) -> bool:
+    return isinstance(value, str) and SHA_RE.match(value) is not None
+
+
+def check_revision_name(rev: str) -> str:
+    """A remote revision (`0`, `12`, ...) or a local one (`locals/<name>`); nothing that escapes."""
+    name = rev[len(LOCAL_PREFIX) :] if rev.startswith(LOCAL_PREFIX) else rev
+    if rev.startswith(LOCAL_PREFIX) and len(name) > LOCAL_NAME_MAX:
+        raise InvalidState(f"local revision name longer than {LOCAL_NAME_MAX} characters", key=rev)
+    if not _REV_PART_RE.match(name) or name in ("current", "locals"):
+        raise InvalidState(
+            "revision name must be a number or locals/<name> made of letters, digits, '._-'",
+            key=rev,
+        )
+    return rev
+
+
+def check_entry_path(key: str) -> str:
+    """A state key used as a relative path inside a trail: no absolute path, no '..', no '.'."""
+    check_path(key)
+    return key
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# Object pool
+
+
+class ObjectStore:
+    """A flat folder of objects named by their sha256; nothing enters it without being re-hashed."""
+
+    def __init__(self, directory: Path):
+        self.dir = Path(directory)
+
+    def path(self, sha: str) -> Path:
+        if not is_sha(sha):
+            raise ObjectError("object name must be 64 lowercase hex digits", key=sha)
+        return self.dir / sha
+
+    def tmp_path(self, sha: str) -> Path:
+        return self.dir / f"{sha}.tmp"
+
+    def has(self, sha: str) -> bool:
+        return self.path(sha).is_file()
+
+    def is_valid(self, sha: str) -> bool:
+        path = self.path(sha)
+        return path.is_file() and sha256_file(path) == sha
+
+    def size(self, sha: str) -> int:
+        return self.path(sha).stat().st_size
+
+    def names(self) -> list[str]:
+        if not self.dir.is_dir():
+            return []
+        return sorted(n for n in os.listdir(self.dir) if SHA_RE.match(n))
+
+    def partial_names(self) -> list[str]:
+        """Leftover `<sha>.tmp` files of interrupted downloads or uploads."""
+        if not self.dir.is_dir():
+            return []
+        return sorted(n for n in os.listdir(self.dir) if n.endswith(".tmp"))
+
+    def discard_partials(self) -> list[str]:
+        removed = self.partial_names()
+        for name in removed:
+            (self.dir / name).unlink(missing_ok=True)
+        return removed
+
+    def commit_tmp(self, sha: str) -> Path:
+        """Re-hash `<sha>.tmp`; rename it into place when it matches, delete it and raise if not."""
+        tmp = self.tmp_path(sha)
+        actual = sha256_file(tmp)
+        if actual != sha:
+            tmp.unlink(missing_ok=True)
+            raise ObjectHashMismatch(
+                f"content hashes to {actual}; partial file deleted", source=str(tmp), key=sha
+            )
+        final = self.path(sha)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+        fsync_dir(self.dir)
+        return final
+
+    def put_stream(self, sha: str, stream: BinaryIO) -> bool:
+        """Store the bytes read from `stream` as object `sha`.
+
+        Returns False (and reads nothing) when a valid object of that name already exists.
+        """
+        if self.is_valid(sha):
+            return False
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.tmp_path(sha)
+        with open(tmp, "wb") as out:
+            shutil.copyfileobj(stream, out, _CHUNK)
+        self.commit_tmp(sha)
+        return True
+
+    def put_bytes(self, sha: str, data: bytes) -> bool:
+        if self.is_valid(sha):
+            return False
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.tmp_path(sha).write_bytes(data)
+        self.commit_tmp(sha)
+        return True
+
+    def add_file(self, src: Path) -> str:
+        """Hash `src` and store it under its own sha (build tools); returns the sha."""
+        sha = sha256_file(src)
+        if not self.is_valid(sha):
+            self.dir.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, self.tmp_path(sha))
+            self.commit_tmp(sha)
+        return sha
+
+    def add_bytes(self, data: bytes) -> str:
+        sha = hashlib.sha256(data).hexdigest()
+        self.put_bytes(sha, data)
+        return sha
+
+    def adopt_file(self, src: Path) -> str:
+        """Move a freshly built file (same filesystem) into the pool under its sha."""
+        sha = sha256_file(src)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if self.is_valid(sha):
+            src.unlink()
+        else:
+            os.replace(src, self.tmp_path(sha))
+            self.commit_tmp(sha)
+        return sha
+
+
+# --------------------------------------------------------------------------------------------
+# Results
+
+
+@dataclass(frozen=True, slots=True)
+class StorageSpace:
+    """Pantavisor's device meta `storage`: reserved = total × PV_STORAGE_GC_RESERVED / 100."""
+
+    total: int
+    free: int
+    reserved: int
+    real_free: int
+
+    def as_meta(self) -> dict[str, int]:
+        return {
+            "total": self.total,
+            "free": self.free,
+            "reserved": self.reserved,
+            "real_free": self.real_free,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class GcPlan:
+    """What the engine decided to collect: these revisions, then unreferenced objects.
+
+    Objects in `keep_objects` (the in-flight update's) survive even when no trail links them.
+    """
+
+    remove_revisions: tuple[str, ...] = ()
+    keep_objects: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class GcResult:
+    removed_revisions: tuple[str, ...]
+    removed_objects: tuple[str, ...]
+    reclaimed: int  # bytes of object files deleted
+
+
+@dataclass(slots=True)
+class CheckReport:
+    """The result of a full consistency check; `ok` when every list is empty."""
+
+    corrupt_objects: list[str] = field(default_factory=list)  # bytes do not hash to the name
+    partial_objects: list[str] = field(default_factory=list)  # leftover <sha>.tmp
+    missing_objects: list[str] = field(default_factory=list)  # "<rev>:<path> -> <sha>"
+    trail_problems: list[str] = field(default_factory=list)  # "<rev>:<path>: what is wrong"
+
+    @property
+    def ok(self) -> bool:
+        return not (
+            self.corrupt_objects
+            or self.partial_objects
+            or self.missing_objects
+            or self.trail_problems
+        )
+
+
+StatFs = Callable[[Path], tuple[int, int]]  # path -> (total bytes, free bytes)
+
+
+def _statvfs(path: Path) -> tuple[int, int]:
+    st = os.statvfs(path)
+    return st.f_blocks * st.f_frsize, st.f_bfree * st.f_frsize
+
+
+# --------------------------------------------------------------------------------------------
+# The storage tree
+
+
+class Storage:
+    """`/storage` under `root`. Paths are computed here and only here."""
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        reserved_percent: int = DEFAULT_RESERVED_PERCENT,
+        statfs: StatFs = _statvfs,
+    ):
+        self.root = Path(root)
+        self.objects = ObjectStore(self.root / "objects")
+        self.reserved_percent = reserved_percent
+        self._statfs = statfs
+
+    # -- layout -------------------------------------------------------------------------------
+    @property
+    def trails_dir(self) -> Path:
+        return self.root / "trails"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def disks_dir(self) -> Path:
+        return self.root / "disks"
+
+    def init_layout(self) -> None:
+        for d in (self.objects.dir, self.trails_dir, self.logs_dir, self.disks_dir / "perm"):
+            d.mkdir(parents=True, exist_ok=True)
+        (self.disks_dir / "rev").mkdir(exist_ok=True)
+        (self.root / "boot").mkdir(exist_ok=True)
+
+    def trail_dir(self, rev: str) -> Path:
+        return self.trails_dir / check_revision_name(rev)
+
+    def state_path(self, rev: str) -> Path:
+        return self.trail_dir(rev) / ".pvr" / "json"
+
+    def progress_path(self, rev: str) -> Path:
+        return self.trail_dir(rev) / ".pv" / "progress"
+
+    def done_path(self, rev: str) -> Path:
+        return self.trail_dir(rev) / ".pv" / "done"
+
+    def commitmsg_path(self, rev: str) -> Path:
+        return self.trail_dir(rev) / ".pv" / "commitmsg"
+
+    def log_dir(self, rev: str, owner: str) -> Path:
+        """logs/<rev>/<container|pantavisor>/"""
+        return self.logs_dir / check_revision_name(rev) / check_entry_path(owner)
+
+    def volume_dir(self, container: str, volume: str, persistence: str, rev: str) -> Path | None:
+        """Where a container volume lives on disk; None for `boot` (a tmpfs, nothing on disk)."""
+        check_entry_path(container)
+        check_entry_path(volume)
+        if persistence == "permanent":
+            return self.disks_dir / "perm" / container / volume
+        if persistence == "revision":
+            return self.disks_dir / "rev" / check_revision_name(rev) / container / volume
+        return None
+
+    # -- revisions ----------------------------------------------------------------------------
+    def revisions(self) -> list[str]:
+        """Every revision that has a state JSON, local ones as `locals/<name>`."""
+        found: list[str] = []
+        if not self.trails_dir.is_dir():
+            return found
+        for name in sorted(os.listdir(self.trails_dir)):
+            if name == "locals":
+                for local in sorted(os.listdir(self.trails_dir / "locals")):
+                    if (self.trails_dir / "locals" / local / ".pvr" / "json").is_file():
+                        found.append(LOCAL_PREFIX + local)
+            elif name != "current" and (self.trails_dir / name / ".pvr" / "json").is_file():
+                found.append(name)
+        return found
+
+    def write_state(self, rev: str, state: Mapping[str, Any]) -> None:
+        """trails/<rev>/.pvr/json (canonical) and .pvr/config, each durably."""
+        for key in state:
+            if key != "#spec":
+                check_entry_path(key)
+        pvr = self.state_path(rev).parent
+        pvr.mkdir(parents=True, exist_ok=True)
+        (self.trail_dir(rev) / ".pv").mkdir(exist_ok=True)
+        atomic_write(pvr / "config", canonical.dump_bytes({"ObjectsDir": str(self.objects.dir)}))
+        atomic_write(self.state_path(rev), canonical.dump_bytes(dict(state)))
+
+    def read_state(self, rev: str) -> dict[str, Any]:
+        path = self.state_path(rev)
+        return canonical.loads_object(path.read_bytes(), source=str(path))
+
+    def write_progress(self, rev: str, record: Mapping[str, Any]) -> None:
+        self.progress_path(rev).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.progress_path(rev), canonical.dump_bytes(dict(record)))
+
+    def read_progress(self, rev: str) -> dict[str, Any] | None:
+        path = self.progress_path(rev)
+        if not path.is_file():
+            return None
+        return canonical.loads_object(path.read_bytes(), source=str(path))
+
+    def mark_done(self, rev: str) -> None:
+        self.done_path(rev).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.done_path(rev), b"")
+
+    def is_done(self, rev: str) -> bool:
+        return self.done_path(rev).is_file()
+
+    def write_commitmsg(self, rev: str, message: str) -> None:
+        self.commitmsg_path(rev).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.commitmsg_path(rev), message.encode("utf-8"))
+
+    def set_current(self, rev: str) -> None:
+        """trails/current and logs/current → <rev>, replaced atomically (symlink + rename)."""
+        check_revision_name(rev)
+        for base in (self.trails_dir, self.logs_dir):
+            base.mkdir(parents=True, exist_ok=True)
+            tmp = base / ".current.tmp"
+            tmp.unlink(missing_ok=True)
+            os.symlink(rev, tmp)
+            os.replace(tmp, base / "current")
+            fsync_dir(base)
+
+    # -- checkout ------------------------------------------------------------------------------
+    def installs(self, state: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
+        """(path, sha) for every object the state references."""
+        for key, value in state.items():
+            if key != "#spec" and is_sha(value):
+                yield check_entry_path(key), value
+
+    def missing_objects(self, state: Mapping[str, Any]) -> list[str]:
+        return sorted({sha for _, sha in self.installs(state) if not self.objects.has(sha)})
+
+    def link_trail(self, rev: str, state: Mapping[str, Any]) -> None:
+        """Check the revision out into trails/<rev>/ (pantavisor.md §2.1 'Preparing a revision').
+
+        1. hard-link every object (copy `*.bind`); 2. write inline JSONs that are not there yet;
+        3. link the boot assets into .pv/. Raises ObjectError naming the first missing object
+        before touching the trail.
+        """
+        trail = self.trail_dir(rev)
+        missing = self.missing_objects(state)
+        if missing:
+            raise ObjectError("object missing from the pool", source=str(trail), key=missing[0])
+        touched: set[Path] = set()
+        for path, sha in self.installs(state):
+            dest = trail / path
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            self._place_object(sha, dest, copy=path.endswith(".bind"))
+            touched.add(dest.parent)
+        for key, value in state.items():
+            if key == "#spec" or is_sha(value) or is_unloaded(key):
+                continue
+            dest = trail / check_entry_path(key)
+            if dest.exists():
+                continue
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(dest, canonical.dump_bytes(value))
+        self._link_boot_assets(trail, state)
+        for d in touched:
+            fsync_dir(d)
+
+    def _place_object(self, sha: str, dest: Path, *, copy: bool) -> None:
+        src = self.objects.path(sha)
+        if dest.exists() or dest.is_symlink():
+            if not copy and os.path.samestat(dest.lstat(), src.stat()):
+                return
+            dest.unlink()
+        if copy:
+            shutil.copyfile(src, dest)
+        else:
+            os.link(src, dest)
+
+    def _link_boot_assets(self, trail: Path, state: Mapping[str, Any]) -> None:
+        bsp = state.get("bsp/run.json")
+        if not isinstance(bsp, dict):
+            return
+        meta = trail / ".pv"
+        meta.mkdir(parents=True, exist_ok=True)
+        wanted: list[tuple[str, str]] = []
+        for key, name in BOOT_ASSET_NAMES.items():
+            if isinstance(bsp.get(key), str) and bsp[key]:
+                wanted.append((f"bsp/{bsp[key]}", name))
+        for n, addon in enumerate(bsp.get("addons") or [], start=1):
+            if isinstance(addon, str):
+                wanted.append((f"bsp/{addon}", f"pv-initrd.img.{n}"))
+        for entry, name in wanted:
+            sha = state.get(entry)
+            if is_sha(sha):
+                self._place_object(sha, meta / name, copy=False)
+
+    # -- space and GC ---------------------------------------------------------------------------
+    def space(self) -> StorageSpace:
+        total, free = self._statfs(self.root)
+        reserved = total * self.reserved_percent // 100
+        return StorageSpace(total, free, reserved, max(0, free - reserved))
+
+    def remove_revision(self, rev: str) -> None:
+        """Delete a revision's trail, its logs and its revision volumes."""
+        for path in (
+            self.trail_dir(rev),
+            self.logs_dir / check_revision_name(rev),
+            self.disks_dir / "rev" / rev,
+        ):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+
+    def unreferenced_objects(self, keep: Iterable[str] = ()) -> list[str]:
+        """Objects no trail links (link count ≤ 1), minus `keep`.
+
+        `*.bind` installs are copies, so their objects have no trail link; unlike a bare link
+        count, they stay as long as a remaining revision's state names them.
+        """
+        keep_set = set(keep)
+        for rev in self.revisions():
+            try:
+                keep_set.update(sha for _, sha in self.installs(self.read_state(rev)))
+            except (OSError, PvError):
+                continue  # an unreadable trail protects nothing; check() reports it
+        return [
+            sha
+            for sha in self.objects.names()
+            if sha not in keep_set and self.objects.path(sha).stat().st_nlink <= 1
+        ]
+
+    def run_gc(self, plan: GcPlan) -> GcResult:
+        for rev in plan.remove_revisions:
+            self.remove_revision(rev)
+        removed, reclaimed = [], 0
+        for sha in self.unreferenced_objects(plan.keep_objects):
+            path = self.objects.path(sha)
+            reclaimed += path.stat().st_size
+            path.unlink()
+            removed.append(sha)
+        if removed:
+            fsync_dir(self.objects.dir)
+        return GcResult(tuple(plan.remove_revisions), tuple(removed), reclaimed)
+
+    # -- consistency ----------------------------------------------------------------------------
+    def check(self, revs: Iterable[str] | None = None) -> CheckReport:
+        """Re-hash every object, then compare each trail with its state JSON."""
+        report = CheckReport()
+        report.partial_objects = self.objects.partial_names()
+        report.corrupt_objects = [s for s in self.objects.names() if not self.objects.is_valid(s)]
+        for rev in self.revisions() if revs is None else revs:
+            self._check_trail(rev, report)
+        return report
+
+    def _check_trail(self, rev: str, report: CheckReport) -> None:
+        try:
+            state = self.read_state(rev)
+        except (OSError, PvError) as exc:
+            report.trail_problems.append(f"{rev}:.pvr/json: {exc}")
+            return
+        trail = self.trail_dir(rev)
+        for path, sha in self.installs(state):
+            if not self.objects.has(sha):
+                report.missing_objects.append(f"{rev}:{path} -> {sha}")
+                continue
+            dest = trail / path
+            if not dest.is_file():
+                report.trail_problems.append(f"{rev}:{path}: not checked out")
+            elif path.endswith(".bind"):
+                if sha256_file(dest) != sha:
+                    report.trail_problems.append(f"{rev}:{path}: copy differs from object")
+            elif not os.path.samestat(dest.stat(), self.objects.path(sha).stat()):
+                report.trail_problems.append(f"{rev}:{path}: not a hard link to its object")
+        for key, value in state.items():
+            if key == "#spec" or is_sha(value) or is_unloaded(key):
+                continue
+            dest = trail / key
+            if not dest.is_file():
+                report.trail_problems.append(f"{rev}:{key}: not checked out")
+                continue
+            try:
+                on_disk = canonical.loads(dest.read_bytes(), source=str(dest))
+            except PvError:
+                on_disk = None
+            if on_disk != value:
+                report.trail_problems.append(f"{rev}:{key}: differs from the state JSON")
