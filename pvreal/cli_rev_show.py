@@ -233,7 +233,10 @@ def show_command(args: argparse.Namespace) -> int:
             f"{objects['size']} bytes"
         )
     console.print(line)
-    console.print(_signatures_table(view["signatures"]))
+    if view["signatures"]:
+        console.print(_signatures_table(view["signatures"]))
+    else:
+        console.print("Signatures: none")
     return 0
 
 

@@ -63,7 +63,7 @@ def test_unsorted_keys_are_detected(obj):
     assert canonical.is_canonical(text) == keys_sorted
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(json_objects, _text, json_values)
 def test_a_duplicated_key_is_rejected_with_its_name(obj, key, value):
     body = canonical.dumps(obj)[1:-1]

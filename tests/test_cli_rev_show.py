@@ -66,6 +66,9 @@ def test_show_json_lists_containers_groups_objects(capsys):
     assert doc["objects"] == {"entries": 9, "distinct": 9}
     assert doc["bsp"]["linux"] == "kernel.img"
     assert doc["signatures"] == []
+    assert rev(["show", example_path("rev0.json")]) == 0
+    out = capsys.readouterr().out
+    assert "Signatures: none" in out and "on-failure ×3" in out
 
 
 def test_show_table_of_conformance_state(capsys, conformance_dir):
