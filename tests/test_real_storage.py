@@ -186,7 +186,9 @@ def test_progress_done_and_current(storage: Storage):
     assert storage.revisions() == ["locals/dev"]
 
 
-@pytest.mark.parametrize("bad", ["../x", "locals/../../x", "current", "a/b", "", "locals/" + "x" * 64])
+@pytest.mark.parametrize(
+    "bad", ["../x", "locals/../../x", "current", "a/b", "", "locals/" + "x" * 64]
+)
 def test_unsafe_revision_names_are_refused(bad: str):
     with pytest.raises(InvalidState):
         check_revision_name(bad)
