@@ -36,7 +36,7 @@ from shared.errors import PvError
 from shared.transaction import (
     State,
     apply_package,
-    check_result,
+    check_revision,
     dump_state,
     empty_state,
     entries,
@@ -347,6 +347,12 @@ class TxFolder:
                           source=source) from None
         return parse_document(text, source=source)
 
+    def _load_final_state(self) -> State:
+        """The state about to leave the transaction must be a revision Pantavisor accepts."""
+        state = self._load_state()
+        check_revision(state, source=str(self.current_path))
+        return state
+
     def _require_active(self, exit_code: int) -> TxRecord:
         record = self.record()
         if record is None or not record.active:
@@ -388,7 +394,7 @@ class TxFolder:
                               "or a json file")
             source = str(path)
             document = parse_document(path.read_bytes(), source=source)
-        check_result(document, source=source)
+        check_revision(document, source=source)
         return document
 
     def begin(self, base: str | None = None, objdir: str | None = None) -> None:
@@ -442,8 +448,8 @@ class TxFolder:
         record = self._require_active(EXIT_NO_TX_ADD)
         state = self._load_state()
         with read_package(arg, self._staging_parent(record), self.limits) as package:
+            check_revision(package.document, source=package.source)
             merged, dropped = apply_package(state, package.document)
-            check_result(merged, source=package.source)
             self._deliver_objects(record, package.objects)
             self._write_state(merged)
         return dropped
@@ -470,7 +476,6 @@ class TxFolder:
         state = self._load_state()
         new_state, removed = remove_part(state, part)
         if removed:
-            check_result(new_state, source=f"removing {part!r}")
             self._write_state(new_state)
         return removed
 
@@ -483,7 +488,7 @@ class TxFolder:
                           exit_code=EXIT_WRONG_KIND)
         if name is not None and not name.startswith("locals/"):
             raise TxError(f"revision name {name!r} must start with 'locals/'")
-        state = self._load_state()
+        state = self._load_final_state()
         data = dump_state(state)
         revision = name or _local_revision_name(data)
         self.control.put_step(revision, data)
@@ -496,7 +501,7 @@ class TxFolder:
         record = self._require_active(EXIT_NOT_ACTIVE)
         if not record.is_local or not record.objdir:
             raise TxError("this is a remote transaction; use 'pvreal tx commit'")
-        state = self._load_state()
+        state = self._load_final_state()
         deploy_revision(state, self.current_path.read_bytes(), Path(record.objdir), Path(target))
         self._write_record(TxRecord(TxStatus.DEPLOYED, True, record.objdir))
 
@@ -547,6 +552,7 @@ class TxFolder:
         if entry.exists():
             raise TxError("queue entry already exists", source=str(entry))
         with read_package(arg, self._staging_parent(record), self.limits) as package:
+            check_revision(package.document, source=package.source)
             objdir = Path(record.objdir or "")
             if package.objects:
                 objdir.mkdir(parents=True, exist_ok=True, mode=0o775)
@@ -579,7 +585,6 @@ class TxFolder:
         pending: dict[str, Path] = {}
         for entry in _queue_entries(queue_dir):
             state = self._apply_queue_entry(state, entry, pending)
-        check_result(state, source=str(queue_dir))
         if pending:
             objdir_path = Path(record.objdir or "")
             objdir_path.mkdir(parents=True, exist_ok=True, mode=0o775)
@@ -603,7 +608,9 @@ class TxFolder:
             raw = json_path.read_bytes()
         except FileNotFoundError:
             raise TxError("queued package has no json", source=str(json_path)) from None
-        state = apply_package(state, parse_document(raw, source=str(json_path)))[0]
+        package = parse_document(raw, source=str(json_path))
+        check_revision(package, source=str(json_path))
+        state = apply_package(state, package)[0]
         objects = entry / "objects"
         if objects.is_dir():
             for obj in sorted(objects.iterdir()):

@@ -86,8 +86,10 @@ def parse_document(text: str | bytes, *, source: str | None) -> State:
     return check_document(canonical.loads(text, source=source), source=source)
 
 
-def check_result(state: Mapping[str, Any], *, source: str | None) -> None:
-    """A state produced by a transaction must still parse as a (partial) revision."""
+def check_revision(state: Mapping[str, Any], *, source: str | None) -> None:
+    """The revision model's rules (partial mode: no BSP needed): checked on every package and base
+    before they are used, and on the final state before deploy or commit. Not after `remove`:
+    pvtx's removal rules can leave e.g. a lone `<name>/src.json` mid-transaction."""
     parse_state(dict(state), source=source, partial=True)
 
 
