@@ -1,0 +1,174 @@
+"""One device taking one update: modelled time, and the faults that interrupt it.
+
+`DeviceRun` is what an update model's process uses instead of raw SimPy: `wait(d)`, `write(mb)`,
+`download(mb)`, `boot()`. Faults are computed arithmetically, never as extra events: the device's
+next power cut is drawn once (exponential, per device-day rate) and any modelled duration that would
+cross it is cut short there, raising `PowerCut` into the model, which then does what its real
+counterpart does after power comes back. Network outages of the device's own link and hub outages
+are likewise intervals known in advance; a transfer stops at the first one and resumes after it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pvsim.hub import Rollout
+    from pvsim.world import World
+
+INF = float("inf")
+RETRY_S = 60.0  # how long a device waits before retrying a refused or failed transfer
+
+
+class PowerCut(Exception):
+    """Raised inside a modelled duration when the device's power goes."""
+
+
+class StorageWriteError(Exception):
+    """A write the storage model refused (I/O error)."""
+
+
+class DeviceRun:
+    __slots__ = (
+        "world",
+        "env",
+        "device",
+        "rollout",
+        "cut_at",
+        "net_start",
+        "net_end",
+        "link_mb_s",
+        "write_mb_s",
+        "mb_downloaded",
+        "mb_written",
+        "reboots",
+        "exposed",
+        "first_boot",
+    )
+
+    def __init__(self, world: World, device: int, rollout: Rollout) -> None:
+        self.world = world
+        self.env = world.env
+        self.device = device
+        self.rollout = rollout
+        self.link_mb_s = world.table.link_mb_s[device]
+        self.write_mb_s = world.table.write_mb_s[device]
+        self.mb_downloaded = 0.0
+        self.mb_written = 0.0
+        self.reboots = 0
+        self.exposed = False
+        self.first_boot = False
+        self.cut_at = world.draw_power_cut(self.env.now)
+        self.net_start, self.net_end = world.draw_net_outage(self.env.now)
+
+    # -- time ------------------------------------------------------------------------------------
+    def wait(self, duration: float) -> Generator[Any, Any, None]:
+        """A modelled duration; a power cut inside it raises PowerCut at the cut time."""
+        env = self.env
+        end = env._now + duration
+        if end >= self.cut_at:
+            yield env.timeout(self.cut_at - env._now)
+            raise PowerCut
+        yield env.timeout(duration)
+
+    def power_restored(self) -> Generator[Any, Any, None]:
+        """After a cut: the outage, then a fresh next cut. Counted as a fault that fired."""
+        world = self.world
+        world.count("power_cuts")
+        outage = world.faults.power_outage_s.sample(world.rng)
+        self.cut_at = INF
+        yield self.env.timeout(outage)
+        self.cut_at = world.draw_power_cut(self.env._now)
+
+    def boot(self) -> Generator[Any, Any, None]:
+        """A boot of the board (bootloader + kernel + init). The first boot of a new revision can
+        lose power with the scenario's `first_boot_power_cut_probability` (meta-balena #2301)."""
+        world = self.world
+        self.reboots += 1
+        duration = world.device_cfg.boot_s.sample(world.rng)
+        p = world.faults.first_boot_power_cut_probability
+        if self.first_boot and p > 0 and world.rng.random() < p:
+            world.count("first_boot_power_cuts")
+            self.cut_at = min(self.cut_at, self.env._now + duration * world.rng.random())
+        yield from self.wait(duration)
+
+    # -- storage ---------------------------------------------------------------------------------
+    def write(self, mb: float) -> Generator[Any, Any, None]:
+        """Write and sync `mb` megabytes; an I/O error (scenario probability) raises after the
+        latency, and a power cut during the write loses it (the caller did not get past it)."""
+        world = self.world
+        duration = world.device_cfg.storage_latency_s.sample(world.rng) + mb / self.write_mb_s
+        p = world.faults.storage_write_error_probability
+        if p > 0 and world.rng.random() < p:
+            yield from self.wait(duration * world.rng.random())
+            world.count("storage_write_errors")
+            raise StorageWriteError
+        yield from self.wait(duration)
+        self.mb_written += mb
+
+    # -- network ---------------------------------------------------------------------------------
+    def net_down_until(self, t: float) -> float:
+        """End of the device's own link outage covering t (0.0 when the link is up)."""
+        while t >= self.net_end:
+            self.net_start, self.net_end = self.world.draw_net_outage(self.net_end)
+        return self.net_end if t >= self.net_start else 0.0
+
+    def reach_hub(self) -> Generator[Any, Any, None]:
+        """Wait until both the device's link and the hub are up (retrying every RETRY_S)."""
+        world = self.world
+        while True:
+            now = self.env._now
+            blocked = self.net_down_until(now)
+            if blocked:
+                world.count("network_outage_hits")
+            else:
+                blocked = world.hub_outages.down_until(now)
+                if blocked:
+                    world.count("hub_outage_hits")
+            if not blocked:
+                return
+            yield from self.wait(RETRY_S)
+
+    def hub_reachable(self) -> bool:
+        """One Hub request now; a refusal is counted against the fault that caused it."""
+        now = self.env._now
+        if self.net_down_until(now):
+            self.world.count("network_outage_hits")
+            return False
+        if self.world.hub_outages.down_until(now):
+            self.world.count("hub_outage_hits")
+            return False
+        return True
+
+    def download(self, mb: float) -> Generator[Any, Any, None]:
+        """Fetch `mb` megabytes over the device's link and the hub's shared egress. Transfers stop
+        at outages and at dropped connections (scenario probability) and resume where they were."""
+        world = self.world
+        egress = world.egress
+        remaining = mb
+        while remaining > 1e-9:
+            yield from self.reach_hub()
+            now = self.env._now
+            rate = egress.share(self.link_mb_s)
+            stop = min(self.net_start if self.net_start > now else INF, world.hub_outages.next_start(now))
+            duration = remaining / rate
+            dropped = False
+            p = world.faults.network_loss_probability
+            if p > 0 and world.rng.random() < p:
+                duration *= world.rng.random()
+                dropped = True
+            if now + duration > stop:
+                duration = stop - now
+                dropped = False
+            egress.active += 1
+            try:
+                yield from self.wait(duration)
+            finally:
+                egress.active -= 1
+                moved = min(remaining, (self.env._now - now) * rate)
+                remaining -= moved
+                self.mb_downloaded += moved
+            if dropped:
+                world.count("network_losses")
+                yield from self.wait(RETRY_S)

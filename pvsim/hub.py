@@ -1,0 +1,104 @@
+"""The hub: offers releases, runs one rollout per release, shares its egress bandwidth, goes down.
+
+Idle devices cost nothing: a device only becomes a SimPy process when a strategy admits it, and its
+first contact is its next poll, computed arithmetically from its poll phase. Outages are a sorted
+list of intervals fixed before the run (the scenario's explicit ones plus a Poisson process), so
+asking "is the hub up at t?" or "when does the next outage start?" costs a bisect, not an event.
+"""
+
+from __future__ import annotations
+
+import random
+from bisect import bisect_right
+from dataclasses import dataclass, field
+
+from pvsim.scenario import Faults
+from pvsim.strategies import COMPLETED, RUNNING, Strategy, Tally
+
+INF = float("inf")
+
+
+class HubOutages:
+    __slots__ = ("starts", "ends")
+
+    def __init__(self, faults: Faults, until_s: float, rng: random.Random) -> None:
+        spans = [(o.at_s, o.at_s + o.duration_s) for o in faults.hub_outages]
+        if faults.hub_outages_per_day > 0:
+            rate = faults.hub_outages_per_day / 86400.0
+            t = rng.expovariate(rate)
+            while t < until_s:
+                spans.append((t, t + faults.hub_outage_s.sample(rng)))
+                t += rng.expovariate(rate)
+        spans.sort()
+        merged: list[list[float]] = []
+        for start, end in spans:
+            if merged and start <= merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], end)
+            else:
+                merged.append([start, end])
+        self.starts = [s for s, _ in merged]
+        self.ends = [e for _, e in merged]
+
+    def down_until(self, t: float) -> float:
+        """End of the outage covering t, or 0.0 when the hub is up at t."""
+        k = bisect_right(self.starts, t) - 1
+        if k >= 0 and t < self.ends[k]:
+            return self.ends[k]
+        return 0.0
+
+    def next_start(self, t: float) -> float:
+        k = bisect_right(self.starts, t)
+        return self.starts[k] if k < len(self.starts) else INF
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+
+@dataclass(slots=True)
+class Rollout:
+    """One release being rolled out: the strategy's decisions plus what happened to devices."""
+
+    index: int  # position in the scenario's release list (revision index - 1)
+    revision: int
+    name: str
+    at_s: float
+    strategy: Strategy
+    order: list[int]
+    tally: Tally
+    cursor: int = 0
+    next_wake: float | None = None
+    superseded: bool = False
+    committed: int = 0
+    rolled_back: int = 0
+    wontgo: int = 0
+    bricked: int = 0
+    exposed: int = 0
+    mb_downloaded: float = 0.0
+    mb_written: float = 0.0
+    reboots: int = 0
+    commit_times: list[float] = field(default_factory=list)
+    marks: list[tuple[float, str]] = field(default_factory=list)
+
+    @property
+    def state(self) -> str:
+        if self.strategy.state != RUNNING:
+            return self.strategy.state
+        if self.tally.admitted >= self.tally.fleet and self.tally.in_flight == 0:
+            return COMPLETED
+        return RUNNING
+
+
+class Egress:
+    """The hub's shared uplink. A transfer gets min(its link, egress / active transfers), fixed when
+    it starts (a snapshot of processor sharing: no event is spent re-planning running transfers)."""
+
+    __slots__ = ("mbps", "active")
+
+    def __init__(self, mbps: float) -> None:
+        self.mbps = mbps
+        self.active = 0
+
+    def share(self, link_mbps: float) -> float:
+        if self.mbps <= 0:
+            return link_mbps
+        return min(link_mbps, self.mbps / (self.active + 1))

@@ -1,0 +1,582 @@
+"""The `pantavisor` update model: a simulated device that interprets the shared engine's commands.
+
+Nothing here decides anything Pantavisor decides (statuses, retries, rollback, commit, the latch):
+the engine (`shared.engine`) does, through `Updater.boot` / `Updater.handle`. This module only
+gives each command a modelled duration and an outcome, and feeds the resulting events back:
+
+| command | here |
+|---|---|
+| durable steps (progress, trail, links, env, done, GC) | storage latency + size / write speed, in order; a power cut keeps the ones completed before it, loses the rest, and tears a non-redundant env write |
+| FetchMetadata | instant Hub request: sizes and storage figures, or MetadataFailed when unreachable |
+| FetchObject | transfer over the device link and the hub's shared egress; fails at outages and dropped connections; corrupt release objects fail their hash |
+| ReportProgress | instant Hub request: HubReached / HubRequestFailed; the Hub's copy of the step's progress |
+| Start/StopContainers | modelled start and ready times; release defects crash a container or keep it from being ready |
+| ArmTimer / CancelTimer | a deadline in the device's agenda |
+| Reboot | boot delay, then the bootloader latch (`shared.engine.bootloader.choose_boot`) and a new Updater from what survived |
+
+Event economy: a batch of commands returned by one `handle` call costs at most one SimPy timeout
+(the sum of its durable writes); everything else the device is waiting for (timers, transfers,
+containers, the next poll) sits in a small per-device agenda and the device sleeps until the
+earliest entry. Engine calls are plain Python calls.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from collections.abc import Generator
+from typing import Any
+
+from pvsim.device import INF, DeviceRun, PowerCut
+from pvsim.world import BRICKED_OUT, COMMITTED, FAIL, OK, ROLLED_BACK, SILENT, STUCK, WONTGO, World
+from shared.engine import Config, Ordering, Progress, Status
+from shared.engine import commands as C
+from shared.engine import events as E
+from shared.engine.bootloader import Latch, choose_boot
+from shared.engine.events import TrailView
+from shared.engine.progress import Msg
+
+MB = 1_000_000
+APP_DEFECTS = ("container_crash", "never_ready", "breaks_network")
+REPORT_S = 0.0  # Hub requests are modelled as instantaneous; their success depends on the hub
+
+
+def _updater_class() -> Any:
+    from shared.engine.updater import Updater  # imported late: the engine may land after pvsim
+
+    return Updater
+
+
+class DaemonCrash(Exception):
+    """A durable write failed with an I/O error. The engine has no event for that, so the daemon
+    is taken to die on it; Pantavisor's init stub reboots the board 5 s later (§3.9)."""
+
+
+CRASH_REBOOT_S = 5.0
+
+
+class SimDisk:
+    """What survives a power cut on one device: boot env, latch, trails, object pool."""
+
+    __slots__ = ("pv_rev", "pv_try", "latch", "trails", "objects", "torn")
+
+    def __init__(self, pv_rev: str, pv_try: str, latch: Latch, trails: dict, objects: frozenset) -> None:
+        self.pv_rev = pv_rev
+        self.pv_try = pv_try
+        self.latch = latch
+        self.trails = trails
+        self.objects = objects
+        self.torn = False
+
+    def copy(self) -> SimDisk:
+        return SimDisk(self.pv_rev, self.pv_try, self.latch, dict(self.trails), self.objects)
+
+
+class DeviceBrain:
+    """A live device between updates: its engine instance, its disk and what it is waiting for."""
+
+    __slots__ = ("updater", "disk", "booted", "agenda", "seq", "timers", "hub_progress", "containers_rev")
+
+    def __init__(self, updater: Any, disk: SimDisk, booted: str) -> None:
+        self.updater = updater
+        self.disk = disk
+        self.booted = booted
+        self.agenda: list[tuple[float, int, Any]] = []
+        self.seq = 0
+        self.timers: dict[str, int] = {}
+        self.hub_progress: dict[str, Progress] = {}
+        self.containers_rev = booted
+
+
+class PantavisorModel:
+    def __init__(self, world: World) -> None:
+        self.world = world
+        cfg = world.scenario.update_model
+        self.Updater = _updater_class()
+        overrides = dict(cfg.engine)
+        overrides.setdefault("PVTWIN_ORDERING", Ordering.HARDENED.value if cfg.hardened else Ordering.FAITHFUL.value)
+        overrides.setdefault("PH_UPDATER_INTERVAL", world.scenario.fleet.poll_interval_s)
+        self.config: Config = Config.from_mapping(overrides, source=f"{world.scenario.name}: update_model.engine")
+        self.brains: dict[int, DeviceBrain] = {}
+        revs = world.revisions
+        factory = revs[0]
+        self.factory_disk = SimDisk(
+            "0",
+            "",
+            Latch(),
+            {"0": E.TrailView(factory.state, Progress.make(Status.DONE, Msg.FACTORY), True)},
+            frozenset(factory.state.object_shas()),
+        )
+        self.size_mb = {}
+        for rev in revs.revisions:
+            self.size_mb.update(rev.sizes)
+        self.factory_mb = factory.image_mb
+        self.defects = {
+            str(r.index): (r.release.defect, r.release.defect_fraction)
+            for r in revs.revisions[1:]
+            if r.release.defect != "none"
+        }
+        # objects whose bytes are corrupt at the source: those a corrupt_object release introduced
+        self.corrupt: dict[str, int] = {}
+        for rev in revs.revisions[1:]:
+            if rev.release.defect == "corrupt_object":
+                before = revs[rev.index - 1].state.object_shas()
+                for sha in rev.state.object_shas() - before:
+                    self.corrupt[sha] = rev.index
+
+    def transfer_mb(self, old: int, new: int) -> float:
+        return self.world.revisions.transfer(old, new)[0]
+
+    def footprint_mb(self, old: int, new: int) -> float:
+        revs = self.world.revisions
+        shas = revs[old].state.object_shas() | revs[new].state.object_shas()
+        return sum(self.size_mb[s] for s in shas)
+
+    # -- per-device helpers ---------------------------------------------------------------------------
+    def _storage(self, device: int, disk: SimDisk) -> E.StorageStats:
+        free_mb = self.world.table.free_mb[device]
+        used = sum(self.size_mb.get(s, 0.0) for s in disk.objects) - self.factory_mb
+        total = int((free_mb + self.factory_mb) * MB)
+        return E.StorageStats(total, max(0, int((free_mb - used) * MB)))
+
+    def _view(self, device: int, disk: SimDisk, booted: str) -> E.DiskView:
+        return E.DiskView(booted, disk.pv_rev, disk.pv_try, disk.trails, disk.objects, self._storage(device, disk))
+
+    def _defect(self, device: int, rev: str) -> str:
+        """The defect revision `rev` shows on this device (hot: a dict miss for good releases)."""
+        hit = self.defects.get(rev)
+        if hit is None:
+            return "none"
+        return hit[0] if self.world.table.defect_u[device] < hit[1] else "none"
+
+    # -- the device process -----------------------------------------------------------------------------
+    def update(self, run: DeviceRun, target: int) -> Generator[Any, Any, tuple[str, bool | None]]:
+        device = run.device
+        brain = self.brains.get(device)
+        if brain is None:
+            brain = self._wake_factory(run)
+            self.brains[device] = brain
+        rev = str(target)
+        brain.hub_progress.pop(rev, None)
+        queue: deque[Any] = deque()
+        self._poll(run, brain, rev, queue)
+        while True:
+            try:
+                rebooting = False
+                while queue and not rebooting:
+                    rebooting = yield from self._execute(run, brain, brain.updater.handle(queue.popleft()), queue)
+                if rebooting:
+                    yield from self._reboot_safely(run, brain, queue)
+                    continue
+                outcome = self._outcome(brain, rev)
+                if outcome is not None:
+                    return outcome
+                if brain.disk.torn:
+                    return BRICKED_OUT, SILENT
+                yield from self._sleep(run, brain, rev, queue)
+            except (PowerCut, DaemonCrash) as fault:
+                self._lose_volatile(run, brain)
+                if isinstance(fault, PowerCut):
+                    yield from run.power_restored()
+                else:
+                    yield from self._crash_pause(run)
+                if brain.disk.torn:
+                    return BRICKED_OUT, SILENT
+                yield from self._reboot_safely(run, brain, queue)
+                if brain.disk.torn:
+                    return BRICKED_OUT, SILENT
+
+    def _outcome(self, brain: DeviceBrain, rev: str) -> tuple[str, bool | None] | None:
+        """The device-update is over when the Hub holds a final status for the step."""
+        heard = brain.hub_progress.get(rev)
+        if heard is None or not heard.is_final:
+            return None
+        if heard.status in (Status.DONE, Status.UPDATED):
+            return COMMITTED, OK
+        if heard.status is Status.WONTGO:
+            return WONTGO, FAIL
+        if brain.booted == rev:
+            return None  # ERROR reported but the rollback reboot has not happened yet
+        return ROLLED_BACK, FAIL
+
+    def stuck_outcome(self) -> str:
+        return STUCK
+
+    # -- waiting ------------------------------------------------------------------------------------------
+    def _push(self, brain: DeviceBrain, at: float, item: Any) -> None:
+        brain.seq += 1
+        heapq.heappush(brain.agenda, (at, brain.seq, item))
+
+    def _poll(self, run: DeviceRun, brain: DeviceBrain, rev: str, queue: deque) -> None:
+        """A Hub poll now: the pending step (if the Hub still lists it) or a failed request."""
+        updater = brain.updater
+        if updater.watches_hub:
+            # the Hub client keeps talking to the Hub while a remote update is tried (§3.5)
+            queue.append(E.HubReached() if self._hub_ok(run, brain) else E.HubRequestFailed())
+            return
+        if not updater.accepts_remote_steps:
+            return
+        if not self._hub_ok(run, brain):
+            if updater.watches_hub:
+                queue.append(E.HubRequestFailed())
+            return
+        heard = brain.hub_progress.get(rev)
+        if heard is not None and heard.is_final:
+            return
+        revision = self.world.revisions[int(rev)]
+        signature_error = Msg.SIG_FAILED if self._defect(run.device, rev) == "bad_signature" else None
+        if signature_error:
+            self.world.count("bad_signature")
+        queue.append(E.PendingSteps((E.Step(rev, revision.state, None, heard, signature_error),)))
+
+    def _hub_ok(self, run: DeviceRun, brain: DeviceBrain) -> bool:
+        if self._defect(run.device, brain.booted) == "breaks_network":
+            return False
+        return run.hub_reachable()
+
+    def _sleep(self, run: DeviceRun, brain: DeviceBrain, rev: str, queue: deque) -> Generator[Any, Any, None]:
+        """Sleep until the earliest agenda entry or the next poll, then queue what became due."""
+        env = run.env
+        poll_at = INF
+        if brain.updater.accepts_remote_steps or brain.updater.watches_hub:
+            poll_at = env._now + self.config.updater_interval
+        due = brain.agenda[0][0] if brain.agenda else INF
+        wake = min(due, poll_at)
+        if wake == INF:
+            # nothing left to wait for and the Hub has not heard a final status: a device that is
+            # up but will not move (the step stays pending). Sleep to the end of the run.
+            wake = self.world.until_s + 1.0
+        yield from run.wait(max(0.0, wake - env._now))
+        now = env._now
+        while brain.agenda and brain.agenda[0][0] <= now:
+            _, _, item = heapq.heappop(brain.agenda)
+            self._due(run, brain, item, queue)
+        if poll_at <= now:
+            self._poll(run, brain, rev, queue)
+
+    def _due(self, run: DeviceRun, brain: DeviceBrain, item: Any, queue: deque) -> None:
+        kind = item[0]
+        if kind == "timer":
+            _, name, seq = item
+            if brain.timers.get(name) == seq:
+                del brain.timers[name]
+                queue.append(E.TimerFired(name))
+        elif kind == "fetch":
+            _, event, mb = item
+            self.world.egress.active -= 1
+            run.mb_downloaded += mb
+            if event.ok:
+                # renamed into place after its hash matched: the object is in the pool
+                disk = self._own_disk(brain)
+                disk.objects = disk.objects | {event.sha}
+            queue.append(event)
+        else:
+            queue.append(item[1])
+
+    # -- executing one batch of commands ---------------------------------------------------------------
+    def _execute(self, run: DeviceRun, brain: DeviceBrain, commands: list, queue: deque) -> Generator[Any, Any, bool]:
+        """Run one `handle` result. Durable steps are timed back to back with one timeout; returns
+        True when the batch ends in a Reboot."""
+        world = self.world
+        env = run.env
+        rng = world.rng
+        t = env._now
+        writes: list[tuple[float, float, Any]] = []  # (start, end, command)
+        rebooting = False
+        latency = world.device_cfg.storage_latency_s
+        p_error = world.faults.storage_write_error_probability
+        failed_at = INF
+        for command in commands:
+            if command.durable:
+                duration = self._write_time(run, command, latency.sample(rng))
+                if p_error > 0 and rng.random() < p_error:
+                    failed_at = t + duration
+                    break
+                writes.append((t, t + duration, command))
+                t += duration
+                continue
+            kind = type(command)
+            if kind is C.ReportProgress:
+                self._report(run, brain, command, t, queue)
+            elif kind is C.ArmTimer:
+                brain.seq += 1
+                brain.timers[command.name] = brain.seq
+                heapq.heappush(brain.agenda, (t + command.delay, brain.seq, ("timer", command.name, brain.seq)))
+            elif kind is C.CancelTimer:
+                brain.timers.pop(command.name, None)
+            elif kind is C.FetchMetadata:
+                self._metadata(run, brain, command, t, queue)
+            elif kind is C.FetchObject:
+                self._fetch(run, brain, command, t)
+            elif kind is C.StartContainers:
+                self._start_containers(run, brain, command, t)
+            elif kind is C.StopContainers:
+                self._push(brain, t + min(command.grace, 1.0), ("event", E.ContainersStopped(tuple(command.names))))
+            elif kind is C.SwitchRevision:
+                brain.booted = command.rev
+                brain.containers_rev = command.rev
+                world.set_running(run.device, int(command.rev))
+            elif kind is C.Reboot:
+                rebooting = True
+                break
+            # CtrlReply: no pv-ctrl client in the fleet simulation
+        end = failed_at if failed_at < INF else (writes[-1][1] if writes else env._now)
+        if end > env._now:
+            try:
+                yield from run.wait(end - env._now)
+            except PowerCut:
+                self._apply_until(run, brain, writes, env._now)
+                raise
+        self._apply_until(run, brain, writes, INF)
+        if failed_at < INF:
+            world.count("storage_write_errors")
+            raise DaemonCrash
+        return rebooting
+
+    def _write_time(self, run: DeviceRun, command: Any, latency: float) -> float:
+        kind = type(command)
+        if kind is C.LinkObjects or kind is C.WriteTrail:
+            return latency * 2
+        if kind is C.SetBootEnv:
+            return self.world.device_cfg.env_write_s.sample(self.world.rng)
+        return latency
+
+    def _apply_until(self, run: DeviceRun, brain: DeviceBrain, writes: list, cut: float) -> None:
+        for start, end, command in writes:
+            if end <= cut:
+                self._apply(run, brain, command)
+            else:
+                if type(command) is C.SetBootEnv and start < cut and not command.redundant:
+                    self.world.count("torn_env_writes")
+                    self._own_disk(brain).torn = True
+                break
+
+    def _own_disk(self, brain: DeviceBrain) -> SimDisk:
+        """Copy-on-write: devices share the factory disk until they first write."""
+        if brain.disk is self.factory_disk:
+            brain.disk = brain.disk.copy()
+        return brain.disk
+
+    def _apply(self, run: DeviceRun, brain: DeviceBrain, command: Any) -> None:
+        disk = self._own_disk(brain)
+        kind = type(command)
+        trails = disk.trails
+        run.mb_written += 0.004
+        if kind is C.PersistProgress:
+            old = trails.get(command.rev)
+            trails[command.rev] = (
+                TrailView(old.state, command.record, old.done) if old else TrailView(None, command.record)
+            )
+        elif kind is C.WriteTrail:
+            old = trails.get(command.rev)
+            trails[command.rev] = TrailView(command.state, old.progress, old.done) if old else TrailView(command.state)
+        elif kind is C.SetBootEnv:
+            if command.pv_rev is not None:
+                disk.pv_rev = command.pv_rev
+            if command.pv_try is not None:
+                disk.pv_try = command.pv_try
+        elif kind is C.WriteDoneMarker:
+            old = trails.get(command.rev)
+            trails[command.rev] = TrailView(old.state, old.progress, True) if old else TrailView(None, None, True)
+        elif kind is C.DeleteRevision:
+            trails.pop(command.rev, None)
+        elif kind is C.RunGc:
+            self._gc(run, brain, command)
+        # LinkObjects: hard links cost metadata writes only; the objects are already in the pool
+
+    def _gc(self, run: DeviceRun, brain: DeviceBrain, command: Any) -> None:
+        disk = brain.disk
+        removed_revs = frozenset(r for r in disk.trails if r not in command.keep_revisions)
+        for r in removed_revs:
+            del disk.trails[r]
+        referenced = set(command.keep_objects)
+        for trail in disk.trails.values():
+            if trail.state is not None:
+                referenced |= trail.state.object_shas()
+        removed = frozenset(s for s in disk.objects if s not in referenced)
+        disk.objects = disk.objects - removed
+        reclaimed = int(sum(self.size_mb.get(s, 0.0) for s in removed) * MB)
+        self._push(
+            brain,
+            run.env._now,
+            ("event", E.GcDone(reclaimed, self._storage(run.device, disk), removed, removed_revs)),
+        )
+
+    # -- non-durable commands ----------------------------------------------------------------------------
+    def _report(self, run: DeviceRun, brain: DeviceBrain, command: Any, t: float, queue: deque) -> None:
+        ok = self._hub_ok(run, brain)
+        if ok:
+            brain.hub_progress[command.rev] = command.record
+        if brain.updater.watches_hub:
+            queue.append(E.HubReached() if ok else E.HubRequestFailed())
+
+    def _metadata(self, run: DeviceRun, brain: DeviceBrain, command: Any, t: float, queue: deque) -> None:
+        if not self._hub_ok(run, brain):
+            queue.append(E.MetadataFailed(command.rev))
+            return
+        if self.world.table.full[run.device]:
+            self.world.count("disk_full")
+        sizes = {sha: int(self.size_mb.get(sha, 0.0) * MB) for sha in command.shas}
+        queue.append(E.MetadataReceived(command.rev, sizes, self._storage(run.device, brain.disk)))
+
+    def _fetch(self, run: DeviceRun, brain: DeviceBrain, command: Any, t: float) -> None:
+        """Plan one object transfer: when it ends and how (ok, dropped, outage, hash mismatch)."""
+        world = self.world
+        sha = command.sha
+        mb = self.size_mb.get(sha, command.size / MB)
+        now = run.env._now
+        start = max(t, now)
+        if not self._hub_ok(run, brain):
+            self._push(brain, start, ("event", E.ObjectFetched(sha, ok=False)))
+            return
+        rate = world.egress.share(run.link_mb_s)
+        world.egress.active += 1
+        end = start + mb / rate
+        stop = min(run.net_start if run.net_start > start else INF, world.hub_outages.next_start(start))
+        p = world.faults.network_loss_probability
+        if end > stop:
+            world.count("transfers_cut_by_outage")
+            self._push(brain, stop, ("fetch", E.ObjectFetched(sha, ok=False), (stop - start) * rate))
+        elif p > 0 and world.rng.random() < p:
+            world.count("network_losses")
+            drop = start + (end - start) * world.rng.random()
+            self._push(brain, drop, ("fetch", E.ObjectFetched(sha, ok=False), (drop - start) * rate))
+        elif sha in self.corrupt and self._defect(run.device, str(self.corrupt[sha])) == "corrupt_object":
+            world.count("corrupt_object")
+            self._push(brain, end, ("fetch", E.ObjectFetched(sha, ok=False, hash_mismatch=True), mb))
+        else:
+            self._push(brain, end, ("fetch", E.ObjectFetched(sha), mb))
+
+    def _start_containers(self, run: DeviceRun, brain: DeviceBrain, command: Any, t: float) -> None:
+        world = self.world
+        rng = world.rng
+        revision = world.revisions[int(command.rev)]
+        defect = self._defect(run.device, command.rev)
+        hit = self._defect_targets(revision) if defect in APP_DEFECTS else ()
+        if hit or defect == "breaks_network":
+            run.exposed = True
+        goals = {c.name: c.status_goal for c in revision.state.containers}
+        for name in command.names:
+            goal = goals.get(name, "STARTED")
+            if goal == "MOUNTED":
+                self._push(brain, t, ("event", E.ContainerMounted(name)))
+                continue
+            started = t + world.device_cfg.container_start_s.sample(rng)
+            self._push(brain, started, ("event", E.ContainerStarted(name)))
+            if name in hit and defect == "container_crash":
+                world.count("container_crash")
+                uptime = world.device_cfg.ready_s.sample(rng)
+                self._push(brain, started + uptime, ("event", E.ContainerExited(name, uptime, 1)))
+                continue
+            if goal == "READY":
+                if name in hit and defect == "never_ready":
+                    world.count("never_ready")
+                    continue
+                self._push(brain, started + world.device_cfg.ready_s.sample(rng), ("event", E.ContainerReady(name)))
+        if defect == "breaks_network":
+            world.count("breaks_network")
+
+    @staticmethod
+    def _defect_targets(revision: Any) -> tuple[str, ...]:
+        apps = [p[4:] for p in revision.release.parts if p.startswith("app:")]
+        if apps:
+            return tuple(apps)
+        return tuple(c.name for c in revision.state.containers if c.group == "app")
+
+    # -- power and boots -------------------------------------------------------------------------------
+    def _lose_volatile(self, run: DeviceRun, brain: DeviceBrain) -> None:
+        """A power cut: running transfers, timers and containers are gone."""
+        for _, _, item in brain.agenda:
+            if item[0] == "fetch":
+                self.world.egress.active -= 1
+        brain.agenda.clear()
+        brain.timers.clear()
+
+    def _crash_pause(self, run: DeviceRun) -> Generator[Any, Any, None]:
+        try:
+            yield from run.wait(CRASH_REBOOT_S)
+        except PowerCut:
+            yield from run.power_restored()
+
+    def _reboot_safely(self, run: DeviceRun, brain: DeviceBrain, queue: deque) -> Generator[Any, Any, None]:
+        """Reboot; a power cut or a crash during the boot's own writes means booting again."""
+        while True:
+            try:
+                yield from self._reboot(run, brain, queue)
+                return
+            except (PowerCut, DaemonCrash) as fault:
+                self._lose_volatile(run, brain)
+                if isinstance(fault, PowerCut):
+                    yield from run.power_restored()
+                else:
+                    yield from self._crash_pause(run)
+
+    def _reboot(self, run: DeviceRun, brain: DeviceBrain, queue: deque) -> Generator[Any, Any, None]:
+        """Boot until a revision comes up: bootloader latch, boot delay, kernel panics."""
+        world = self.world
+        cfg = self.config
+        queue.clear()
+        self._lose_volatile(run, brain)
+        if brain.disk.torn:
+            return
+        disk = self._own_disk(brain)
+        while True:
+            choice = choose_boot(disk.pv_rev, disk.pv_try, disk.latch, cfg.boot_latch, cfg.boot_attempts)
+            disk.latch = choice.latch  # the bootloader saves its latch before booting
+            run.first_boot = choice.trying
+            try:
+                yield from run.boot()
+            except PowerCut:
+                yield from run.power_restored()
+                continue
+            if self._defect(run.device, choice.rev) == "kernel_panic":
+                world.count("kernel_panic")
+                run.exposed = True
+                continue  # panic=2: the board resets and the bootloader decides again
+            break
+        run.first_boot = False
+        brain.booted = choice.rev
+        brain.containers_rev = choice.rev
+        world.set_running(run.device, int(choice.rev))
+        brain.updater, commands = self.Updater.boot(self._view(run.device, disk, choice.rev), cfg)
+        rebooting = yield from self._execute(run, brain, commands, queue)
+        if rebooting:
+            yield from self._reboot(run, brain, queue)
+
+    def _wake_factory(self, run: DeviceRun) -> DeviceBrain:
+        """A device that has run its factory revision since before the simulation: boot the engine
+        on the factory disk and settle it instantly (containers up, no time spent)."""
+        disk = self.factory_disk
+        updater, commands = self.Updater.boot(self._view(run.device, disk, "0"), self.config)
+        brain = DeviceBrain(updater, disk, "0")
+        pending = deque(commands)
+        settled = 0
+        while pending and settled < 200:
+            settled += 1
+            command = pending.popleft()
+            events: list[Any] = []
+            kind = type(command)
+            if command.durable:
+                self._apply(run, brain, command)
+                events.extend(item[1] for _, _, item in brain.agenda if item[0] == "event")
+                brain.agenda = [entry for entry in brain.agenda if entry[2][0] != "event"]
+            elif kind is C.StartContainers:
+                revision = self.world.revisions[int(command.rev)]
+                goals = {c.name: c.status_goal for c in revision.state.containers}
+                for name in command.names:
+                    if goals.get(name) == "MOUNTED":
+                        events.append(E.ContainerMounted(name))
+                    else:
+                        events.append(E.ContainerStarted(name))
+                        if goals.get(name) == "READY":
+                            events.append(E.ContainerReady(name))
+            elif kind is C.ArmTimer:
+                events.append(E.TimerFired(command.name))  # it ran out long before the simulation
+            elif kind is C.ReportProgress:
+                brain.hub_progress[command.rev] = command.record
+                if updater.watches_hub:
+                    events.append(E.HubReached())
+            for event in events:
+                pending.extend(updater.handle(event))
+        run.mb_written = 0.0
+        return brain

@@ -1,0 +1,41 @@
+"""Run one scenario: build the world for its update model, simulate, collect the results."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from pvsim.results import RunResult, collect
+from pvsim.scenario import Scenario
+from pvsim.world import World
+
+
+def model_factory(kind: str) -> Callable[[World], Any]:
+    if kind == "pantavisor":
+        from pvsim.model_pantavisor import PantavisorModel
+
+        return PantavisorModel
+    from pvsim.model_ab import ABModel
+
+    return ABModel
+
+
+def run_scenario(
+    scenario: Scenario, progress: Callable[[float, float], None] | None = None, chunks: int = 50
+) -> RunResult:
+    """Simulate to `run.until_s`. `progress(now, until)` is called between chunks of sim time
+    (the chunk boundaries add no events: `env.run(until=t)` stops at the first event past t)."""
+    world = World(scenario, model_factory(scenario.update_model.kind))
+    start = time.perf_counter()
+    until = scenario.run.until_s
+    if progress is None:
+        world.run()
+    else:
+        for k in range(1, chunks + 1):
+            world.env.run(until=until * k / chunks)
+            progress(world.env.now, until)
+    wall = time.perf_counter() - start
+    # env.run(until=...) schedules one stop event per call; they are the runner's, not the twin's
+    events = world.env.events - (chunks if progress is not None else 1)
+    return collect(world, wall, events)

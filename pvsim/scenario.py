@@ -1,0 +1,299 @@
+"""Scenario files: one flat TOML document per experiment, validated before anything runs.
+
+Tables: [fleet], [device], [faults], [[release]], [rollout], [update_model], [run]. Every key, its
+unit and its default is documented in docs/scenarios.md; the defaults live here and only here.
+A bad value is reported as `<file>: <dotted.key>: <what was expected>` and nothing is simulated.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pvsim.dists import Dist, DistField, parse_dist
+from shared.errors import PvError
+
+DEFECTS = (
+    "none",
+    "corrupt_object",
+    "bad_signature",
+    "kernel_panic",
+    "container_crash",
+    "never_ready",
+    "breaks_network",
+)
+STRATEGIES = ("all-at-once", "canary", "groups", "exponential", "max-unavailable", "maintenance-window")
+UPDATE_MODELS = ("pantavisor", "ab-image", "ab-delta")
+
+
+class ScenarioError(PvError):
+    """A scenario file that cannot be simulated; the message names the file and the dotted key."""
+
+    def __str__(self) -> str:
+        parts = [p for p in (self.source, self.key) if p]
+        return ": ".join([*parts, self.message])
+
+
+class _Table(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _fraction(value: float) -> float:
+    if not 0.0 <= value <= 1.0:
+        raise ValueError("must be between 0 and 1")
+    return value
+
+
+class Fleet(_Table):
+    devices: int = Field(1000, ge=1, le=10_000_000)
+    seed: int = 1
+    poll_interval_s: float = Field(60.0, gt=0)
+    hub_egress_mbit_s: float = Field(10_000.0, ge=0)  # 0: unlimited
+
+
+class Device(_Table):
+    boot_s: DistField = Dist("lognormal", 20.0, 0.3)
+    container_start_s: DistField = Dist("lognormal", 2.0, 0.5)
+    storage_write_mb_s: DistField = Dist("lognormal", 20.0, 0.5)
+    storage_latency_s: DistField = Dist("lognormal", 0.01, 0.5)
+    link_mbit_s: DistField = Dist("lognormal", 8.0, 1.0)
+    free_storage_mb: DistField = Dist("uniform", 500.0, 4000.0)
+    ready_s: DistField = Dist("lognormal", 5.0, 0.5)
+    env_write_s: DistField = Dist("lognormal", 0.2, 0.5)
+
+
+class HubOutage(_Table):
+    at_s: float = Field(ge=0)
+    duration_s: float = Field(gt=0)
+
+
+class Faults(_Table):
+    power_cuts_per_device_day: float = Field(0.0, ge=0)
+    power_outage_s: DistField = Dist("uniform", 5.0, 300.0)
+    first_boot_power_cut_probability: float = 0.0
+    storage_write_error_probability: float = 0.0
+    disk_full_fraction: float = 0.0
+    network_loss_probability: float = 0.0
+    network_outages_per_device_day: float = Field(0.0, ge=0)
+    network_outage_s: DistField = Dist("lognormal", 600.0, 1.0)
+    slow_link_fraction: float = 0.0
+    slow_link_factor: float = Field(20.0, ge=1)
+    hub_outages: tuple[HubOutage, ...] = ()
+    hub_outages_per_day: float = Field(0.0, ge=0)
+    hub_outage_s: DistField = Dist("uniform", 30.0, 600.0)
+
+    _fractions = field_validator(
+        "first_boot_power_cut_probability",
+        "storage_write_error_probability",
+        "disk_full_fraction",
+        "network_loss_probability",
+        "slow_link_fraction",
+    )(_fraction)
+
+
+class Release(_Table):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
+    at_s: float = Field(0.0, ge=0)
+    parts: tuple[str, ...] = ("app:web",)
+    size_mb: float = Field(20.0, gt=0)
+    defect: Literal[DEFECTS] = "none"  # type: ignore[valid-type]
+    defect_fraction: float = 1.0
+    major: bool = False
+
+    _fractions = field_validator("defect_fraction")(_fraction)
+
+    @field_validator("parts")
+    @classmethod
+    def _parts_known(cls, parts: tuple[str, ...]) -> tuple[str, ...]:
+        if not parts:
+            raise ValueError("needs at least one part (bsp, or app:<name>)")
+        for part in parts:
+            if part != "bsp" and not (part.startswith("app:") and part[4:].isidentifier()):
+                raise ValueError(f"unknown part {part!r}: expected 'bsp' or 'app:<name>'")
+        return parts
+
+
+class Rollout(_Table):
+    strategy: Literal[STRATEGIES] = "all-at-once"  # type: ignore[valid-type]
+    # canary
+    canary_devices: int = Field(10, ge=1)
+    soak_s: float = Field(3600.0, ge=0)
+    canary_max_failures: int = Field(0, ge=0)
+    # hawkBit-style groups
+    group_percent: tuple[float, ...] = (1.0, 10.0, 50.0, 100.0)
+    success_threshold: float = 0.5
+    error_threshold: float = 0.5
+    # AWS-IoT-style exponential rate
+    base_rate_per_min: float = Field(10.0, ge=1, le=1000)
+    increment_factor: float = Field(2.0, ge=1.1, le=5)
+    rate_increase_after_succeeded: int = Field(0, ge=0)
+    max_per_minute: float = Field(1000.0, ge=1)
+    abort_threshold: float = 0.1
+    min_executed: int = Field(50, ge=1)
+    # Kubernetes-style max unavailable
+    max_unavailable: float = Field(0.25, gt=0)
+    max_failure_ratio: float | None = None
+    # maintenance windows
+    window_start_h: float = Field(2.0, ge=0, lt=24)
+    window_length_h: float = Field(4.0, gt=0, le=24)
+    timezones_h: tuple[float, float] = (-8.0, 3.0)
+
+    _fractions = field_validator("success_threshold", "error_threshold", "abort_threshold")(_fraction)
+
+    @field_validator("group_percent")
+    @classmethod
+    def _groups_increase(cls, groups: tuple[float, ...]) -> tuple[float, ...]:
+        if not groups:
+            raise ValueError("needs at least one group")
+        if any(not 0 < g <= 100 for g in groups) or list(groups) != sorted(groups):
+            raise ValueError("must be increasing cumulative percentages in (0, 100]")
+        if groups[-1] != 100:
+            raise ValueError("the last group must reach 100 (percent of the fleet)")
+        return groups
+
+    @field_validator("max_failure_ratio")
+    @classmethod
+    def _ratio(cls, value: float | None) -> float | None:
+        return None if value is None else _fraction(value)
+
+
+class UpdateModel(_Table):
+    kind: Literal[UPDATE_MODELS] = "pantavisor"  # type: ignore[valid-type]
+    image_mb: float = Field(400.0, gt=0)
+    delta_ratio: DistField = Dist("uniform", 0.1, 0.7)
+    major_delta_ratio: DistField = Dist("uniform", 1.05, 1.3)
+    rollback: bool = True
+    bootlimit: int = Field(1, ge=1, le=15)
+    health_check: bool = True
+    health_window_s: float = Field(60.0, ge=0)
+    hardened: bool = True
+    engine: dict[str, float | int | str | bool] = Field(default_factory=dict)
+
+    @field_validator("engine")
+    @classmethod
+    def _engine_keys(cls, values: dict[str, Any]) -> dict[str, Any]:
+        from shared.engine.config import Config, ConfigError
+
+        try:
+            Config.from_mapping(values)
+        except ConfigError as exc:
+            raise ValueError(f"{exc.key}: {exc.message}") from None
+        return values
+
+
+class Run(_Table):
+    until_s: float = Field(86400.0, gt=0)
+    timeline_step_s: float = Field(60.0, gt=0)
+
+
+class Scenario(_Table):
+    name: str = "scenario"
+    description: str = ""
+    fleet: Fleet = Fleet()
+    device: Device = Device()
+    faults: Faults = Faults()
+    release: tuple[Release, ...] = Field(min_length=1)
+    rollout: Rollout = Rollout()
+    update_model: UpdateModel = UpdateModel()
+    run: Run = Run()
+
+    @model_validator(mode="after")
+    def _releases_ordered(self) -> Scenario:
+        names = [r.name for r in self.release]
+        if len(set(names)) != len(names):
+            raise ValueError("release.name: release names must be unique")
+        times = [r.at_s for r in self.release]
+        if times != sorted(times):
+            raise ValueError("release.at_s: releases must be listed in time order")
+        return self
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        elif item in DEFECTS or item in STRATEGIES or str(item).startswith("function-"):
+            continue
+        else:
+            parts.append(("." if parts else "") + str(item))
+    return "".join(parts)
+
+
+def _message(error: dict[str, Any]) -> str:
+    msg = str(error["msg"])
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if msg.startswith(prefix):
+            msg = msg[len(prefix) :]
+    if error["type"] == "extra_forbidden":
+        return "unknown key"
+    if error["type"] == "missing":
+        return "required key is missing"
+    return msg
+
+
+def validate_scenario(data: dict[str, Any], source: str) -> Scenario:
+    """Validate a parsed TOML document; raise ScenarioError naming `source` and the dotted key."""
+    try:
+        return Scenario.model_validate(data)
+    except ValidationError as exc:
+        errors = exc.errors()
+        first = errors[0]
+        key = _dotted(first["loc"]) or "(top level)"
+        message = _message(first)
+        if len(errors) > 1:
+            rest = "; ".join(f"{_dotted(e['loc'])}: {_message(e)}" for e in errors[1:4])
+            message += f" (also: {rest})"
+        raise ScenarioError(message, source=source, key=key) from None
+
+
+def load_scenario(path: str | Path, **overrides: Any) -> Scenario:
+    """Read and validate a scenario file. `overrides` are dotted keys, e.g. {"fleet.devices": 500}."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ScenarioError(f"cannot read: {exc.strerror}", source=str(path)) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ScenarioError(f"not valid TOML: {exc}", source=str(path)) from None
+    data.setdefault("name", path.stem)
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        table, _, key = dotted.rpartition(".")
+        target = data
+        for part in table.split(".") if table else ():
+            target = target.setdefault(part, {})
+        target[key] = value
+    return validate_scenario(data, str(path))
+
+
+def with_overrides(scenario: Scenario, **dotted: Any) -> Scenario:
+    """A copy of a validated scenario with some dotted keys changed (validated again)."""
+    data = scenario.model_dump()
+    for key, value in dotted.items():
+        table, _, leaf = key.rpartition(".")
+        target = data
+        for part in table.split(".") if table else ():
+            target = target[part]
+        target[leaf] = value
+    return validate_scenario(data, scenario.name)
+
+
+__all__ = [
+    "DEFECTS",
+    "STRATEGIES",
+    "UPDATE_MODELS",
+    "Dist",
+    "Scenario",
+    "ScenarioError",
+    "load_scenario",
+    "parse_dist",
+    "validate_scenario",
+    "with_overrides",
+]
