@@ -1,0 +1,532 @@
+"""Crash-point enumeration: cut power at every durable step of an update and check the invariants.
+
+For each update kind:
+1. a reference run records the durable steps of the whole update (intake to quiescence);
+2. for every step k the run is replayed and power is cut before step k (and inside it when the
+   storage model can tear it), plus one cut at quiescence (a plain power cycle); the device boots
+   again and runs to quiescence;
+3. a second sweep does the same and then cuts again at every durable step of the recovery boot(s);
+4. after each run the invariants are checked:
+   I1 the device boots and runs a revision (never zero bootable revisions);
+   I2 it runs the old committed revision or the new one, the new one only if committed (pv_rev)
+      or being tried (pv_try);
+   I3 every object of pv_rev and pv_try is present and linked into its trail;
+   I4 the final progress agrees with the outcome (DONE/UPDATED iff the new revision stayed,
+      ERROR/WONTGO iff not; DONE means pv_rev is the new revision), a failure reason once written
+      is never replaced, and the Hub ends up with the device's final record;
+   I5 a bounded number of boots reaches quiescence (no reboot loop).
+
+Runs are deterministic, so a replay reaches exactly the same cut point.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from functools import cache
+from typing import Any
+
+from pvsim.memdevice import (
+    Behaviour,
+    BootFailure,
+    CutPoint,
+    EnvStore,
+    HubStep,
+    MemDevice,
+    PowerCut,
+    Storage,
+    Trail,
+)
+from shared.engine.bootloader import Latch
+from shared.engine.config import Config, Ordering
+from shared.engine.events import CtrlCommand, Event, LocalStepStarted, LocalStepUploaded
+from shared.engine.progress import Msg, Progress, Status
+from shared.state import State, parse_state
+
+MAX_BOOTS = 8  # I5: boots allowed after a cut before the device must be quiet
+OLD, NEW = "old", "new"
+
+# ----------------------------------------------------------------------------- revisions
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _container(name: str, group: str, policy: str, goal: str | None = None) -> dict[str, Any]:
+    run: dict[str, Any] = {
+        "#spec": "service-manifest-run@1",
+        "config": "lxc.container.conf",
+        "drivers": {"manual": [], "optional": [], "required": []},
+        "group": group,
+        "name": name,
+        "restart_policy": policy,
+        "root-volume": "root.squashfs",
+        "storage": {"lxc-overlay": {"persistence": "boot"}},
+        "type": "lxc",
+        "volumes": [],
+    }
+    if goal:
+        run["status_goal"] = goal
+    return run
+
+
+@cache
+def build_state(kernel: str = "k1", app: str = "a1", sysc: str = "s1", app_goal: str = "") -> State:
+    """A small revision: BSP, a system-policy container `sysc`, an app container `app`."""
+    groups = [
+        {"name": "data", "status_goal": "MOUNTED", "restart_policy": "system", "timeout": 30},
+        {"name": "root", "status_goal": "STARTED", "restart_policy": "system", "timeout": 30},
+        {"name": "platform", "status_goal": "STARTED", "restart_policy": "system", "timeout": 30},
+        {
+            "name": "app",
+            "status_goal": "STARTED",
+            "restart_policy": "container",
+            "timeout": 60,
+            "auto_recovery": {
+                "policy": "on-failure",
+                "max_retries": 3,
+                "retry_delay": 5,
+                "backoff_factor": 2.0,
+                "stable_timeout": 30,
+            },
+        },
+    ]
+    doc: dict[str, Any] = {
+        "#spec": "pantavisor-service-system@1",
+        "bsp/run.json": {"linux": "kernel.img", "initrd": "pantavisor", "addons": []},
+        "bsp/kernel.img": _sha("kernel " + kernel),
+        "bsp/pantavisor": _sha("pantavisor " + kernel),
+        "device.json": {"groups": groups},
+        "sysc/run.json": _container("sysc", "platform", "system"),
+        "sysc/root.squashfs": _sha("sysc " + sysc),
+        "sysc/lxc.container.conf": _sha("sysc conf"),
+        "app/run.json": _container("app", "app", "container", app_goal or None),
+        "app/root.squashfs": _sha("app " + app),
+        "app/lxc.container.conf": _sha("app conf"),
+    }
+    return parse_state(doc, source=f"crashcheck revision ({kernel}, {app}, {sysc})")
+
+
+# ----------------------------------------------------------------------------- kinds
+
+
+@dataclass(frozen=True)
+class Kind:
+    name: str
+    description: str
+    new_rev: str
+    new_state: State
+    expected: str  # outcome without a power cut: OLD or NEW
+    expected_status: Status
+    behaviour: Behaviour = field(default_factory=Behaviour)
+    signature_error: str | None = None
+    local: bool = False  # LOCAL_RUN_COMMIT through pv-ctrl instead of a Hub step
+    gc_base: bool = False  # storage nearly full of older revisions
+
+
+def kinds() -> dict[str, Kind]:
+    base = build_state()
+    app2 = build_state(app="a2")
+    bsp2 = build_state(kernel="k2")
+    ready2 = build_state(app="a2", app_goal="READY")
+    kernel_sha = bsp2.objects["bsp/kernel.img"]
+    gc_new = build_state(kernel="k3")
+    sizes = {sha: 300_000 for sha in (bsp2.object_shas() | gc_new.object_shas())}
+    items = [
+        Kind("app-good", "app-only update, non-reboot", "1", app2, NEW, Status.UPDATED),
+        Kind(
+            "app-crash",
+            "app-only update whose container keeps crashing",
+            "1",
+            app2,
+            OLD,
+            Status.ERROR,
+            Behaviour(crashes=frozenset({("1", "app")})),
+        ),
+        Kind(
+            "app-never-ready",
+            "app with status goal READY that never signals ready",
+            "1",
+            ready2,
+            OLD,
+            Status.ERROR,
+            Behaviour(never_ready=frozenset({("1", "app")})),
+        ),
+        Kind("bsp-good", "new kernel, reboot update", "1", bsp2, NEW, Status.DONE),
+        Kind(
+            "bsp-panic",
+            "new kernel that panics at boot",
+            "1",
+            bsp2,
+            OLD,
+            Status.ERROR,
+            Behaviour(panics=frozenset({"1"})),
+        ),
+        Kind(
+            "system-container",
+            "container with restart_policy system changed (reboot)",
+            "1",
+            build_state(sysc="s2"),
+            NEW,
+            Status.DONE,
+        ),
+        Kind(
+            "bad-signature",
+            "step whose signature does not verify",
+            "1",
+            bsp2,
+            OLD,
+            Status.WONTGO,
+            signature_error=Msg.SIG_FAILED,
+        ),
+        Kind(
+            "corrupt-object",
+            "the Hub serves an object whose sha256 does not match",
+            "1",
+            bsp2,
+            OLD,
+            Status.WONTGO,
+            Behaviour(corrupt_objects=frozenset({kernel_sha})),
+        ),
+        Kind(
+            "hub-unreachable-testing",
+            "every Hub request fails once the new kernel is TESTING",
+            "1",
+            bsp2,
+            OLD,
+            Status.ERROR,
+            Behaviour(hub_fails_in_testing=True),
+        ),
+        Kind(
+            "local-run-commit",
+            "app update through pv-ctrl LOCAL_RUN_COMMIT (forced try-boot)",
+            "locals/dev",
+            app2,
+            NEW,
+            Status.DONE,
+            local=True,
+        ),
+        Kind(
+            "gc-during-update",
+            "storage nearly full: the space check runs GC, then a kernel update",
+            "2",
+            gc_new,
+            NEW,
+            Status.DONE,
+            Behaviour(object_sizes=sizes),
+            gc_base=True,
+        ),
+    ]
+    assert base is not None
+    return {k.name: k for k in items}
+
+
+# ----------------------------------------------------------------------------- base device
+
+
+def base_storage(kind: Kind, config: Config) -> tuple[Storage, str]:
+    """A settled device running its committed revision; returns (storage, old revision)."""
+    redundant = config.ordering is Ordering.HARDENED
+    old_state = build_state()
+    objects = {sha: kind.behaviour.object_sizes.get(sha, 1000) for sha in old_state.object_shas()}
+    trails = {"0": Trail(old_state, None, False, old_state.object_shas())}
+    old = "0"
+    total = 1 << 30
+    if kind.gc_base:
+        older = build_state(kernel="k2")
+        for sha in older.object_shas():
+            objects.setdefault(sha, kind.behaviour.object_sizes.get(sha, 1000))
+        trails = {
+            "0": Trail(older, Progress.make(Status.DONE, Msg.FACTORY), True, older.object_shas()),
+            "1": Trail(
+                old_state, Progress.make(Status.DONE, Msg.DONE), True, old_state.object_shas()
+            ),
+        }
+        old = "1"
+        # Room for the update only once GC removed revision 0's kernel and pantavisor.
+        total = int((sum(objects.values()) + 300_000) / 0.95) + 1
+    if kind.local:
+        state = kind.new_state
+        for sha in state.object_shas():  # objects uploaded with PUT /objects before the step
+            objects.setdefault(sha, 1000)
+    storage = Storage(EnvStore.create({"pv_rev": old}, redundant), Latch(), trails, objects, total)
+    device = MemDevice(storage, config, kind.behaviour, [])
+    outcome = device.run_boot()
+    assert outcome == "quiet", f"base device for {kind.name} did not settle"
+    return storage, old
+
+
+def _operator(kind: Kind) -> Callable[[MemDevice], list[Event]] | None:
+    """A person at pv-ctrl: uploads the local step and runs it, again after a power cut."""
+    if not kind.local:
+        return None
+    rev, state = kind.new_rev, kind.new_state
+
+    def act(device: MemDevice) -> list[Event]:
+        trail = device.storage.trails.get(rev)
+        record = trail.progress if trail is not None else None
+        if record is not None and record.status is not Status.NEW:
+            return []
+        if trail is None or trail.state is None:
+            # The PUT writes .pvr/json itself (backend I/O), then tells the engine.
+            device.storage.trails.setdefault(rev, Trail()).state = state
+            return [
+                LocalStepStarted(rev),
+                LocalStepUploaded(rev, state),
+                CtrlCommand("LOCAL_RUN_COMMIT", rev, state),
+            ]
+        return [CtrlCommand("LOCAL_RUN_COMMIT", rev, state)]
+
+    return act
+
+
+# ----------------------------------------------------------------------------- one run
+
+
+@dataclass
+class RunResult:
+    outcome: str  # OLD / NEW / "none"
+    violations: list[str]
+    steps: list[str]
+    tearable: list[bool]
+    steps_at_first_cut: int | None
+    record: Progress | None
+
+
+def run_once(
+    kind: Kind,
+    config: Config,
+    base: Storage,
+    old: str,
+    cuts: tuple[CutPoint, ...] = (),
+) -> RunResult:
+    storage = base.copy()
+    hub = [] if kind.local else [HubStep(kind.new_rev, kind.new_state, None, kind.signature_error)]
+    device = MemDevice(storage, config, kind.behaviour, hub, _operator(kind))
+    pending = list(cuts)
+    device.cut = pending.pop(0) if pending else None
+    violations: list[str] = []
+    first_cut_at: int | None = None
+    boots_since_cut = 0
+    written_failure: Progress | None = None
+    while True:
+        try:
+            state = device.run_boot()
+        except PowerCut:
+            state = "cut"
+        except BootFailure as exc:
+            violations.append(f"I1 no bootable revision: {exc}")
+            break
+        except RuntimeError as exc:
+            violations.append(f"I5 {exc}")
+            break
+        written_failure = written_failure or _failure_on_disk(storage, kind.new_rev)
+        if state == "quiet" and device.cut is not None:
+            state = "cut"  # the cut point lies beyond the last step: a power cycle when quiet
+        if state == "cut":
+            if first_cut_at is None:
+                first_cut_at = len(device.steps)
+            boots_since_cut = 0
+            nxt = pending.pop(0) if pending else None
+            device.cut = replace(nxt, step=first_cut_at + nxt.step) if nxt else None
+            continue
+        if state == "quiet":
+            break
+        boots_since_cut += 1
+        if boots_since_cut > MAX_BOOTS:
+            violations.append(f"I5 reboot loop: {boots_since_cut} boots without quiescence")
+            break
+    record = storage.trails[kind.new_rev].progress if kind.new_rev in storage.trails else None
+    outcome = "none"
+    if not violations:
+        outcome = _check(device, kind, old, record, written_failure, hub, violations)
+    return RunResult(outcome, violations, device.steps, device.tearable, first_cut_at, record)
+
+
+def _failure_on_disk(storage: Storage, rev: str) -> Progress | None:
+    trail = storage.trails.get(rev)
+    if trail is not None and trail.progress is not None and trail.progress.is_failed:
+        return trail.progress
+    return None
+
+
+def _check(
+    device: MemDevice,
+    kind: Kind,
+    old: str,
+    record: Progress | None,
+    written_failure: Progress | None,
+    hub: list[HubStep],
+    violations: list[str],
+) -> str:
+    new = kind.new_rev
+    env = device.storage.env.read() or {}
+    pv_rev, pv_try = env.get("pv_rev", ""), env.get("pv_try", "")
+    running = device.running
+    # I2
+    if running not in (old, new):
+        violations.append(f"I2 runs revision {running!r}, neither the old {old} nor the new {new}")
+    outcome = NEW if running == new else OLD
+    if outcome == NEW and new not in (pv_rev, pv_try):
+        violations.append(f"I2 runs {new} although it is neither pv_rev nor pv_try")
+    # I3
+    for name, rev in (("pv_rev", pv_rev), ("pv_try", pv_try)):
+        if rev:
+            problem = device.unbootable(rev)
+            if problem:
+                violations.append(f"I3 {name}={rev}: {problem}")
+    # I4
+    status = record.status if record is not None else None
+    if outcome == OLD and status is Status.DONE:
+        violations.append(
+            f"I4 DONE-before-pv_rev window (§3.9): progress of {new} is DONE but the device "
+            f"fell back to {old} (pv_rev={pv_rev}, pv_try={pv_try or 'unset'})"
+        )
+    elif outcome == NEW and status not in (Status.DONE, Status.UPDATED):
+        violations.append(f"I4 runs {new} but its progress is {_fmt(record)}")
+    elif outcome == OLD and status not in (Status.ERROR, Status.WONTGO):
+        violations.append(f"I4 fell back to {old} but the progress of {new} is {_fmt(record)}")
+    if status is Status.DONE and outcome == NEW and pv_rev != new:
+        violations.append(f"I4 progress DONE but pv_rev is {pv_rev}, not {new}")
+    if status is Status.UPDATED and pv_try != new:
+        violations.append(f"I4 progress UPDATED but pv_try is {pv_try or 'unset'}, not {new}")
+    if written_failure is not None and (
+        record is None
+        or (record.status, record.status_msg)
+        != (written_failure.status, written_failure.status_msg)
+    ):
+        violations.append(
+            f"I4 reason lost: {_fmt(written_failure)} was written, final is {_fmt(record)}"
+        )
+    for step in hub:
+        if step.rev == new and record is not None and record.is_final and step.progress != record:
+            violations.append(
+                f"I4 the Hub has {_fmt(step.progress)} while the device has {_fmt(record)}"
+            )
+    return outcome
+
+
+def _fmt(record: Progress | None) -> str:
+    return "missing" if record is None else f"{record.status.value} '{record.status_msg}'"
+
+
+# ----------------------------------------------------------------------------- enumeration
+
+
+@dataclass
+class KindReport:
+    kind: str
+    description: str
+    steps: list[str]
+    crash_points: int = 0
+    outcomes: Counter = field(default_factory=Counter)
+    violations: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    reference: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "description": self.description,
+            "durable_steps": len(self.steps),
+            "crash_points": self.crash_points,
+            "outcomes": dict(sorted(self.outcomes.items())),
+            "violations": self.violations,
+            "seconds": round(self.seconds, 3),
+            "reference": self.reference,
+        }
+
+
+def _cuts(count: int, tearable: list[bool]) -> Iterable[CutPoint]:
+    """Before every step, inside every tearable step, and once at quiescence (step == count)."""
+    for i in range(count + 1):
+        yield CutPoint(i)
+        if i < count and tearable[i]:
+            yield CutPoint(i, torn=True)
+
+
+def _label(cut: CutPoint, steps: list[str]) -> str:
+    if cut.step >= len(steps):
+        return "power cycle once quiet"
+    where = "inside" if cut.torn else "before"
+    return f"{where} step {cut.step} ({steps[cut.step]})"
+
+
+def check_kind(kind: Kind, config: Config, *, second_sweep: bool = True) -> KindReport:
+    started = time.perf_counter()
+    base, old = base_storage(kind, config)
+    ref = run_once(kind, config, base, old)
+    report = KindReport(kind.name, kind.description, ref.steps)
+    report.reference = f"{ref.outcome} {ref.record.status.value if ref.record else 'missing'}"
+
+    def note(result: RunResult, label: str) -> None:
+        report.crash_points += 1
+        report.outcomes[result.outcome] += 1
+        report.violations.extend(f"{label}: {v}" for v in result.violations)
+
+    if (
+        ref.violations
+        or ref.outcome != kind.expected
+        or (ref.record is None or ref.record.status is not kind.expected_status)
+    ):
+        report.violations.append(
+            f"reference run (no power cut): expected {kind.expected} "
+            f"{kind.expected_status.value}, got {ref.outcome} {_fmt(ref.record)}; " + "; ".join(ref.violations)
+        )
+    for cut in _cuts(len(ref.steps), ref.tearable):
+        first = run_once(kind, config, base, old, (cut,))
+        label = _label(cut, ref.steps)
+        note(first, label)
+        if not second_sweep or first.steps_at_first_cut is None or cut.step >= len(ref.steps):
+            continue
+        recovery_steps = first.steps[first.steps_at_first_cut :]
+        rec_tear = first.tearable[first.steps_at_first_cut :]
+        for cut2 in _cuts(len(recovery_steps), rec_tear):
+            if cut2.step >= len(recovery_steps):
+                continue  # identical to the first sweep's power cycle once quiet
+            second = run_once(kind, config, base, old, (cut, cut2))
+            note(second, f"{label}, then {_label(cut2, recovery_steps)} of the recovery")
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+@dataclass
+class CrashReport:
+    ordering: str
+    kinds: dict[str, KindReport]
+    seconds: float
+
+    @property
+    def total_crash_points(self) -> int:
+        return sum(k.crash_points for k in self.kinds.values())
+
+    @property
+    def violation_count(self) -> int:
+        return sum(len(k.violations) for k in self.kinds.values())
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ordering": self.ordering,
+            "total_crash_points": self.total_crash_points,
+            "violations": self.violation_count,
+            "seconds": round(self.seconds, 3),
+            "kinds": {name: k.to_json() for name, k in self.kinds.items()},
+        }
+
+
+def crashcheck(
+    ordering: Ordering = Ordering.HARDENED,
+    names: Iterable[str] | None = None,
+    config: Config | None = None,
+    *,
+    second_sweep: bool = True,
+) -> CrashReport:
+    started = time.perf_counter()
+    config = replace(config or Config(), ordering=ordering)
+    table = kinds()
+    selected = list(names) if names else list(table)
+    reports = {n: check_kind(table[n], config, second_sweep=second_sweep) for n in selected}
+    return CrashReport(ordering.value, reports, time.perf_counter() - started)
