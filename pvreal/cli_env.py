@@ -187,4 +187,3 @@ def _size(text: str) -> int:
     if value <= ubootenv.REDUNDANT_HEADER:
         raise argparse.ArgumentTypeError(f"size {value} is too small for a U-Boot env")
     return value
-

@@ -16,7 +16,9 @@ from pvreal.bootenv.errors import EnvCorrupt, EnvFull, InvalidEntry
 
 _ANY_TEXT = st.characters(blacklist_categories=("Cs",), blacklist_characters="\0")
 GRUB_KEYS = st.text(
-    st.characters(blacklist_categories=("Cs",), blacklist_characters="=\n\0"), min_size=1, max_size=12
+    st.characters(blacklist_categories=("Cs",), blacklist_characters="=\n\0"),
+    min_size=1,
+    max_size=12,
 ).filter(lambda k: not k.startswith("#"))
 UBOOT_KEYS = st.text(
     st.characters(blacklist_categories=("Cs",), blacklist_characters="=\0"), min_size=1, max_size=12

@@ -62,12 +62,13 @@ def printenv(fw_printenv: str, config: Path) -> dict[str, str]:
     return dict(line.split("=", 1) for line in lines)
 
 
-# Names and values every tool below can carry on its command line or text input.
+# Names and values every tool below can carry on its command line or text input. A name starting
+# with '-' would be taken for an option (grub-editenv has no '--').
 SIMPLE_KEYS = st.text(
     st.characters(min_codepoint=0x21, max_codepoint=0x7E, blacklist_characters="=#"),
     min_size=1,
     max_size=10,
-)
+).filter(lambda key: not key.startswith("-"))
 SIMPLE_VALUES = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=30)
 INTEROP = settings(
     max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]

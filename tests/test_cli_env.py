@@ -111,8 +111,12 @@ UBOOT_OK = ubootenv.encode_image({"pv_rev": "0"}, 2048)
         (UBOOT_OK, ["--format", "grub"], "is 2048 bytes"),
     ],
 )
-@pytest.mark.parametrize("verb", [["list"], ["get", "pv_rev"], ["set", "pv_rev=9"], ["unset", "pv_rev"]])
-def test_corrupt_file_is_reported_and_never_rewritten(tmp_path, capsys, content, extra, problem, verb):
+@pytest.mark.parametrize(
+    "verb", [["list"], ["get", "pv_rev"], ["set", "pv_rev=9"], ["unset", "pv_rev"]]
+)
+def test_corrupt_file_is_reported_and_never_rewritten(
+    tmp_path, capsys, content, extra, problem, verb
+):
     env_file = tmp_path / "bootenv"
     env_file.write_bytes(content)
     rc, out, err = pvreal(verb[0], env_file, *verb[1:], *extra, capsys=capsys)

@@ -130,8 +130,12 @@ class _TwoCopyStore:
         chosen = valid[0] if len(valid) == 1 else self._newer(copies[0], copies[1])
         report = LoadReport(dict(copies[chosen].env or {}), chosen, copies)
         for copy in report.damaged:
-            log.warning("boot env copy %s is damaged (%s); using %s", copy.path, copy.problem,
-                        copies[chosen].path)
+            log.warning(
+                "boot env copy %s is damaged (%s); using %s",
+                copy.path,
+                copy.problem,
+                copies[chosen].path,
+            )
         return report
 
     def load(self) -> dict[str, str]:
