@@ -156,6 +156,13 @@ TABLE: Mapping[tuple[Phase, str], Rule] = {
     (P.DOWNLOADING, Verdict.FAILED): Rule("_on_steady_failure", (P.REBOOTING,), "reboot"),
 }
 
+# Transitions made by the rules beside the table (R3), listed for the generated diagram.
+BESIDE_EDGES: tuple[tuple[Phase, Phase, str], ...] = (
+    (P.IDLE, P.TRANSITIONING, "CtrlCommand LOCAL_RUN"),
+    (P.IDLE, P.INPROGRESS, "CtrlCommand LOCAL_RUN"),
+    (P.IDLE, P.REBOOTING, "CtrlCommand LOCAL_RUN_COMMIT / REBOOT_DEVICE"),
+)
+
 _CONTAINER_TIMERS = frozenset({"timer:goal", "timer:recovery", "timer:stable", "timer:backoff"})
 
 
