@@ -22,7 +22,7 @@ from shared.engine.commands import (
     WriteDoneMarker,
     WriteTrail,
 )
-from shared.engine.config import Config, Ordering
+from shared.engine.config import DEFAULT_CONFIG, Config, Ordering
 from shared.engine.events import (
     ContainerExited,
     ContainerMounted,
@@ -58,7 +58,7 @@ def rec(status: Status, msg: str = "", retries: int = 0) -> Progress:
     return Progress.make(status, msg, retries)
 
 
-def boot(booted="0", pv_rev="0", pv_try="", trails=None, objects=None, config=Config()):
+def boot(booted="0", pv_rev="0", pv_try="", trails=None, objects=None, config=DEFAULT_CONFIG):
     trails = (
         trails if trails is not None else {"0": TrailView(OLD, rec(Status.DONE, Msg.FACTORY), True)}
     )
@@ -91,7 +91,7 @@ def of(cmds, kind):
     return [c for c in cmds if isinstance(c, kind)]
 
 
-def running_idle(config=Config()):
+def running_idle(config=DEFAULT_CONFIG):
     u, _ = boot(config=config)
     settle(u)
     assert u.phase is Phase.IDLE

@@ -1,0 +1,79 @@
+"""The whole crash-point enumeration, both orderings, plus the CLI contract."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pvsim.cli import main
+from pvsim.crashcheck import crashcheck, kinds
+from shared.engine.config import Ordering
+from shared.engine.diagram import render
+
+pytestmark = pytest.mark.xdist_group("crashcheck")
+
+
+@pytest.fixture(scope="module")
+def hardened():
+    return crashcheck(Ordering.HARDENED)
+
+
+@pytest.fixture(scope="module")
+def faithful():
+    return crashcheck(Ordering.FAITHFUL)
+
+
+def test_hardened_has_no_violation(hardened):
+    assert hardened.violation_count == 0, "\n".join(
+        v for k in hardened.kinds.values() for v in k.violations
+    )
+    assert set(hardened.kinds) == set(kinds()) and len(hardened.kinds) >= 11
+    assert hardened.total_crash_points > 500
+
+
+def test_every_kind_ends_as_expected_without_a_cut_and_sees_both_outcomes(hardened):
+    for name, report in hardened.kinds.items():
+        kind = kinds()[name]
+        assert report.reference == f"{kind.expected} {kind.expected_status.value}", name
+        assert report.outcomes[kind.expected] > 0
+    # a power cut while a good reboot update is tested is a rollback (§3.9)
+    assert hardened.kinds["bsp-good"].outcomes["old"] > 0
+
+
+def test_faithful_reproduces_the_done_before_pv_rev_window(faithful):
+    assert faithful.violation_count > 0
+    done_window = [v for v in faithful.kinds["bsp-good"].violations if "DONE-before-pv_rev" in v]
+    assert any(v.startswith("before step") and ", then" not in v for v in done_window)
+    torn = [v for v in faithful.kinds["bsp-good"].violations if "torn" in v]
+    assert torn, "the in-place env rewrite should tear"
+
+
+def test_no_run_takes_long(hardened, faithful):
+    assert hardened.seconds < 60 and faithful.seconds < 60
+
+
+def test_cli_writes_json_and_exit_codes(tmp_path, capsys):
+    out = tmp_path / "h.json"
+    assert main(["crashcheck", "--kind", "bsp-good", "--kind", "app-good", "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["ordering"] == "hardened" and doc["violations"] == 0
+    assert set(doc["kinds"]) == {"bsp-good", "app-good"}
+    assert doc["total_crash_points"] == sum(k["crash_points"] for k in doc["kinds"].values())
+    assert {"crash_points", "outcomes", "violations"} <= set(doc["kinds"]["bsp-good"])
+    bad = tmp_path / "f.json"
+    assert (
+        main(["crashcheck", "--ordering", "faithful", "--kind", "bsp-good", "--json", str(bad)])
+        == 1
+    )
+    assert json.loads(bad.read_text())["violations"] > 0
+    assert "DONE-before-pv_rev" in capsys.readouterr().out
+
+
+def test_state_machine_doc_is_not_stale():
+    from pathlib import Path
+
+    doc = Path(__file__).resolve().parent.parent / "docs" / "state-machine.md"
+    assert doc.read_text() == render(), (
+        "regenerate: python -m shared.engine.diagram > docs/state-machine.md"
+    )
