@@ -119,10 +119,13 @@ def _decode_protected(text: str, *, key: str, source: str | None) -> Any:
         raise SignatureError("couldn't decode the signature's protected header",
                              source=source, key=key)
     try:
-        return json.loads(raw)
+        header = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise SignatureError(f"protected header is not JSON: {exc}", source=source,
                              key=key) from None
+    if not isinstance(header, dict):
+        raise SignatureError("protected header must be a JSON object", source=source, key=key)
+    return header
 
 
 def _claim_lists(node: Any) -> Iterator[str]:
