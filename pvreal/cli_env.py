@@ -1,16 +1,21 @@
 """`pvreal env list|get|set|unset FILE`: read and edit GRUB and U-Boot boot environment files.
 
 The format is detected from the content unless `--format` is given. A corrupt or truncated file
-is reported (exit 1, naming the file and the problem) and never rewritten.
+is reported (exit 1, naming the file and the problem) and never rewritten. With `--hardened`, FILE
+is the primary of a hardened two-copy store: a damaged copy is reported as a warning and the other
+one used; a write goes through the store (and so repairs the damaged copy).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from pvreal.bootenv import layout as layouts
-from pvreal.bootenv import ubootenv
+from pvreal.bootenv import store, ubootenv
 from pvreal.bootenv.errors import BootEnvError, EnvCorrupt, InvalidEntry
 from pvreal.bootenv.layout import EnvLayout
 from pvreal.durable import atomic_write, write_in_place
@@ -45,6 +50,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="U-Boot redundant layout (a flags byte after the CRC, as mkenvimage -r)",
     )
+    common.add_argument(
+        "--hardened",
+        action="store_true",
+        help="FILE is the first of the two copies of the hardened store (docs/bootenv.md)",
+    )
+    common.add_argument(
+        "--second",
+        type=Path,
+        metavar="FILE2",
+        help="with --hardened: the second copy (default: NAME-redund.SUFFIX beside FILE)",
+    )
 
     show = verbs.add_parser("list", parents=[common], help="print every variable as KEY=VALUE")
     show.add_argument("--json", action="store_true", help="print one JSON object")
@@ -67,7 +83,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _list(args: argparse.Namespace) -> int:
-    _, env, _ = _read(args)
+    env = _open(args).env
     if args.json:
         print(dumps(env))
     else:
@@ -77,7 +93,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _get(args: argparse.Namespace) -> int:
-    _, env, _ = _read(args)
+    env = _open(args).env
     if args.key not in env:
         raise BootEnvError("variable not set", source=str(args.file), key=args.key)
     print(dumps({args.key: env[args.key]}) if args.json else env[args.key])
@@ -93,17 +109,34 @@ def _set(args: argparse.Namespace) -> int:
                 f"expected KEY=VALUE, got {assignment!r}", source=str(args.file), key=key
             )
         updates[key] = value
-    layout, env, old = _read(args, create=True)
-    _write(args.file, layout, {**env, **updates}, old)
+    opened = _open(args, create=True)
+    opened.write({**opened.env, **updates})
     return 0
 
 
 def _unset(args: argparse.Namespace) -> int:
-    layout, env, old = _read(args)
-    remaining = {k: v for k, v in env.items() if k not in args.keys}
-    if remaining != env:
-        _write(args.file, layout, remaining, old)
+    opened = _open(args)
+    remaining = {k: v for k, v in opened.env.items() if k not in args.keys}
+    if remaining != opened.env:
+        opened.write(remaining)
     return 0
+
+
+@dataclass(frozen=True)
+class _Opened:
+    """The variables found, and how to write a new set of them back to the same place."""
+
+    env: dict[str, str]
+    write: Callable[[dict[str, str]], None]
+
+
+def _open(args: argparse.Namespace, *, create: bool = False) -> _Opened:
+    if args.hardened:
+        return _open_pair(args, create=create)
+    if args.second is not None:
+        raise BootEnvError("--second needs --hardened", source=str(args.file))
+    layout, env, old = _read(args, create=create)
+    return _Opened(env, lambda new_env: _write(args.file, layout, new_env, old))
 
 
 def _read(
@@ -150,6 +183,62 @@ def _existing_layout(args: argparse.Namespace, data: bytes) -> EnvLayout:
             layouts.uboot(size).decode(data, source=source)  # raises: truncated
         ubootenv.decode_image(data[:size], redundant=redundant, source=source)  # raises: CRC
     raise EnvCorrupt(layouts.describe_unknown(data, size=args.size), source=source)
+
+
+def _open_pair(args: argparse.Namespace, *, create: bool) -> _Opened:
+    """FILE as the primary of a hardened two-copy store (pvreal.bootenv.store)."""
+    primary = args.file
+    secondary = args.second or store.redund_path(primary)
+    found = (_read_optional(primary), _read_optional(secondary))
+    existing = [data for data in found if data is not None]
+    if existing:
+        layout = _pair_layout(args, existing, (primary, secondary))
+    elif create:
+        layout = _new_layout(args)
+        if layout.format == layouts.UBOOT:
+            layout = layouts.uboot(layout.size, redundant=True)
+    else:
+        raise BootEnvError(f"no such file, nor its second copy {secondary}", source=str(primary))
+    try:
+        env_store = store.open_store(primary, layout, store.HARDENED, secondary=secondary)
+    except ValueError as exc:
+        raise BootEnvError(str(exc), source=str(primary)) from None
+    report = env_store.inspect()  # EnvCorrupt when neither copy is valid: nothing is written
+    for copy in report.damaged:
+        chosen = report.copies[report.chosen].path if report.chosen is not None else "none"
+        print(f"pvreal: warning: {copy.path}: {copy.problem}; using {chosen}", file=sys.stderr)
+    return _Opened(report.env, env_store.save)
+
+
+def _pair_layout(
+    args: argparse.Namespace, copies: list[bytes], paths: tuple[Path, Path]
+) -> EnvLayout:
+    """The layout of a two-copy store, from the first copy that is recognisable."""
+    for data in copies:
+        found = layouts.detect_layout(data, size=args.size)
+        if found is not None and args.format in (None, found.format):
+            if found.format == layouts.UBOOT:
+                return layouts.uboot(found.size, redundant=True)
+            _reject_uboot_options(args, found.format)
+            return found
+    if args.format == layouts.UBOOT:  # let the store say what is wrong with each copy
+        return layouts.uboot(args.size or len(copies[0]), redundant=True)
+    if args.format == layouts.GRUB:
+        return layouts.grub()
+    raise EnvCorrupt(
+        f"neither {paths[0]} nor {paths[1]} is a recognisable GRUB block or U-Boot image "
+        "(corrupt or truncated; pass --format/--size to see why)",
+        source=str(paths[0]),
+    )
+
+
+def _read_optional(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise BootEnvError(f"cannot read: {exc.strerror}", source=str(path)) from None
 
 
 def _reject_uboot_options(args: argparse.Namespace, fmt: str) -> None:

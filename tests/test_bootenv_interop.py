@@ -269,3 +269,23 @@ def test_mkenvimage_pair_loads_in_our_store(tmp_path, mkenvimage):
     env_store.save({"pv_rev": "8"})
     assert ubootenv.decode_image(secondary.read_bytes()).env == {"pv_rev": "8"}
     assert ubootenv.decode_image(primary.read_bytes()).env == {"pv_rev": "7"}
+
+
+def test_cli_hardened_pair_is_read_and_edited_by_fw_tools(tmp_path, fw_tools, capsys):
+    from shared.cli_support import build_parser
+    from shared.cli_support import run as run_cli
+
+    fw_printenv, fw_setenv = fw_tools
+    primary, second = tmp_path / "uboot.env", tmp_path / "uboot-redund.env"
+
+    def pvreal(*argv: str | Path) -> str:
+        parser = build_parser("pvreal", "", ("pvreal.cli_env",))
+        assert run_cli(parser, ["env", *map(str, argv)]) == 0
+        return capsys.readouterr().out
+
+    pvreal("set", primary, "--hardened", "--format", "uboot", "--size", "0x400", "pv_rev=0")
+    pvreal("set", primary, "--hardened", "pv_try=1")
+    config = fw_config(tmp_path, primary, second, size=0x400)
+    assert printenv(fw_printenv, config) == {"pv_rev": "0", "pv_try": "1"}
+    run(fw_setenv, "-c", config, "pv_trying", "1")
+    assert pvreal("get", primary, "pv_trying", "--hardened") == "1\n"

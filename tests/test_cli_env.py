@@ -183,3 +183,62 @@ def test_registered_in_the_real_pvreal_command(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == {"pv_rev": "0", "pv_try": "1"}
+
+
+# ---------------------------------------------------------------- --hardened: two-copy stores
+
+
+def test_hardened_grub_pair_via_cli(tmp_path, capsys):
+    primary = tmp_path / "grubenv"
+    assert pvreal("set", primary, "--hardened", "pv_rev=0", "pv_try=1", capsys=capsys)[0] == 0
+    second = tmp_path / "grubenv-redund"
+    for copy in (primary, second):
+        assert grubenv.decode(copy.read_bytes())["pv_try"] == "1"
+    assert pvreal("list", primary, "--hardened", "--json", capsys=capsys)[1] == (
+        '{"pv_rev":"0","pv_try":"1"}\n'
+    )
+    # the single-file view shows the store's sequence marker, as grub-editenv would
+    assert "pvtwin_env_seq=1" in pvreal("list", primary, capsys=capsys)[1]
+
+
+def test_hardened_uboot_pair_via_cli_with_explicit_second(tmp_path, capsys):
+    primary, second = tmp_path / "env.a", tmp_path / "env.b"
+    argv = ["--hardened", "--second", second, "--format", "uboot", "--size", "0x400"]
+    assert pvreal("set", primary, *argv, "pv_rev=0", capsys=capsys)[0] == 0
+    assert (
+        pvreal("set", primary, "--hardened", "--second", second, "pv_rev=1", capsys=capsys)[0] == 0
+    )
+    images = [ubootenv.decode_image(p.read_bytes(), redundant=True) for p in (primary, second)]
+    assert [i.env for i in images] == [{"pv_rev": "0"}, {"pv_rev": "1"}]
+    assert [i.flags for i in images] == [1, 2]
+    assert pvreal("get", primary, "pv_rev", "--hardened", "--second", second, capsys=capsys)[1] == (
+        "1\n"
+    )
+
+
+def test_hardened_cli_uses_the_good_copy_warns_and_repairs(tmp_path, capsys):
+    primary = tmp_path / "uboot.env"
+    argv = ["--hardened", "--format", "uboot", "--size", "1024"]
+    pvreal("set", primary, *argv, "pv_rev=0", capsys=capsys)
+    pvreal("set", primary, "--hardened", "pv_rev=1", capsys=capsys)  # lands in the second copy
+    second = tmp_path / "uboot-redund.env"
+    second.write_bytes(second.read_bytes()[:300])  # torn
+    rc, out, err = pvreal("get", primary, "pv_rev", "--hardened", capsys=capsys)
+    assert (rc, out) == (0, "0\n")
+    assert f"warning: {second}: is 300 bytes (truncated?)" in err
+    pvreal("set", primary, "--hardened", "pv_rev=2", capsys=capsys)
+    assert ubootenv.decode_image(second.read_bytes(), redundant=True).env == {"pv_rev": "2"}
+
+
+def test_hardened_cli_both_copies_bad_is_an_error_and_writes_nothing(tmp_path, capsys):
+    primary, second = tmp_path / "grubenv", tmp_path / "grubenv-redund"
+    primary.write_bytes(GRUB_OK[:100])
+    second.write_bytes(b"")
+    for verb in (["list"], ["set", "a=1"], ["unset", "pv_rev"]):
+        rc, _, err = pvreal(verb[0], primary, *verb[1:], "--hardened", capsys=capsys)
+        assert rc == 1 and "no valid copy" in err and str(second) in err
+    assert primary.read_bytes() == GRUB_OK[:100] and second.read_bytes() == b""
+    rc, _, err = pvreal("list", tmp_path / "absent", "--hardened", capsys=capsys)
+    assert rc == 1 and "no such file, nor its second copy" in err
+    rc, _, err = pvreal("list", primary, "--second", second, capsys=capsys)
+    assert rc == 1 and "--second needs --hardened" in err

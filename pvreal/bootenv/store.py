@@ -30,6 +30,7 @@ from pvreal.bootenv.layout import EnvLayout, grub, uboot
 from pvreal.durable import atomic_write, write_in_place
 
 log = logging.getLogger(__name__)
+log.addHandler(logging.NullHandler())  # a library: the application decides where warnings go
 
 FAITHFUL, HARDENED = "faithful", "hardened"
 ORDERINGS = (FAITHFUL, HARDENED)
