@@ -730,3 +730,35 @@ def test_console_script_exit_status(px: Pvtx) -> None:
     result = subprocess.run([*command, "commit"], env=env, capture_output=True, text=True)
     assert result.returncode == 12
     assert "local transaction" in result.stderr
+
+
+def test_stdin_takes_json_and_plain_tar_too(px: Pvtx) -> None:
+    px.ok("begin", "empty", px.objects)
+    px.ok("add", "-", stdin=px.res("os.json").read_bytes())
+    px.ok("add", "-", stdin=px.res("watchdog_pinger.tar").read_bytes())
+    state = json.loads(px.show())
+    assert set(json.loads(px.res("os.json").read_bytes())) <= set(state)
+    assert_objects_from(px, px.res("watchdog_pinger.tar"))
+
+
+def test_queued_objects_are_verified_before_they_move(px: Pvtx) -> None:
+    """Queues prepared by other tools may carry NNN__name/objects/; pvtx moves them blindly."""
+    px.ok("queue", "new", px.queue, px.objects)
+    step = px.queue / "000__hand-made"
+    (step / "objects").mkdir(parents=True)
+    (step / "json").write_bytes(px.res("state_with_spaces.json").read_bytes())
+    content = b"object content"
+    good = step / "objects" / hashlib.sha256(content).hexdigest()
+    good.write_bytes(content)
+    liar = step / "objects" / hashlib.sha256(b"something else").hexdigest()
+    liar.write_bytes(content)
+    px.ok("begin", "empty")
+    before = (px.txdir / "current.json").read_bytes()
+    code, _, err = px.run("queue", "process")
+    assert code == 255 and liar.name in err
+    assert (px.txdir / "current.json").read_bytes() == before
+    assert not any(px.objects.iterdir())
+    liar.unlink()
+    px.ok("queue", "process")
+    assert (px.objects / good.name).read_bytes() == content
+    assert same_json(px.show(), px.res("state_with_spaces.json"))
