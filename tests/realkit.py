@@ -55,14 +55,15 @@ def busybox_rootfs(dest: Path, init: str = POLITE_INIT) -> Path:
         if applet != "busybox" and not link.exists():  # never overwrite busybox itself
             link.symlink_to("busybox")
     (dest / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
-    init_path = dest / "sbin" / "init"
-    init_path.write_text(init)
-    init_path.chmod(0o755)
+    for name, text in (("init", init), ("stubborn-init", STUBBORN_INIT)):
+        path = dest / "sbin" / name
+        path.write_text(text)
+        path.chmod(0o755)
     return dest
 
 
-@pytest.fixture(scope="session")
-def busybox_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+@pytest.fixture(scope="session", name="busybox_tree")
+def busybox_tree_fixture(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One busybox root filesystem per test session; tests must treat it as read-only."""
     need_tools("busybox")
     return busybox_rootfs(tmp_path_factory.mktemp("busybox") / "rootfs")

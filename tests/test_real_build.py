@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from realkit import need_tools
+from realkit import busybox_tree_fixture, need_tools  # noqa: F401 - a fixture
 from test_real_oci import LOWER, UPPER, docker_save_tar
 
 from pvreal.cli import main
