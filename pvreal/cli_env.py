@@ -191,23 +191,32 @@ def _open_pair(args: argparse.Namespace, *, create: bool) -> _Opened:
     secondary = args.second or store.redund_path(primary)
     found = (_read_optional(primary), _read_optional(secondary))
     existing = [data for data in found if data is not None]
-    if existing:
-        layout = _pair_layout(args, existing, (primary, secondary))
-    elif create:
-        layout = _new_layout(args)
-        if layout.format == layouts.UBOOT:
-            layout = layouts.uboot(layout.size, redundant=True)
-    else:
+    if not existing and not create:
         raise BootEnvError(f"no such file, nor its second copy {secondary}", source=str(primary))
     try:
+        if existing:
+            layout = _pair_layout(args, existing, (primary, secondary))
+        else:
+            layout = _new_layout(args)
+            if layout.format == layouts.UBOOT:
+                layout = layouts.uboot(layout.size, redundant=True)
         env_store = store.open_store(primary, layout, store.HARDENED, secondary=secondary)
-    except ValueError as exc:
+    except ValueError as exc:  # an impossible layout, e.g. uboot-txt, or a U-Boot env too small
         raise BootEnvError(str(exc), source=str(primary)) from None
     report = env_store.inspect()  # EnvCorrupt when neither copy is valid: nothing is written
     for copy in report.damaged:
         chosen = report.copies[report.chosen].path if report.chosen is not None else "none"
         print(f"pvreal: warning: {copy.path}: {copy.problem}; using {chosen}", file=sys.stderr)
-    return _Opened(report.env, env_store.save)
+
+    def save(env: dict[str, str]) -> None:
+        try:
+            env_store.save(env)
+        except OSError as exc:
+            raise BootEnvError(
+                f"cannot write: {exc.strerror}", source=str(exc.filename or primary)
+            ) from None
+
+    return _Opened(report.env, save)
 
 
 def _pair_layout(

@@ -242,3 +242,18 @@ def test_hardened_cli_both_copies_bad_is_an_error_and_writes_nothing(tmp_path, c
     assert rc == 1 and "no such file, nor its second copy" in err
     rc, _, err = pvreal("list", primary, "--second", second, capsys=capsys)
     assert rc == 1 and "--second needs --hardened" in err
+
+
+def test_unwritable_or_impossible_targets_are_reported(tmp_path, capsys):
+    rc, _, err = pvreal("set", tmp_path / "no-dir" / "grubenv", "a=1", capsys=capsys)
+    assert rc == 1 and "cannot write" in err
+    rc, _, err = pvreal("set", tmp_path / "nd" / "env", "--hardened", "a=1", capsys=capsys)
+    assert rc == 1 and "cannot write" in err
+    rc, _, err = pvreal(
+        "set", tmp_path / "t", "--hardened", "--format", "uboot-txt", "a=1", capsys=capsys
+    )
+    assert rc == 1 and "no hardened store" in err
+    empty = tmp_path / "empty.env"
+    empty.write_bytes(b"")
+    rc, _, err = pvreal("list", empty, "--hardened", "--format", "uboot", capsys=capsys)
+    assert rc == 1 and "cannot hold anything" in err
