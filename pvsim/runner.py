@@ -28,6 +28,7 @@ def run_scenario(
     (the chunk boundaries add no events: `env.run(until=t)` stops at the first event past t)."""
     world = World(scenario, model_factory(scenario.update_model.kind))
     start = time.perf_counter()
+    cpu_start = time.process_time()
     until = scenario.run.until_s
     if progress is None:
         world.run()
@@ -36,6 +37,9 @@ def run_scenario(
             world.env.run(until=until * k / chunks)
             progress(world.env.now, until)
     wall = time.perf_counter() - start
+    cpu = time.process_time() - cpu_start
     # env.run(until=...) schedules one stop event per call; they are the runner's, not the twin's
     events = world.env.events - (chunks if progress is not None else 1)
-    return collect(world, wall, events)
+    result = collect(world, wall, events)
+    result.extras["cpu_s"] = round(cpu, 3)
+    return result

@@ -1,0 +1,96 @@
+"""`pvsim run SCENARIO`: simulate one scenario, show progress and a summary, write the outputs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from pvsim.results import RunResult
+from pvsim.runner import run_scenario
+from pvsim.scenario import load_scenario
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "run",
+        help="simulate a fleet rollout; write results, plots and a report",
+        description="Simulate one scenario file and write results.json, timeline.csv, "
+        "adoption.png and report.html into --out.",
+    )
+    parser.add_argument("scenario", help="scenario TOML file (see docs/scenarios.md)")
+    parser.add_argument("--seed", type=int, help="override fleet.seed")
+    parser.add_argument("--devices", type=int, help="override fleet.devices")
+    parser.add_argument("--strategy", help="override rollout.strategy")
+    parser.add_argument("--model", help="override update_model.kind")
+    parser.add_argument("--out", type=Path, help="folder for results.json, timeline.csv, adoption.png, report.html")
+    parser.add_argument("--json", type=Path, help="also write results.json to this path")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar and no summary table")
+    parser.set_defaults(func=handle)
+
+
+def summary_table(result: RunResult) -> Table:
+    r = result.results
+    table = Table(title=f"{r['scenario']}: {r['devices']} devices, {r['strategy']}, {r['update_model']}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in (
+        "rollout_state",
+        "committed",
+        "rolled_back",
+        "bricked",
+        "stuck",
+        "exposed",
+        "bytes_downloaded",
+        "time_to_50pct_s",
+        "time_to_95pct_s",
+        "power_cuts",
+        "events",
+        "wall_s",
+        "peak_rss_mb",
+    ):
+        table.add_row(key, str(r[key]))
+    table.add_row("final revisions", ", ".join(f"{k}: {v}" for k, v in r["final_revision_counts"].items()))
+    fired = {k: v for k, v in r["faults"].items() if v}
+    table.add_row("faults fired", ", ".join(f"{k}: {v}" for k, v in fired.items()) or "none")
+    for release in result.releases:
+        table.add_row(
+            f"release {release['release']}",
+            f"{release['state']}: {release['committed']} committed, {release['rolled_back']} rolled back, "
+            f"{release['bricked']} bricked, {release['wontgo']} wontgo",
+        )
+    return table
+
+
+def handle(args: argparse.Namespace) -> int:
+    overrides = {
+        "fleet.seed": args.seed,
+        "fleet.devices": args.devices,
+        "rollout.strategy": args.strategy,
+        "update_model.kind": args.model,
+    }
+    scenario = load_scenario(args.scenario, **overrides)
+    console = Console(stderr=True)
+    if args.quiet:
+        result = run_scenario(scenario)
+    else:
+        columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn())
+        with Progress(*columns, console=console, transient=True) as bar:
+            task = bar.add_task(f"simulating {scenario.fleet.devices} devices", total=scenario.run.until_s)
+            result = run_scenario(scenario, progress=lambda now, until: bar.update(task, completed=now))
+    if args.out:
+        from pvsim.report import write_run_outputs
+
+        paths = write_run_outputs(result, args.out)
+        if not args.quiet:
+            console.print(f"wrote {', '.join(str(p) for p in paths.values())}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result.results, indent=2) + "\n", encoding="utf-8")
+    if not args.quiet:
+        Console().print(summary_table(result))
+    return 0
