@@ -326,20 +326,24 @@ class Runc:
 
     def create(self, cid: str, bundle: Path, *, console_log: Path | None = None) -> InitProcess:
         """`runc create`: the init is set up and waits for `start`. Its stdout/stderr go to
-        `console_log` (the container keeps them open, so they must not be pipes)."""
+        `console_log` (the container keeps them open, so never a pipe we would wait on);
+        runc's own complaints go to `<bundle>/runc.log`, quoted in the error."""
         self.root.mkdir(parents=True, exist_ok=True)
         pid_file = bundle / "init.pid"
         pid_file.unlink(missing_ok=True)
+        runc_log = bundle / "runc.log"
+        runc_log.unlink(missing_ok=True)
         out = subprocess.DEVNULL
         if console_log is not None:
             console_log.parent.mkdir(parents=True, exist_ok=True)
             out = open(console_log, "ab")  # noqa: SIM115 - handed to the child, closed below
+        argv = [self.binary, "--root", str(self.root), "--log", str(runc_log), "create"]
         try:
             done = subprocess.run(
-                self._argv("create", "--bundle", str(bundle), "--pid-file", str(pid_file), cid),
+                [*argv, "--bundle", str(bundle), "--pid-file", str(pid_file), cid],
                 stdin=subprocess.DEVNULL,
                 stdout=out,
-                stderr=subprocess.PIPE if console_log is None else out,
+                stderr=out,
                 timeout=30,
                 check=False,
             )
@@ -347,10 +351,7 @@ class Runc:
             if out is not subprocess.DEVNULL:
                 out.close()
         if done.returncode != 0:
-            detail = (done.stderr or b"").decode(errors="replace").strip()
-            if console_log is not None:
-                detail = _tail(console_log)
-            raise RuncError(f"runc create failed: {detail}", source=cid)
+            raise RuncError(f"runc create failed: {_tail(runc_log)}", source=cid)
         init = InitProcess.of(int(pid_file.read_text().strip()))
         self.started[cid] = init
         return init

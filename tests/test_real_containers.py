@@ -33,7 +33,7 @@ from pvreal.mounts import (
     mount_points,
 )
 from pvreal.netns import ContainerNet, DeviceNetwork
-from pvreal.runc import LxcSettings, Runc, bundle_config, write_bundle
+from pvreal.runc import LxcSettings, Runc, RuncError, bundle_config, write_bundle
 from pvreal.storage import Storage
 
 pytestmark = [pytest.mark.root, pytest.mark.xdist_group("real")]
@@ -351,3 +351,14 @@ def test_dm_verity_volume_is_checked_before_mounting(device: Device, busybox_tre
     device.net.teardown()
     device.assert_clean()
     shutil.rmtree(device.tmp / "run", ignore_errors=True)
+
+
+def test_a_failed_create_says_why_and_leaves_nothing(device: Device, busybox_tree: Path):
+    device.add("broken", "--rootfs", str(busybox_tree), "--init", "/no/such/init")
+    state = device.install()
+    with pytest.raises(RuncError, match="no/such/init"):
+        device.start("broken", state)
+    assert device.runc.list_ids() == []  # runc removed its half-made container itself
+    device.mounted.pop("broken").unmount()
+    device.net.teardown()
+    device.assert_clean()
