@@ -44,16 +44,18 @@ def _common() -> argparse.ArgumentParser:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    common = _common()
     tx = subparsers.add_parser(
-        "tx", parents=[common], help="pvtx-style transactions: begin, add, remove, deploy, commit",
+        "tx", parents=[_common()], help="pvtx-style transactions: begin, add, remove, deploy, commit",
         description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     tx.set_defaults(func=_run, txdir=None, socket=None)
     verbs = tx.add_subparsers(dest="tx_verb", metavar="VERB", required=True)
 
     def verb(name: str, handler: Handler, help_text: str, parent=verbs) -> argparse.ArgumentParser:
-        parser = parent.add_parser(name, parents=[common], help=help_text, description=help_text)
+        # A fresh parent each time: argparse shares action objects between parsers built from the
+        # same parent, and tx's set_defaults would then leak into every verb.
+        parser = parent.add_parser(name, parents=[_common()], help=help_text,
+                                   description=help_text)
         parser.set_defaults(tx_handler=handler, tx_label=name)
         return parser
 

@@ -663,7 +663,11 @@ def deploy_revision(state: State, state_bytes: bytes, objdir: Path, target: Path
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
         raise
-    _swap_in(temp, target, backup)
+    try:
+        _swap_in(temp, target, backup)
+    except OSError as exc:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise TxError(f"couldn't swap the new revision in: {exc}", source=str(target)) from None
 
 
 def _build_revision(state: State, state_bytes: bytes, objdir: Path, target: Path,

@@ -762,3 +762,11 @@ def test_queued_objects_are_verified_before_they_move(px: Pvtx) -> None:
     px.ok("queue", "process")
     assert (px.objects / good.name).read_bytes() == content
     assert same_json(px.show(), px.res("state_with_spaces.json"))
+
+
+def test_txdir_option_before_or_after_the_verb(px: Pvtx, tmp_path: Path) -> None:
+    other = tmp_path / "other-txdir"
+    px.ok("--txdir", other, "begin", "empty")
+    assert (other / "current.json").is_file()
+    assert px.run("show")[0] == 11  # $PVTXDIR holds no transaction
+    assert same_json(px.ok("show", "--txdir", other), px.exp("state-empty.json"))
