@@ -27,9 +27,13 @@ from pathlib import Path
 
 import pytest
 
-from pvreal.cli import main as pvreal_main
 from pvreal.tx import TxFolder, TxStatus
 from shared.canonical import is_canonical
+from shared.cli_support import build_parser, run
+
+# Only the tx group, built once: building pvreal's whole parser per command dominated the runtime.
+# test_console_script_exit_status goes through the real entry point.
+PARSER = build_parser("pvreal", "pvreal tx under test", ["pvreal.cli_tx"])
 
 SPEC = "pantavisor-service-system@1"
 
@@ -69,7 +73,7 @@ class Pvtx:
         sys.stdin = io.TextIOWrapper(io.BytesIO(stdin))
         try:
             with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-                code = pvreal_main(["tx", *map(str, args)])
+                code = run(PARSER, ["tx", *map(str, args)])
         finally:
             sys.stdin = saved
         return code, out.getvalue(), err.getvalue()
