@@ -29,6 +29,7 @@ from typing import Any, BinaryIO
 
 from pvreal.durable import atomic_write, fsync_dir
 from shared import canonical
+from shared.engine.gc import plan_gc
 from shared.errors import InvalidState, PvError
 from shared.state import check_path, is_unloaded
 
@@ -222,7 +223,7 @@ class StorageSpace:
 class GcPlan:
     """What the engine decided to collect: these revisions, then unreferenced objects.
 
-    Objects in `keep_objects` (the in-flight update's) survive even when no trail links them.
+    Objects in `keep_objects` (the in-flight update's) survive even when no trail names them.
     """
 
     remove_revisions: tuple[str, ...] = ()
@@ -476,23 +477,25 @@ class Storage:
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path)
 
-    def unreferenced_objects(self, keep: Iterable[str] = ()) -> list[str]:
-        """Objects no trail links (link count ≤ 1), minus `keep`.
-
-        `*.bind` installs are copies, so their objects have no trail link; unlike a bare link
-        count, they stay as long as a remaining revision's state names them.
-        """
-        keep_set = set(keep)
+    def trail_objects(self) -> dict[str, frozenset[str]]:
+        """rev -> the object shas its state references (an unreadable trail references none;
+        check() reports it)."""
+        found: dict[str, frozenset[str]] = {}
         for rev in self.revisions():
             try:
-                keep_set.update(sha for _, sha in self.installs(self.read_state(rev)))
+                found[rev] = frozenset(sha for _, sha in self.installs(self.read_state(rev)))
             except (OSError, PvError):
-                continue  # an unreadable trail protects nothing; check() reports it
-        return [
-            sha
-            for sha in self.objects.names()
-            if sha not in keep_set and self.objects.path(sha).stat().st_nlink <= 1
-        ]
+                found[rev] = frozenset()
+        return found
+
+    def unreferenced_objects(self, keep: Iterable[str] = ()) -> list[str]:
+        """Objects no remaining trail references, minus `keep`: the engine's own rule
+        (`shared.engine.gc.plan_gc`), so the simulator and this backend delete the same objects.
+        A `*.bind` install is a copy, not a link, so trail states are read rather than link counts.
+        """
+        trails = self.trail_objects()
+        plan = plan_gc(trails, frozenset(self.objects.names()), frozenset(trails), frozenset(keep))
+        return list(plan.objects)
 
     def run_gc(self, plan: GcPlan) -> GcResult:
         for rev in plan.remove_revisions:
