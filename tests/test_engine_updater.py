@@ -37,11 +37,13 @@ from shared.engine.events import (
     MetadataFailed,
     MetadataReceived,
     ObjectFetched,
+    ObjectPut,
     PendingSteps,
     Step,
     StorageStats,
     TimerFired,
     TrailView,
+    WaitTick,
 )
 from shared.engine.progress import Msg, Progress, Status
 from shared.engine.updater import Phase, Updater
@@ -444,3 +446,26 @@ def test_linkobjects_precedes_pv_try():
     cmds = u.handle(CtrlCommand("LOCAL_RUN", "locals/x", APP))
     kinds = [type(c) for c in cmds if c.durable]
     assert kinds.index(LinkObjects) < kinds.index(SetBootEnv)
+
+
+def test_install_with_a_missing_object_is_internal_error_before_pv_try():
+    u, _ = boot(objects=OLD.object_shas())
+    settle(u)
+    cmds = u.handle(CtrlCommand("LOCAL_RUN", "locals/x", APP))
+    assert records(cmds) == [(Status.ERROR, Msg.INTERNAL)] and not of(cmds, SetBootEnv)
+    assert u.phase is Phase.IDLE
+    for sha in APP.object_shas() - OLD.object_shas():
+        u.handle(ObjectPut(sha))  # pv-ctrl uploads complete
+    cmds = u.handle(CtrlCommand("LOCAL_RUN", "locals/y", APP))
+    assert of(cmds, SetBootEnv)[0].pv_try == "locals/y"
+
+
+def test_threshold_gc_on_wait_tick_but_not_while_downloading_or_just_after_a_put():
+    u = running_idle(Config(gc_threshold=20))
+    low, high = StorageStats(1000, 150), StorageStats(1000, 900)  # real free 10 % / 85 %
+    assert of(u.handle(WaitTick(high)), RunGc) == []
+    assert of(u.handle(WaitTick(low, since_object_put=30)), RunGc) == []  # within defer time
+    assert of(u.handle(WaitTick(low)), RunGc)[0].reason == "threshold"
+    offer(u, BSP)
+    u.handle(MetadataReceived("1", {s: 1 for s in BSP.object_shas()}, ROOMY))
+    assert u.phase is Phase.DOWNLOADING and of(u.handle(WaitTick(low)), RunGc) == []

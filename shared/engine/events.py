@@ -9,7 +9,7 @@ A backend feeds one event at a time to `Updater.handle`. Besides the boot itself
 - containers: `ContainerMounted`, `ContainerStarted`, `ContainerReady` (the /signal), `ContainerExited`,
   `ContainersStopped` (answer to `StopContainers`);
 - time: `TimerFired` (answer to `ArmTimer` when the delay ran out and it was not cancelled);
-- pv-ctrl: `LocalStepStarted`, `LocalStepUploaded`, `CtrlCommand`.
+- pv-ctrl: `ObjectPut`, `LocalStepStarted`, `LocalStepUploaded`, `CtrlCommand`.
 
 Data the backend reads from disk or network (a state JSON, a signature verdict) travels inside the
 event; the engine never asks for it. Parsed `State` objects are meant to be shared between devices.
@@ -201,6 +201,13 @@ class LocalStepUploaded(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class ObjectPut(Event):
+    """pv-ctrl `PUT /objects/<sha>` completed: the object is in the pool (hash already checked)."""
+
+    sha: str
+
+
+@dataclass(frozen=True, slots=True)
 class CtrlCommand(Event):
     """pv-ctrl `POST /commands {"op", "payload"}`. For LOCAL_RUN(_COMMIT) the backend loads the
     revision: `state` parsed, or `state_error` = "State JSON not found" / a signature message /
@@ -229,5 +236,6 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     ContainersStopped,
     LocalStepStarted,
     LocalStepUploaded,
+    ObjectPut,
     CtrlCommand,
 )

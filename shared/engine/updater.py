@@ -19,7 +19,7 @@ Rules that do not fit the table, kept here:
   R1. REBOOTING handles nothing.
   R2. Container events and container timers (goal/recovery/stable/backoff) go to the container
       sub-machine in every phase; its verdict is then dispatched through TABLE.
-  R3. pv-ctrl events (CtrlCommand, LocalStepStarted, LocalStepUploaded), RUN_GC and WaitTick are
+  R3. pv-ctrl events (CtrlCommand, ObjectPut, LocalStepStarted, LocalStepUploaded), RUN_GC and WaitTick are
       handled in every phase: their rules depend on whether an update is active, not on the phase.
   R4. GcDone outside GC_FOR_SPACE only updates what the engine knows of the object pool.
   R5. Any other (phase, event) pair is ignored: e.g. a late ObjectFetched after WONTGO.
@@ -71,6 +71,7 @@ from shared.engine.events import (
     LocalStepUploaded,
     MetadataReceived,
     ObjectFetched,
+    ObjectPut,
     PendingSteps,
     StorageStats,
     TimerFired,
@@ -491,6 +492,12 @@ class Updater:
     def _install(self, u: _Update, *, force_reboot: bool = False) -> Phase:
         state = u.state
         assert state is not None and self.running_state is not None
+        if not state.object_shas() <= self.objects:
+            # pv_state_prepare_run cannot link a missing object (a local run whose objects were
+            # never uploaded or were collected): ERROR before pv_try is ever written.
+            self._set_progress(Status.ERROR, Msg.INTERNAL)
+            self.update = None
+            return Phase.IDLE
         self._out.append(LinkObjects(u.rev, state))
         self._set_env(pv_try=u.rev)
         diff = diff_states(self.running_state, state)
@@ -717,6 +724,9 @@ class Updater:
         if s.total > 0 and s.real_free(cfg.gc_reserved) * 100 < cfg.gc_threshold * s.total:
             self._out.append(self._gc_command("threshold"))
 
+    def _on_object_put(self, event: ObjectPut) -> None:
+        self.objects = self.objects | {event.sha}
+
     def _gc_done(self, event: GcDone) -> None:  # R4
         if event.storage is not None:
             self.storage = event.storage
@@ -798,6 +808,7 @@ _ANY_PHASE: Mapping[str, str] = {
     "LocalStepUploaded": "_on_local_step_uploaded",
     "WaitTick": "_on_wait_tick",
     "GcDone": "_gc_done",
+    "ObjectPut": "_on_object_put",
 }
 
 Handler = Callable[[Updater, Event], Phase]
