@@ -1,0 +1,135 @@
+"""`pvreal device init|run`: install a factory revision, run the device daemon (docs/device.md)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import threading
+from pathlib import Path
+
+from pvreal.device.latch import BOOTLOADERS, boot_files, set_env
+from pvreal.storage import ObjectError, ObjectStore, Storage
+from shared.errors import InvalidState, PvError
+from shared.state import parse_state
+
+FACTORY = "0"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    device = subparsers.add_parser("device", help="a real device on a storage folder")
+    verbs = device.add_subparsers(dest="verb", metavar="VERB", required=True)
+
+    init = verbs.add_parser("init", help="install a state as the factory revision 0")
+    init.add_argument("--storage", type=Path, required=True, metavar="DIR")
+    init.add_argument("--state", type=Path, required=True, metavar="STATE")
+    init.add_argument("--objects", type=Path, metavar="DIR", help="default: objects/ beside STATE")
+    _boot_args(init)
+    init.set_defaults(func=init_command)
+
+    run = verbs.add_parser("run", help="run the device daemon (as root)")
+    run.add_argument("--storage", type=Path, required=True, metavar="DIR")
+    run.add_argument("--socket", type=Path, metavar="PATH", help="default: <run-dir>/pv-ctrl")
+    run.add_argument("--run-dir", type=Path, metavar="DIR", help="default: /run/pvtwin/<id>")
+    _boot_args(run)
+    run.add_argument(
+        "--config", action="append", default=[], metavar="KEY=VALUE",
+        help="a Pantavisor config key, e.g. PV_UPDATER_COMMIT_DELAY=2 (repeatable)",
+    )
+    run.add_argument("--no-network", action="store_true", help="no bridge, veth or netns")
+    run.add_argument("-v", "--verbose", action="store_true")
+    run.set_defaults(func=run_command)
+
+
+def _boot_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bootloader", choices=BOOTLOADERS, default="uboot")
+    parser.add_argument("--ordering", choices=("hardened", "faithful"), default="hardened")
+
+
+def install_factory(
+    storage_root: Path, state_path: Path, objects_dir: Path, bootloader: str, ordering: str
+) -> Storage:
+    """Check everything first (state parses, every object present and hashing to its name),
+    then write: objects, trail 0, `pv_rev=0` in the boot env."""
+    try:
+        data = state_path.read_bytes()
+    except OSError as exc:
+        raise InvalidState(f"cannot read: {exc.strerror}", source=str(state_path)) from None
+    state = parse_state(data, source=str(state_path))
+    source = ObjectStore(objects_dir)
+    for sha in sorted(state.object_shas()):
+        if not source.is_valid(sha):
+            raise ObjectError("object missing or corrupt", source=str(source.dir), key=sha)
+    storage = Storage(storage_root)
+    if storage.revisions():
+        raise InvalidState("storage already holds revisions", source=str(storage_root))
+    storage.init_layout()
+    (storage.trails_dir / "locals").mkdir(exist_ok=True)
+    for sha in sorted(state.object_shas()):
+        storage.objects.add_file(source.path(sha))
+    storage.write_state(FACTORY, state.entries)
+    storage.link_trail(FACTORY, state.entries)
+    storage.set_current(FACTORY)
+    set_env(boot_files(storage.root / "boot", bootloader, ordering), FACTORY, "")
+    return storage
+
+
+def init_command(args: argparse.Namespace) -> int:
+    objects = args.objects or args.state.resolve().parent / "objects"
+    install_factory(args.storage, args.state, objects, args.bootloader, args.ordering)
+    print(f"{args.storage}: factory revision 0 installed ({args.bootloader}, {args.ordering})")
+    return 0
+
+
+def parse_overrides(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InvalidState("expected KEY=VALUE", key=item, source="--config")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from pvreal.ctrl.server import serve_device
+    from pvreal.device.daemon import Device, DeviceOptions
+    from pvreal.mounts import enter_private_mount_namespace
+
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s pvreal[%(process)d] %(levelname)s %(message)s",
+    )
+    if os.geteuid() != 0:
+        raise PvError("device run needs root (mounts, network namespaces, runc)")
+    overrides = parse_overrides(args.config)
+    # Before any thread exists: our mounts stay ours and vanish with us, even on kill -9.
+    enter_private_mount_namespace()
+    device = Device(
+        DeviceOptions(
+            storage=args.storage,
+            bootloader=args.bootloader,
+            ordering=args.ordering,
+            config=overrides,
+            run_dir=args.run_dir,
+            network=not args.no_network,
+        )
+    )
+    socket_path = args.socket or device.run_dir / "pv-ctrl"
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    server = serve_device(device, socket_path)
+    logging.info("pv-ctrl on %s", socket_path)
+    device.start()
+    try:
+        while not stop.wait(0.2):
+            if not device.running:
+                break
+    finally:
+        device.stop()
+        server.close()
+    if device.error is not None:
+        raise PvError(f"device stopped: {device.error}")
+    return 0

@@ -1,0 +1,330 @@
+"""What each pv-ctrl endpoint does (pantavisor.md §3.4, §5.1), independent of HTTP.
+
+The HTTP layer (`server.py`) routes a request here with its body as a stream; each method returns
+a `Response`. Object uploads never involve the engine (they only add verified files to the
+pool); step uploads, commands and the ready signal become engine events and the answer is the
+engine's `CtrlReply`. Bad input is refused before anything is written, or (a state that does not
+parse or verify) through the engine, which deletes the step (§3.4 step 2).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+from pvreal import safetar
+from pvreal.device.executor import signature_problem
+from pvreal.storage import LOCAL_PREFIX, ObjectHashMismatch, check_revision_name, is_sha
+from shared import canonical
+from shared.engine.events import (
+    ContainerReady,
+    CtrlCommand,
+    LocalStepStarted,
+    LocalStepUploaded,
+    ObjectPut,
+)
+from shared.engine.progress import Msg
+from shared.errors import PvError
+from shared.state import State, parse_state
+
+if TYPE_CHECKING:
+    from pvreal.device.daemon import Device
+
+MAX_STATE_BYTES = 64 << 20
+_CHUNK = 1 << 20
+COMMANDS_WITH_REVISION = ("LOCAL_RUN", "LOCAL_RUN_COMMIT")
+
+
+@dataclass
+class Response:
+    status: int
+    body: Any = None  # JSON-able, or bytes sent as they are
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def error(cls, status: int, message: str, **headers: str) -> Response:
+        return cls(status, {"Error": message}, dict(headers))
+
+
+class Truncated(Exception):
+    """The client sent fewer bytes than its Content-Length."""
+
+
+def read_exactly(stream: BinaryIO, length: int) -> bytes:
+    data = stream.read(length)
+    if len(data) != length:
+        raise Truncated(f"body truncated: got {len(data)} of {length} bytes")
+    return data
+
+
+class CtrlApi:
+    """The endpoints of one device."""
+
+    def __init__(self, device: Device):
+        self.device = device
+        self.storage = device.storage
+
+    # ------------------------------------------------------------------ objects
+
+    def list_objects(self) -> Response:
+        objs = self.storage.objects
+        return Response(200, [{"sha256": s, "size": objs.size(s)} for s in objs.names()])
+
+    def put_object(self, sha: str, stream: BinaryIO, length: int) -> Response:
+        """422 when the bytes do not hash to `sha`, 507 when they cannot fit, no-op if present."""
+        if not is_sha(sha):
+            return Response.error(422, f"object name {sha!r} is not a lowercase sha256")
+        objects = self.storage.objects
+        if objects.has(sha) and objects.is_valid(sha):
+            _drain(stream, length)
+            self.device.post(ObjectPut(sha))
+            return Response(200, {"sha256": sha, "stored": False})
+        if length > self.storage.space().real_free:
+            _drain(stream, length)
+            return Response.error(507, f"object of {length} B does not fit in free space")
+        tmp = objects.tmp_path(sha)
+        digest = hashlib.sha256()
+        try:
+            with open(tmp, "wb") as out:
+                left = length
+                while left:
+                    chunk = stream.read(min(_CHUNK, left))
+                    if not chunk:
+                        raise Truncated(f"body truncated: got {length - left} of {length} bytes")
+                    digest.update(chunk)
+                    out.write(chunk)
+                    left -= len(chunk)
+            if digest.hexdigest() != sha:
+                raise ObjectHashMismatch(f"content hashes to {digest.hexdigest()}", key=sha)
+            objects.commit_tmp(sha)
+        except Truncated as exc:
+            tmp.unlink(missing_ok=True)
+            return Response.error(400, str(exc))
+        except ObjectHashMismatch as exc:
+            tmp.unlink(missing_ok=True)
+            return Response.error(422, f"object {sha}: {exc.message}")
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            return Response.error(507 if exc.errno == 28 else 500, f"object {sha}: {exc}")
+        self.device.post(ObjectPut(sha))  # the engine's view of the pool (no link check later)
+        return Response(200, {"sha256": sha, "stored": True})
+
+    # ------------------------------------------------------------------ steps
+
+    def list_steps(self) -> Response:
+        out = []
+        for rev in self.storage.revisions():
+            try:
+                progress = self.storage.read_progress(rev)
+            except PvError:
+                progress = None
+            out.append({"name": rev, "progress": progress, "done": self.storage.is_done(rev)})
+        return Response(200, out)
+
+    def get_step(self, rev: str) -> Response:
+        if rev == "current":
+            rev = self.device.status().get("running") or self.device.booted_rev
+        problem = _rev_problem(rev)
+        if problem:
+            return Response.error(400, problem)
+        try:
+            return Response(200, self.storage.state_path(rev).read_bytes())
+        except OSError:
+            return Response.error(404, f"no revision {rev}")
+
+    def get_progress(self, rev: str) -> Response:
+        problem = _rev_problem(rev)
+        if problem:
+            return Response.error(400, problem)
+        try:
+            record = self.storage.read_progress(rev)
+        except PvError as exc:
+            return Response.error(500, str(exc))
+        if record is None:
+            return Response.error(404, f"no progress for revision {rev}")
+        return Response(200, record)
+
+    def put_step(self, name: str, stream: BinaryIO, length: int, content_type: str) -> Response:
+        """`PUT /steps/locals/<name>`: a state JSON, or a pvtx package tarball (json + objects)."""
+        rev = LOCAL_PREFIX + name
+        problem = _rev_problem(rev)
+        if problem:
+            return Response.error(400, problem)
+        try:
+            body, staged_error = self._read_step_body(stream, length, content_type)
+        except Truncated as exc:
+            return Response.error(400, str(exc))
+        if staged_error is not None:
+            return Response.error(422, staged_error)
+        state, error = self._check_state(body, rev)
+        self.device.executor.forget_state(rev)
+        self.device.submit(LocalStepStarted(rev))
+        if state is not None:
+            try:
+                self.storage.write_state(rev, state.entries)
+            except (PvError, OSError) as exc:
+                state, error = None, f"{Msg.BAD_FORMAT}: {exc}"
+        reply = self.device.submit(LocalStepUploaded(rev, state, error))
+        if reply.status != 200:
+            return Response.error(reply.status, reply.body or "state refused")
+        return Response(200, {"revision": rev})
+
+    def _read_step_body(
+        self, stream: BinaryIO, length: int, content_type: str
+    ) -> tuple[bytes, str | None]:
+        """The state bytes; a tarball's objects are verified while staged, installed only when
+        the whole archive is good."""
+        kind, sniffed = safetar.sniff(_Limited(stream, length))
+        if kind == "json":
+            if length > MAX_STATE_BYTES:
+                return b"", f"state larger than {MAX_STATE_BYTES} B"
+            return read_exactly(sniffed, length), None
+        objdir = self.storage.objects.dir
+        try:
+            with safetar.unpack_package(
+                sniffed, source="PUT body", kind=kind, staging_parent=objdir
+            ) as package:
+                if package.json is None:
+                    return b"", "package has no json member"
+                for sha, staged in package.objects.items():
+                    safetar.install_object(staged, objdir, sha)
+                    self.device.post(ObjectPut(sha))
+                if package.objects:
+                    safetar.fsync_dir(objdir)
+                return package.json, None
+        except safetar.BadPackage as exc:
+            return b"", str(exc)
+
+    def _check_state(self, body: bytes, rev: str) -> tuple[State | None, str | None]:
+        source = f"trails/{rev}/.pvr/json"
+        try:
+            state = parse_state(body, source=source)
+        except PvError as exc:
+            return None, f"{Msg.BAD_FORMAT}: {exc}"
+        problem = signature_problem(state, self.device.config)
+        if problem:
+            return None, problem
+        return state, None
+
+    # ------------------------------------------------------------------ commands and signals
+
+    def post_command(self, body: bytes) -> Response:
+        try:
+            doc = canonical.loads_object(body, source="POST /commands")
+        except PvError as exc:
+            return Response.error(400, str(exc))
+        op, payload = doc.get("op"), doc.get("payload", "")
+        if not isinstance(op, str) or not isinstance(payload, str):
+            return Response.error(400, 'expected {"op": "<COMMAND>", "payload": "<string>"}')
+        state = error = None
+        if op in COMMANDS_WITH_REVISION:
+            state, error = self._load_revision(payload)
+        reply = self.device.submit(CtrlCommand(op, payload, state, error))
+        headers = {"Retry-After": str(reply.retry_after)} if reply.retry_after else {}
+        if reply.status != 200:
+            return Response(reply.status, {"Error": reply.body or "refused"}, headers)
+        return Response(200, {"op": op, "payload": payload})
+
+    def _load_revision(self, rev: str) -> tuple[State | None, str | None]:
+        if _rev_problem(rev):
+            return None, Msg.NOT_FOUND
+        path = self.storage.state_path(rev)
+        try:
+            data = path.read_bytes()
+        except OSError:
+            return None, Msg.NOT_FOUND
+        try:
+            state = parse_state(data, source=str(path))
+        except PvError:
+            return None, Msg.BAD_FORMAT
+        return state, signature_problem(state, self.device.config)
+
+    def signal(self, container: str | None, body: bytes) -> Response:
+        try:
+            doc = json.loads(body or b"{}")
+        except ValueError:
+            return Response.error(400, "signal body is not JSON")
+        if not isinstance(doc, dict) or doc.get("type") != "ready":
+            return Response.error(400, 'expected {"type": "ready", "payload": ""}')
+        if container is None:
+            return Response.error(400, "the ready signal comes from a container's own socket")
+        info = self.device.status().get("containers", {}).get(container)
+        if info is None:
+            return Response.error(404, f"container {container} is not running")
+        if info.get("status_goal") != "READY":
+            return Response.error(403, f"container {container}: status goal is not READY")
+        self.device.submit(ContainerReady(container))
+        return Response(200, {"container": container, "signal": "ready"})
+
+    # ------------------------------------------------------------------ reading
+
+    def containers(self) -> Response:
+        return Response(200, list(self.device.status().get("containers", {}).values()))
+
+    def status(self) -> Response:
+        return Response(200, self.device.status())
+
+    def buildinfo(self) -> Response:
+        from importlib import metadata
+
+        try:
+            version = metadata.version("pvtwin")
+        except metadata.PackageNotFoundError:
+            version = "unknown"
+        opts = self.device.options
+        return Response(
+            200,
+            {
+                "project": "pvtwin",
+                "backend": "pvreal",
+                "version": version,
+                "bootloader": opts.bootloader,
+                "ordering": opts.ordering,
+                "pid": os.getpid(),
+            },
+        )
+
+
+def _rev_problem(rev: str) -> str | None:
+    try:
+        check_revision_name(rev)
+    except PvError as exc:
+        return str(exc)
+    return None
+
+
+def _drain(stream: BinaryIO, length: int) -> None:
+    while length > 0:
+        chunk = stream.read(min(_CHUNK, length))
+        if not chunk:
+            return
+        length -= len(chunk)
+
+
+class _Limited(io.RawIOBase):
+    """At most `length` bytes of a socket stream (so a reader never waits for more)."""
+
+    def __init__(self, raw: BinaryIO, length: int):
+        self.raw, self.left = raw, length
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self.left <= 0:
+            return 0
+        data = self.raw.read(min(len(buffer), self.left))
+        self.left -= len(data)
+        buffer[: len(data)] = data
+        return len(data)
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0:
+            size = self.left
+        data = self.raw.read(min(size, self.left)) if self.left > 0 else b""
+        self.left -= len(data)
+        return data

@@ -1,0 +1,222 @@
+"""pv-ctrl's HTTP/1.1 server on a Unix socket: http.server + socketserver, nothing hand-parsed.
+
+One server per socket. The device's own socket (`--socket`) has the full API (the `mgmt` view);
+each container gets a socket of its own, bind-mounted at /pantavisor/pv-ctrl, which knows which
+container it serves (that is how `POST /signal` knows who is ready) and, unless the container has
+role `mgmt`, answers only `/signal` (403 otherwise), as Pantavisor does (§4.4, §5.1).
+
+Sockets are created with mode 0600: bound under a temporary name in a private (0700) folder,
+chmod-ed, then renamed into place, so there is no moment at which another user could connect.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socketserver
+import tempfile
+import threading
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlsplit
+
+from pvreal.ctrl.api import CtrlApi, Response
+
+if TYPE_CHECKING:
+    from pvreal.device.daemon import Device
+
+log = logging.getLogger(__name__)
+
+
+class CtrlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+    allow_reuse_address = False
+
+    def __init__(self, path: Path, api: CtrlApi, *, container: str | None, mgmt: bool):
+        self.path = Path(path)
+        self.api = api
+        self.container = container
+        self.mgmt = mgmt
+        self._thread: threading.Thread | None = None
+        super().__init__(str(path), CtrlHandler, bind_and_activate=False)
+
+    def server_bind(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private = Path(tempfile.mkdtemp(prefix=".pv-ctrl-", dir=self.path.parent))
+        try:
+            os.chmod(private, 0o700)
+            tmp = private / "sock"
+            self.socket.bind(str(tmp))
+            os.chmod(tmp, 0o600)
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+            os.replace(tmp, self.path)
+        finally:
+            with contextlib.suppress(OSError):
+                private.rmdir()
+        self.server_address = str(self.path)
+
+    def start(self) -> CtrlServer:
+        self.server_bind()
+        self.server_activate()
+        self._thread = threading.Thread(
+            target=self.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True,
+            name=f"pv-ctrl:{self.container or 'device'}",
+        )
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self.shutdown()
+        self.server_close()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+
+def serve(
+    path: Path, api: CtrlApi, *, container: str | None = None, mgmt: bool = True
+) -> CtrlServer:
+    """Bind and serve one pv-ctrl socket in a thread."""
+    return CtrlServer(path, api, container=container, mgmt=mgmt).start()
+
+
+def serve_device(device: Device, socket_path: Path) -> CtrlServer:
+    """The device's own socket, plus a socket per container (bind-mounted by the runner)."""
+    api = CtrlApi(device)
+    sockets = device.run_dir / "ctrl"
+
+    def open_for_container(name: str, mgmt: bool) -> tuple[Path, CtrlServer]:
+        path = sockets / f"{name}.sock"
+        return path, serve(path, api, container=name, mgmt=mgmt)
+
+    device.runner.ctrl_opener = open_for_container
+    return serve(socket_path, api)
+
+
+class CtrlHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: CtrlServer
+
+    # AF_UNIX peers have no address; http.server would index into an empty string.
+    def address_string(self) -> str:
+        return self.server.container or "pv-ctrl"
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's name
+        log.debug("%s: " + format, self.address_string(), *args)
+
+    def do_GET(self) -> None:
+        self._dispatch("GET")
+
+    def do_PUT(self) -> None:
+        self._dispatch("PUT")
+
+    def do_POST(self) -> None:
+        self._dispatch("POST")
+
+    def do_DELETE(self) -> None:
+        self._dispatch("DELETE")
+
+    # ------------------------------------------------------------------ routing
+
+    def _dispatch(self, method: str) -> None:
+        try:
+            parts = [unquote(p) for p in urlsplit(self.path).path.split("/")[1:]]
+            length = self._length(method)
+            if length is None:
+                return
+            if not self.server.mgmt and parts != ["signal"]:
+                self._drain(length)
+                self._send(Response.error(403, "only /signal is allowed without the mgmt role"))
+                return
+            response = self._route(method, parts, length)
+        except Exception as exc:  # a handler bug must not kill the connection silently
+            log.exception("pv-ctrl %s %s", method, self.path)
+            response = Response.error(500, f"internal error: {exc}")
+        self._send(response)
+
+    def _route(self, method: str, parts: list[str], length: int) -> Response:
+        api = self.server.api
+        body = self.rfile
+        match method, parts:
+            case "PUT", ["objects", sha]:
+                return api.put_object(sha, body, length)
+            case "GET", ["objects"]:
+                return api.list_objects()
+            case "PUT", ["steps", "locals", name]:
+                return api.put_step(name, body, length, self.headers.get("Content-Type", ""))
+            case "GET", ["steps"]:
+                return api.list_steps()
+            case "GET", ["steps", "locals", name, "progress"]:
+                return api.get_progress("locals/" + name)
+            case "GET", ["steps", rev, "progress"]:
+                return api.get_progress(rev)
+            case "GET", ["steps", "locals", name]:
+                return api.get_step("locals/" + name)
+            case "GET", ["steps", rev]:
+                return api.get_step(rev)
+            case "POST", ["commands"]:
+                return api.post_command(self._read(length))
+            case "POST", ["signal"]:
+                return api.signal(self.server.container, self._read(length))
+            case "GET", ["containers"]:
+                return api.containers()
+            case "GET", ["buildinfo"]:
+                return api.buildinfo()
+            case "GET", ["status"]:
+                return api.status()
+        self._drain(length)
+        return Response.error(404, f"no endpoint {method} {self.path}")
+
+    # ------------------------------------------------------------------ bodies
+
+    def _length(self, method: str) -> int | None:
+        raw = self.headers.get("Content-Length")
+        if raw is None:
+            if method in ("PUT", "POST") and self.headers.get("Transfer-Encoding"):
+                self._send(Response.error(411, "Content-Length required"))
+                self.close_connection = True
+                return None
+            return 0
+        try:
+            value = int(raw)
+            if value < 0:
+                raise ValueError(raw)
+        except ValueError:
+            self._send(Response.error(400, f"bad Content-Length {raw!r}"))
+            self.close_connection = True
+            return None
+        return value
+
+    def _read(self, length: int) -> bytes:
+        return self.rfile.read(length) if length else b""
+
+    def _drain(self, length: int) -> None:
+        while length > 0:
+            chunk = self.rfile.read(min(length, 1 << 20))
+            if not chunk:
+                break
+            length -= len(chunk)
+
+    def _send(self, response: Response) -> None:
+        body = response.body
+        if isinstance(body, bytes):
+            data, ctype = body, "application/json"
+        elif body is None:
+            data, ctype = b"", "application/json"
+        else:
+            data, ctype = json.dumps(body, sort_keys=True).encode() + b"\n", "application/json"
+        if response.status >= 400:
+            self.close_connection = True  # the body may not have been read to its end
+        try:
+            self.send_response(response.status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(data)))
+            for key, value in response.headers.items():
+                self.send_header(key, value)
+            self.end_headers()
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True

@@ -1,0 +1,343 @@
+"""The device daemon: shared.engine's Updater driven by real effects (docs/device.md).
+
+One thread owns the engine. Everything else (the control sockets' request threads, the container
+watcher) hands it events through one queue and, for pv-ctrl requests, waits for the engine's
+`CtrlReply`. The loop is the one of shared/engine/__init__.py:
+
+    boot: latch → DiskView → Updater.boot → commands
+    execute each command in order (durable ones are synced before the next); the events they
+    produce are fed back before anything else; then wait for the next queued event or timer.
+
+A `Reboot` outside QEMU stops every container (lenient, then forced), unmounts, forgets the
+timers and the container events of the old boot, and boots again through the same latch on
+disk: a new Updater built from what survived, exactly as after a real reboot. POWEROFF stops the
+daemon.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import shutil
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pvreal.device.clock import Timers
+from pvreal.device.containers import ContainerRunner
+from pvreal.device.executor import Executor, storage_prefix
+from pvreal.device.latch import BootFiles, apply_latch, boot_files
+from pvreal.storage import Storage
+from shared.engine.commands import Command, CtrlReply, Reboot
+from shared.engine.config import Config, Ordering
+from shared.engine.ctrl import ctrl_decision
+from shared.engine.events import (
+    ContainerExited,
+    ContainerMounted,
+    ContainerReady,
+    ContainerStarted,
+    CtrlCommand,
+    Event,
+    GcDone,
+    TimerFired,
+)
+from shared.engine.updater import Updater
+
+log = logging.getLogger(__name__)
+REPLY_TIMEOUT_S = 120.0
+MAX_BOOT_LOOP = 8  # consecutive boots that reboot at once: give up instead of spinning
+_CONTAINER_EVENTS = (ContainerExited, ContainerStarted, ContainerMounted, ContainerReady)
+
+
+class DeviceError(Exception):
+    """The daemon cannot go on (e.g. every revision it can boot is unbootable)."""
+
+
+@dataclass
+class _Item:
+    event: Event | None  # None: wake up (shutdown)
+    reply: Future[CtrlReply] | None = None
+    boot: int = 0  # the boot it belongs to (container events of an older boot are dropped)
+
+
+@dataclass
+class DeviceOptions:
+    storage: Path
+    bootloader: str = "uboot"
+    ordering: str = Ordering.HARDENED.value
+    config: Mapping[str, Any] = field(default_factory=dict)  # Pantavisor keys (overrides)
+    run_dir: Path | None = None  # default /run/pvtwin/<prefix>
+    network: bool = True
+    subnet: str | None = None
+
+
+class Device:
+    """One real device. `start()` boots it in a thread; `stop()` shuts it down cleanly."""
+
+    def __init__(self, options: DeviceOptions):
+        self.options = options
+        self.storage = Storage(options.storage)
+        self.prefix = storage_prefix(options.storage)
+        self.run_dir = Path(options.run_dir or Path("/run/pvtwin") / self.prefix)
+        self.config = Config.from_mapping(
+            {**options.config, "PVTWIN_ORDERING": options.ordering,
+             "PV_BOOTLOADER_TYPE": options.bootloader},
+            source="device config",
+        )
+        self.boot_files: BootFiles = boot_files(
+            self.storage.root / "boot", options.bootloader, options.ordering
+        )
+        self.timers = Timers()
+        self.network = None
+        if options.network:
+            from pvreal.netns import DEFAULT_SUBNET, DeviceNetwork
+
+            self.network = DeviceNetwork(self.prefix, options.subnet or DEFAULT_SUBNET)
+        self.runner = ContainerRunner(
+            self.storage,
+            self.run_dir / "containers",
+            self.prefix,
+            self._emit,
+            network=self.network,
+            ctrl_opener=None,  # set by the control server (pvreal.ctrl.server.serve_device)
+        )
+        self.executor = Executor(self.storage, self.boot_files, self.timers, self.runner, self.config)
+        self.updater: Updater | None = None
+        self.booted_rev = ""
+        self.boots = 0
+        self.last_gc: dict[str, Any] | None = None
+        self._queue: queue.Queue[_Item] = queue.Queue()
+        self._queued_commands = 0
+        self._lock = threading.Lock()
+        self._status: dict[str, Any] = {}
+        self._stopping = threading.Event()
+        self._booted = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+
+    # ================================================================== outside API
+
+    def start(self) -> None:
+        """Prepare the machine, boot, and run the engine loop in a thread."""
+        self._prepare()
+        self._thread = threading.Thread(target=self._main, name="pv-engine", daemon=True)
+        self._thread.start()
+
+    def wait_booted(self, timeout: float = 60.0) -> bool:
+        return self._booted.wait(timeout)
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def stop(self) -> None:
+        """Clean shutdown: containers stopped, mounts and network namespaces removed."""
+        self._stopping.set()
+        self._queue.put(_Item(None))
+        self.join()
+        self._shutdown_machine()
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def submit(self, event: Event, timeout: float = REPLY_TIMEOUT_S) -> CtrlReply:
+        """Hand a pv-ctrl event to the engine and wait for its answer."""
+        if isinstance(event, CtrlCommand):
+            with self._lock:
+                busy = self._queued_commands > 0
+                if not busy:
+                    self._queued_commands += 1
+            if busy:
+                decision = ctrl_decision(
+                    event.op, update_active=self.status().get("update") is not None,
+                    command_queued=True,
+                )
+                return CtrlReply(decision.status, decision.retry_after, decision.reason)
+        reply: Future[CtrlReply] = Future()
+        self._queue.put(_Item(event, reply))
+        try:
+            return reply.result(timeout)
+        except TimeoutError:
+            return CtrlReply(503, 10, "the device did not answer in time")
+
+    def post(self, event: Event) -> None:
+        """Queue an event without waiting (the ready signal, container exits)."""
+        self._queue.put(_Item(event, None, self.boots))
+
+    def status(self) -> dict[str, Any]:
+        with self._lock:
+            return dict(self._status)
+
+    # ================================================================== the loop
+
+    def _prepare(self) -> None:
+        self.storage.init_layout()
+        (self.storage.trails_dir / "locals").mkdir(exist_ok=True)
+        self.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.runner.cleanup_leftovers()
+        shutil.rmtree(self.run_dir / "containers", ignore_errors=True)
+        if self.network is not None:
+            for stale in self.network.leftovers():
+                with contextlib.suppress(Exception):
+                    from pyroute2 import netns
+
+                    netns.remove(stale)
+            self.network.setup()
+        self.runner.start_watching()
+
+    def _main(self) -> None:
+        try:
+            self._boot()
+            while not self._stopping.is_set():
+                delay = self.timers.next_delay()
+                try:
+                    item = self._queue.get(timeout=0.5 if delay is None else min(delay, 0.5))
+                except queue.Empty:
+                    item = None
+                for name in self.timers.due():
+                    self._run(self.updater_handle(TimerFired(name)), None)
+                if item is not None and item.event is not None:
+                    self._handle_item(item)
+                self._publish()
+        except BaseException as exc:  # the engine thread must never die silently
+            log.exception("device loop stopped")
+            self.error = exc
+            self._stopping.set()
+            self._publish()
+
+    def updater_handle(self, event: Event) -> list[Command]:
+        assert self.updater is not None
+        return self.updater.handle(event)
+
+    def _handle_item(self, item: _Item) -> None:
+        event = item.event
+        assert event is not None
+        if isinstance(event, _CONTAINER_EVENTS) and item.reply is None and item.boot != self.boots:
+            return  # from a boot that is over
+        try:
+            self._run(self.updater_handle(event), item.reply)
+        finally:
+            if isinstance(event, CtrlCommand):
+                with self._lock:
+                    self._queued_commands = max(0, self._queued_commands - 1)
+            if item.reply is not None and not item.reply.done():
+                item.reply.set_result(CtrlReply(200))
+
+    def _run(self, commands: Iterable[Command], reply: Future[CtrlReply] | None) -> None:
+        """Execute commands in order; events they produce are fed back first. A Reboot ends the
+        batch: the machine reboots and a new Updater takes over."""
+        work: deque[Command] = deque(commands)
+        events: deque[Event] = deque()
+        while work or events:
+            if not work:
+                work.extend(self.updater_handle(events.popleft()))
+                continue
+            command = work.popleft()
+            if isinstance(command, CtrlReply):
+                if reply is not None and not reply.done():
+                    reply.set_result(command)
+                continue
+            if isinstance(command, Reboot):
+                if reply is not None and not reply.done():
+                    reply.set_result(CtrlReply(200))
+                self._reboot(command)
+                return
+            produced = self.executor.execute(command)
+            for event in produced:
+                if isinstance(event, GcDone):
+                    self.last_gc = {
+                        "reclaimed": event.reclaimed,
+                        "removed_revisions": sorted(event.removed_revisions),
+                        "removed_objects": len(event.removed_objects),
+                    }
+            events.extend(produced)
+
+    # ================================================================== boot and reboot
+
+    def _boot(self, depth: int = 0) -> None:
+        if depth >= MAX_BOOT_LOOP:
+            raise DeviceError(f"{MAX_BOOT_LOOP} boots in a row rebooted at once; giving up")
+        self.boots += 1
+        self.storage.objects.discard_partials()
+        choice, env = apply_latch(self.boot_files, self.config)
+        self.booted_rev = choice.rev
+        with contextlib.suppress(Exception):
+            self.storage.set_current(choice.rev)
+        disk = self.executor.disk_view(choice.rev, env)
+        log.info("boot %d: %s (pv_rev=%s pv_try=%s)", self.boots, choice.rev,
+                 env.get("pv_rev", ""), env.get("pv_try", ""))
+        self.updater, commands = Updater.boot(disk, self.config)
+        self._boot_depth, self._booted_at = depth, time.monotonic()
+        self._run(commands, None)
+        self._booted.set()
+        self._publish()
+
+    def _reboot(self, command: Reboot) -> None:
+        log.info("reboot: %s", command.reason)
+        self.runner.stop_all(self.config.stop_grace)
+        self.timers.clear()
+        self.last_reboot = command.reason
+        if command.poweroff:
+            self._stopping.set()
+            return
+        # A boot that reboots within a second is a boot loop in the making: count them.
+        quick = time.monotonic() - self._booted_at < 1.0
+        self._boot(self._boot_depth + 1 if quick else 0)
+
+    _booted_at = 0.0
+    _boot_depth = 0
+    last_reboot = ""
+
+    def _shutdown_machine(self) -> None:
+        self.runner.stop_all(self.config.stop_grace)
+        self.runner.stop_watching()
+        if self.network is not None:
+            with contextlib.suppress(Exception):
+                self.network.teardown()
+        self.runner.cleanup_leftovers()
+
+    # ================================================================== helpers
+
+    def _emit(self, event: Event) -> None:
+        self.post(event)
+
+    def _publish(self) -> None:
+        u = self.updater
+        containers: dict[str, dict[str, Any]] = {}
+        running = self.runner.snapshot()
+        if u is not None and u.containers is not None:
+            for name, rec in u.containers.recs.items():
+                spec = rec.spec
+                containers[name] = {
+                    "name": name,
+                    "group": spec.group,
+                    "status": rec.status.name,
+                    "status_goal": str(spec.status_goal),
+                    "restart_policy": str(spec.restart_policy),
+                    "roles": list(spec.roles),
+                    "auto_recovery": spec.auto_recovery.policy if spec.auto_recovery else "no",
+                    **running.get(name, {"pid": None}),
+                }
+        status = {
+            "booted": self.booted_rev,
+            "running": u.running_rev if u else "",
+            "phase": str(u.phase) if u else "",
+            "update": u.update.rev if u is not None and u.update is not None else None,
+            "pv_rev": u.pv_rev if u else "",
+            "pv_try": u.pv_try if u else "",
+            "boots": self.boots,
+            "last_reboot": self.last_reboot,
+            "containers": containers,
+            "timers": self.timers.armed(),
+            "last_gc": self.last_gc,
+            "error": str(self.error) if self.error else None,
+        }
+        with self._lock:
+            self._status = status

@@ -1,0 +1,230 @@
+"""Each engine command → its real effect on this machine, and the events that effect produces.
+
+Durable commands are executed synchronously and in order, each one written and synced (through
+pvreal.storage / pvreal.durable / pvreal.bootenv) before `execute` returns, which is exactly the
+engine's contract. Hub commands have no Hub to talk to here (a pvreal device is updated through
+its control socket): they are dropped, and the engine never asks for them in local mode.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from pvreal.device.clock import Timers
+from pvreal.device.containers import ContainerRunner
+from pvreal.device.latch import BootFiles, set_env
+from pvreal.storage import GcPlan, Storage
+from shared.engine.commands import (
+    ArmTimer,
+    CancelTimer,
+    Command,
+    DeleteRevision,
+    LinkObjects,
+    PersistProgress,
+    RunGc,
+    SetBootEnv,
+    StartContainers,
+    StopContainers,
+    SwitchRevision,
+    WriteDoneMarker,
+    WriteTrail,
+)
+from shared.engine.config import Config
+from shared.engine.events import (
+    ContainerExited,
+    ContainersStopped,
+    DiskView,
+    Event,
+    GcDone,
+    StorageStats,
+    TrailView,
+)
+from shared.engine.progress import Msg, Progress
+from shared.errors import PvError
+from shared.state import State, parse_state
+
+log = logging.getLogger(__name__)
+
+
+def signature_problem(state: State, config: Config) -> str | None:
+    """The §1.8 verdict on a state: None when acceptable. With no verifier configured, strict
+    secure boot still refuses a state that carries no signature at all."""
+    if config.verify_signature is not None:
+        return config.verify_signature(state)
+    if config.secureboot_mode == "strict" and not state.signatures:
+        return Msg.SIG_NOT_COVERED
+    return None
+
+
+class Executor:
+    """Carries out engine commands for one device."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        boot: BootFiles,
+        timers: Timers,
+        runner: ContainerRunner,
+        config: Config,
+    ):
+        self.storage = storage
+        self.boot = boot
+        self.timers = timers
+        self.runner = runner
+        self.config = config
+        self._states: dict[str, State] = {}
+        self._handlers: dict[type, Callable[[Command], list[Event]]] = {
+            PersistProgress: self._persist_progress,
+            WriteTrail: self._write_trail,
+            LinkObjects: self._link_objects,
+            SetBootEnv: self._set_boot_env,
+            WriteDoneMarker: self._write_done,
+            DeleteRevision: self._delete_revision,
+            RunGc: self._run_gc,
+            SwitchRevision: self._switch_revision,
+            StartContainers: self._start_containers,
+            StopContainers: self._stop_containers,
+            ArmTimer: self._arm_timer,
+            CancelTimer: self._cancel_timer,
+        }
+
+    def execute(self, command: Command) -> list[Event]:
+        handler = self._handlers.get(type(command))
+        if handler is None:
+            log.debug("no effect here: %r", command)
+            return []
+        return handler(command)
+
+    # ------------------------------------------------------------------ reading the disk
+
+    def load_state(self, rev: str) -> tuple[State | None, str | None]:
+        """The parsed state of a trail, or the §3.4.3 message saying why there is none."""
+        if rev in self._states:
+            return self._states[rev], None
+        try:
+            path = self.storage.state_path(rev)
+            data = path.read_bytes()
+        except (OSError, PvError):
+            return None, Msg.NOT_FOUND
+        try:
+            state = parse_state(data, source=str(path))
+        except PvError:
+            return None, Msg.BAD_FORMAT
+        self._states[rev] = state
+        return state, None
+
+    def forget_state(self, rev: str) -> None:
+        self._states.pop(rev, None)
+
+    def disk_view(self, booted_rev: str, env: dict[str, str]) -> DiskView:
+        """What survived on disk, for `Updater.boot`."""
+        self._states.clear()
+        trails: dict[str, TrailView] = {}
+        for rev in self.storage.revisions():
+            state, _ = self.load_state(rev)
+            progress = None
+            try:
+                raw = self.storage.read_progress(rev)
+                if raw is not None:
+                    progress = Progress.from_json(raw, source=str(self.storage.progress_path(rev)))
+            except (OSError, PvError):
+                progress = None
+            trails[rev] = TrailView(state, progress, self.storage.is_done(rev))
+        return DiskView(
+            booted_rev=booted_rev,
+            pv_rev=env.get("pv_rev", ""),
+            pv_try=env.get("pv_try", ""),
+            trails=trails,
+            objects=frozenset(self.storage.objects.names()),
+            storage=self.stats(),
+        )
+
+    def stats(self) -> StorageStats:
+        space = self.storage.space()
+        return StorageStats(space.total, space.free)
+
+    # ------------------------------------------------------------------ durable steps
+
+    def _persist_progress(self, cmd: PersistProgress) -> list[Event]:
+        self.storage.write_progress(cmd.rev, cmd.record.to_json())
+        return []
+
+    def _write_trail(self, cmd: WriteTrail) -> list[Event]:
+        self.storage.write_state(cmd.rev, cmd.state.entries)
+        self._states[cmd.rev] = cmd.state
+        return []
+
+    def _link_objects(self, cmd: LinkObjects) -> list[Event]:
+        try:
+            self.storage.link_trail(cmd.rev, cmd.state.entries)
+        except (PvError, OSError) as exc:
+            # Pantavisor does no completeness check for local runs (§3.4.3): the failure shows
+            # up when the container cannot be mounted, which the engine then handles.
+            log.warning("linking %s: %s", cmd.rev, exc)
+        return []
+
+    def _set_boot_env(self, cmd: SetBootEnv) -> list[Event]:
+        set_env(self.boot, cmd.pv_rev, cmd.pv_try)
+        return []
+
+    def _write_done(self, cmd: WriteDoneMarker) -> list[Event]:
+        self.storage.mark_done(cmd.rev)
+        return []
+
+    def _delete_revision(self, cmd: DeleteRevision) -> list[Event]:
+        self.storage.remove_revision(cmd.rev)
+        self.forget_state(cmd.rev)
+        return []
+
+    def _run_gc(self, cmd: RunGc) -> list[Event]:
+        doomed = tuple(r for r in self.storage.revisions() if r not in cmd.keep_revisions)
+        result = self.storage.run_gc(GcPlan(doomed, frozenset(cmd.keep_objects)))
+        for rev in result.removed_revisions:
+            self.forget_state(rev)
+        return [
+            GcDone(
+                result.reclaimed,
+                self.stats(),
+                frozenset(result.removed_objects),
+                frozenset(result.removed_revisions),
+            )
+        ]
+
+    # ------------------------------------------------------------------ the rest
+
+    def _switch_revision(self, cmd: SwitchRevision) -> list[Event]:
+        self.storage.set_current(cmd.rev)
+        return []
+
+    def _start_containers(self, cmd: StartContainers) -> list[Event]:
+        state, problem = self.load_state(cmd.rev)
+        events: list[Event] = []
+        for name in cmd.names:
+            spec = state.container(name) if state is not None else None
+            if spec is None:
+                log.warning("%s: not in revision %s (%s)", name, cmd.rev, problem)
+                events.append(ContainerExited(name, 0.0, -1))
+                continue
+            events.append(self.runner.start(cmd.rev, spec))
+        return events
+
+    def _stop_containers(self, cmd: StopContainers) -> list[Event]:
+        self.runner.stop(cmd.names, cmd.grace)
+        return [ContainersStopped(tuple(cmd.names))]
+
+    def _arm_timer(self, cmd: ArmTimer) -> list[Event]:
+        self.timers.arm(cmd.name, cmd.delay)
+        return []
+
+    def _cancel_timer(self, cmd: CancelTimer) -> list[Event]:
+        self.timers.cancel(cmd.name)
+        return []
+
+
+def storage_prefix(root: Path) -> str:
+    """A short name unique to a storage folder: runc ids, netns names, interface names."""
+    import hashlib
+
+    return "pv" + hashlib.sha256(str(Path(root).resolve()).encode()).hexdigest()[:6]
