@@ -54,6 +54,7 @@ BSP = build_state(kernel="k2")
 READY = build_state(app="a2", app_goal="READY")
 ROOMY = StorageStats(10**9, 5 * 10**8)
 FAITHFUL = Config(ordering=Ordering.FAITHFUL)
+UPLOADED = OLD.object_shas() | APP.object_shas()  # a local revision's objects PUT over pv-ctrl
 
 
 def rec(status: Status, msg: str = "", retries: int = 0) -> Progress:
@@ -93,8 +94,8 @@ def of(cmds, kind):
     return [c for c in cmds if isinstance(c, kind)]
 
 
-def running_idle(config=DEFAULT_CONFIG):
-    u, _ = boot(config=config)
+def running_idle(config=DEFAULT_CONFIG, objects=None):
+    u, _ = boot(config=config, objects=objects)
     settle(u)
     assert u.phase is Phase.IDLE
     return u
@@ -418,7 +419,7 @@ def test_local_upload_failure_deletes_the_revision_with_422():
 
 
 def test_local_run_commit_forces_a_reboot_and_local_run_is_refused_while_busy():
-    u = running_idle()
+    u = running_idle(objects=UPLOADED)
     cmds = u.handle(CtrlCommand("LOCAL_RUN_COMMIT", "locals/x", APP))
     assert records(cmds)[-1] == (Status.INPROGRESS, Msg.REBOOTING) and of(cmds, Reboot)
     assert not of(cmds, ReportProgress)  # local revisions are not reported to the Hub
@@ -442,7 +443,7 @@ def test_run_gc_command_keeps_running_and_committed():
 
 
 def test_linkobjects_precedes_pv_try():
-    u = running_idle()
+    u = running_idle(objects=UPLOADED)
     cmds = u.handle(CtrlCommand("LOCAL_RUN", "locals/x", APP))
     kinds = [type(c) for c in cmds if c.durable]
     assert kinds.index(LinkObjects) < kinds.index(SetBootEnv)
