@@ -554,8 +554,8 @@ class TxFolder:
         with read_package(arg, self._staging_parent(record), self.limits) as package:
             check_revision(package.document, source=package.source)
             objdir = Path(record.objdir or "")
+            objdir.mkdir(parents=True, exist_ok=True, mode=0o775)  # as pvtx, once input is good
             if package.objects:
-                objdir.mkdir(parents=True, exist_ok=True, mode=0o775)
                 for sha, path in sorted(package.objects.items()):
                     safetar.install_object(path, objdir, sha)
                 fsync_dir(objdir)
