@@ -11,7 +11,8 @@ from rich.table import Table
 
 from pvsim.crashcheck import CrashReport, crashcheck, kinds
 from shared.cli_support import EXIT_INVALID, EXIT_OK
-from shared.engine.config import Ordering
+from shared.engine.config import BootLatch, Config, Ordering
+from shared.errors import PvError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -38,6 +39,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="K",
         help="update kind (repeatable): " + ", ".join(names),
     )
+    parser.add_argument(
+        "--latch",
+        choices=[b.value for b in BootLatch],
+        default=BootLatch.SINGLE_SHOT.value,
+        help="bootloader try latch: U-Boot single-shot (default) or a boot-attempt counter",
+    )
+    parser.add_argument(
+        "--attempts", type=int, default=3, help="boot attempts of the counter latch (default 3)"
+    )
     parser.add_argument("--json", type=Path, metavar="PATH", help="write the results as JSON")
     parser.add_argument(
         "--no-second-sweep", action="store_true", help="skip the cuts during the recovery boot"
@@ -46,7 +56,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
-    report = crashcheck(Ordering(args.ordering), args.kind, second_sweep=not args.no_second_sweep)
+    if args.attempts < 1:
+        raise PvError("--attempts must be at least 1", key="--attempts")
+    config = Config(boot_latch=BootLatch(args.latch), boot_attempts=args.attempts)
+    report = crashcheck(
+        Ordering(args.ordering), args.kind, config, second_sweep=not args.no_second_sweep
+    )
     print_report(report, Console())
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -55,7 +70,7 @@ def handle(args: argparse.Namespace) -> int:
 
 
 def print_report(report: CrashReport, console: Console) -> None:
-    table = Table(title=f"crashcheck — ordering {report.ordering}")
+    table = Table(title=f"crashcheck — ordering {report.ordering}, latch {report.latch}")
     table.add_column("kind")
     table.add_column("durable steps", justify="right")
     table.add_column("crash points", justify="right")

@@ -474,7 +474,8 @@ def check_kind(kind: Kind, config: Config, *, second_sweep: bool = True) -> Kind
     ):
         report.violations.append(
             f"reference run (no power cut): expected {kind.expected} "
-            f"{kind.expected_status.value}, got {ref.outcome} {_fmt(ref.record)}; " + "; ".join(ref.violations)
+            f"{kind.expected_status.value}, got {ref.outcome} {_fmt(ref.record)}; "
+            + "; ".join(ref.violations)
         )
     for cut in _cuts(len(ref.steps), ref.tearable):
         first = run_once(kind, config, base, old, (cut,))
@@ -498,6 +499,7 @@ class CrashReport:
     ordering: str
     kinds: dict[str, KindReport]
     seconds: float
+    latch: str = "single-shot"
 
     @property
     def total_crash_points(self) -> int:
@@ -510,6 +512,7 @@ class CrashReport:
     def to_json(self) -> dict[str, Any]:
         return {
             "ordering": self.ordering,
+            "latch": self.latch,
             "total_crash_points": self.total_crash_points,
             "violations": self.violation_count,
             "seconds": round(self.seconds, 3),
@@ -529,4 +532,6 @@ def crashcheck(
     table = kinds()
     selected = list(names) if names else list(table)
     reports = {n: check_kind(table[n], config, second_sweep=second_sweep) for n in selected}
-    return CrashReport(ordering.value, reports, time.perf_counter() - started)
+    return CrashReport(
+        ordering.value, reports, time.perf_counter() - started, config.boot_latch.value
+    )

@@ -77,3 +77,12 @@ def test_state_machine_doc_is_not_stale():
     assert doc.read_text() == render(), (
         "regenerate: python -m shared.engine.diagram > docs/state-machine.md"
     )
+
+
+def test_counter_latch_hardened_has_no_violation_and_retries_the_try():
+    from shared.engine.config import BootLatch, Config
+
+    report = crashcheck(Ordering.HARDENED, config=Config(boot_latch=BootLatch.COUNTER))
+    assert report.violation_count == 0 and report.latch == "counter"
+    # with three attempts a power cut while testing a good kernel no longer rolls back
+    assert report.kinds["bsp-good"].outcomes["old"] == 0
