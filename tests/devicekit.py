@@ -186,10 +186,12 @@ class Daemon:
         return found
 
 
-def tree_digest(root: Path) -> dict[str, str]:
+def tree_digest(root: Path, skip: tuple[str, ...] = ("logs",)) -> dict[str, str]:
     """Every path under root with its content hash (or link target): 'nothing changed' checks."""
     out = {}
     for dirpath, dirnames, filenames in os.walk(root):
+        if dirpath == str(root):
+            dirnames[:] = [d for d in dirnames if d not in skip]
         dirnames.sort()
         for name in sorted(dirnames):
             out[os.path.relpath(os.path.join(dirpath, name), root) + "/"] = "dir"
