@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Literal
 
+from pvreal.durable import fsync_dir  # noqa: F401  (callers fsync objdir after install_object)
 from shared.errors import PvError
 
 OBJECTS_PREFIX = "objects/"
@@ -264,14 +265,6 @@ def has_valid_object(objdir: Path, sha: str) -> bool:
     """pvtx skips an object whose file already exists and hashes to its name."""
     target = objdir / sha
     return target.is_file() and sha256_file(target) == sha
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def install_object(staged: Path, objdir: Path, sha: str) -> bool:

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from pvreal import safetar
+from pvreal.durable import atomic_write, fsync_dir
 from shared import canonical
 from shared.errors import PvError
 from shared.transaction import (
@@ -137,25 +138,9 @@ class TxRecord:
 # durable files
 
 
-def fsync_dir(path: Path) -> None:
-    safetar.fsync_dir(path)
-
-
 def write_durably(path: Path, data: bytes, mode: int = 0o644) -> None:
     """Write `data` to `path` so that a crash leaves either the old or the new content."""
-    temp = path.with_name(path.name + ".tmp")
-    try:
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            temp.unlink()
-        raise
-    fsync_dir(path.parent)
+    atomic_write(path, data, mode=mode)
 
 
 def resolve_txdir(explicit: str | None = None, environ: Mapping[str, str] = os.environ) -> Path:
