@@ -23,6 +23,8 @@ earliest entry. Engine calls are plain Python calls.
 from __future__ import annotations
 
 import heapq
+import math
+from bisect import bisect_right
 from collections import deque
 from collections.abc import Generator
 from typing import Any
@@ -38,7 +40,9 @@ from shared.engine.progress import Msg
 
 MB = 1_000_000
 APP_DEFECTS = ("container_crash", "never_ready", "breaks_network")
-REPORT_S = 0.0  # Hub requests are modelled as instantaneous; their success depends on the hub
+# A request to an unreachable Hub fails when it times out (PH_LIBEVENT_HTTP_TIMEOUT, 60 s);
+# requests to a reachable Hub are modelled as instantaneous.
+HTTP_TIMEOUT_S = 60.0
 
 
 def _updater_class() -> Any:
@@ -75,7 +79,7 @@ class SimDisk:
 class DeviceBrain:
     """A live device between updates: its engine instance, its disk and what it is waiting for."""
 
-    __slots__ = ("updater", "disk", "booted", "agenda", "seq", "timers", "hub_progress", "containers_rev")
+    __slots__ = ("updater", "disk", "booted", "agenda", "seq", "timers", "hub_progress", "hub_confirmed")
 
     def __init__(self, updater: Any, disk: SimDisk, booted: str) -> None:
         self.updater = updater
@@ -85,7 +89,7 @@ class DeviceBrain:
         self.seq = 0
         self.timers: dict[str, int] = {}
         self.hub_progress: dict[str, Progress] = {}
-        self.containers_rev = booted
+        self.hub_confirmed = False  # a Hub request succeeded since the network timer was armed
 
 
 class PantavisorModel:
@@ -95,7 +99,6 @@ class PantavisorModel:
         self.Updater = _updater_class()
         overrides = dict(cfg.engine)
         overrides.setdefault("PVTWIN_ORDERING", Ordering.HARDENED.value if cfg.hardened else Ordering.FAITHFUL.value)
-        overrides.setdefault("PH_UPDATER_INTERVAL", world.scenario.fleet.poll_interval_s)
         self.config: Config = Config.from_mapping(overrides, source=f"{world.scenario.name}: update_model.engine")
         self.brains: dict[int, DeviceBrain] = {}
         revs = world.revisions
@@ -168,11 +171,11 @@ class PantavisorModel:
                 if rebooting:
                     yield from self._reboot_safely(run, brain, queue)
                     continue
+                if brain.disk.torn:
+                    return BRICKED_OUT, SILENT  # no readable boot env: nothing boots any more
                 outcome = self._outcome(brain, rev)
                 if outcome is not None:
                     return outcome
-                if brain.disk.torn:
-                    return BRICKED_OUT, SILENT
                 yield from self._sleep(run, brain, rev, queue)
             except (PowerCut, DaemonCrash) as fault:
                 self._lose_volatile(run, brain)
@@ -212,7 +215,11 @@ class PantavisorModel:
         updater = brain.updater
         if updater.watches_hub:
             # the Hub client keeps talking to the Hub while a remote update is tried (§3.5)
-            queue.append(E.HubReached() if self._hub_ok(run, brain) else E.HubRequestFailed())
+            if self._hub_ok(run, brain):
+                brain.hub_confirmed = True
+                queue.append(E.HubReached())
+            else:
+                queue.append(E.HubRequestFailed())
             return
         if not updater.accepts_remote_steps:
             return
@@ -238,8 +245,14 @@ class PantavisorModel:
         """Sleep until the earliest agenda entry or the next poll, then queue what became due."""
         env = run.env
         poll_at = INF
-        if brain.updater.accepts_remote_steps or brain.updater.watches_hub:
-            poll_at = env._now + self.config.updater_interval
+        updater = brain.updater
+        if updater.watches_hub:
+            if brain.hub_confirmed:
+                poll_at = self._next_failed_contact(run, brain, env._now)
+            else:
+                poll_at = env._now + self.config.updater_interval
+        elif updater.accepts_remote_steps:
+            poll_at = env._now + self.world.poll_s
         due = brain.agenda[0][0] if brain.agenda else INF
         wake = min(due, poll_at)
         if wake == INF:
@@ -253,6 +266,35 @@ class PantavisorModel:
             self._due(run, brain, item, queue)
         if poll_at <= now:
             self._poll(run, brain, rev, queue)
+
+    def _next_failed_contact(self, run: DeviceRun, brain: DeviceBrain, now: float) -> float:
+        """While the engine watches the Hub, the Hub client talks to it every PH_UPDATER_INTERVAL.
+        Once a request succeeded, further successes change nothing, so only the first request that
+        will fail is worth an event; it is found from the outage intervals, not by polling."""
+        interval = self.config.updater_interval
+        first = now + interval
+        if self._defect(run.device, brain.booted) == "breaks_network":
+            return first
+
+        def first_poll_in(start: float, end: float) -> float:
+            t = first if start <= first else first + math.ceil((start - first) / interval) * interval
+            return t if t < end else INF
+
+        best = INF
+        until = self.world.until_s
+        run.net_down_until(first)
+        while run.net_start < min(best, until):
+            best = min(best, first_poll_in(run.net_start, run.net_end))
+            if best < INF:
+                break
+            run.net_down_until(run.net_end)
+        outages = self.world.hub_outages
+        k = max(0, bisect_right(outages.starts, first) - 1)
+        while k < len(outages.starts) and outages.starts[k] < min(best, until):
+            if outages.ends[k] > first:
+                best = min(best, first_poll_in(outages.starts[k], outages.ends[k]))
+            k += 1
+        return best
 
     def _due(self, run: DeviceRun, brain: DeviceBrain, item: Any, queue: deque) -> None:
         kind = item[0]
@@ -299,6 +341,8 @@ class PantavisorModel:
             if kind is C.ReportProgress:
                 self._report(run, brain, command, t, queue)
             elif kind is C.ArmTimer:
+                if command.name == "network":
+                    brain.hub_confirmed = False
                 brain.seq += 1
                 brain.timers[command.name] = brain.seq
                 heapq.heappush(brain.agenda, (t + command.delay, brain.seq, ("timer", command.name, brain.seq)))
@@ -314,7 +358,6 @@ class PantavisorModel:
                 self._push(brain, t + min(command.grace, 1.0), ("event", E.ContainersStopped(tuple(command.names))))
             elif kind is C.SwitchRevision:
                 brain.booted = command.rev
-                brain.containers_rev = command.rev
                 world.set_running(run.device, int(command.rev))
             elif kind is C.Reboot:
                 rebooting = True
@@ -408,11 +451,12 @@ class PantavisorModel:
         if ok:
             brain.hub_progress[command.rev] = command.record
         if brain.updater.watches_hub:
+            brain.hub_confirmed = brain.hub_confirmed or ok
             queue.append(E.HubReached() if ok else E.HubRequestFailed())
 
     def _metadata(self, run: DeviceRun, brain: DeviceBrain, command: Any, t: float, queue: deque) -> None:
         if not self._hub_ok(run, brain):
-            queue.append(E.MetadataFailed(command.rev))
+            self._push(brain, t + HTTP_TIMEOUT_S, ("event", E.MetadataFailed(command.rev)))
             return
         if self.world.table.full[run.device]:
             self.world.count("disk_full")
@@ -427,7 +471,7 @@ class PantavisorModel:
         now = run.env._now
         start = max(t, now)
         if not self._hub_ok(run, brain):
-            self._push(brain, start, ("event", E.ObjectFetched(sha, ok=False)))
+            self._push(brain, start + HTTP_TIMEOUT_S, ("event", E.ObjectFetched(sha, ok=False)))
             return
         rate = world.egress.share(run.link_mb_s)
         world.egress.active += 1
@@ -436,7 +480,9 @@ class PantavisorModel:
         p = world.faults.network_loss_probability
         if end > stop:
             world.count("transfers_cut_by_outage")
-            self._push(brain, stop, ("fetch", E.ObjectFetched(sha, ok=False), (stop - start) * rate))
+            # the connection stalls at the outage and fails when the request times out
+            failed = stop + HTTP_TIMEOUT_S
+            self._push(brain, failed, ("fetch", E.ObjectFetched(sha, ok=False), (stop - start) * rate))
         elif p > 0 and world.rng.random() < p:
             world.count("network_losses")
             drop = start + (end - start) * world.rng.random()
@@ -536,7 +582,7 @@ class PantavisorModel:
             break
         run.first_boot = False
         brain.booted = choice.rev
-        brain.containers_rev = choice.rev
+        brain.hub_confirmed = False
         world.set_running(run.device, int(choice.rev))
         brain.updater, commands = self.Updater.boot(self._view(run.device, disk, choice.rev), cfg)
         rebooting = yield from self._execute(run, brain, commands, queue)

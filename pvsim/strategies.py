@@ -156,14 +156,14 @@ class Exponential(Strategy):
             return self._halt(ABORTED, now)
         if now < self.next_minute:
             return 0, self.next_minute
-        batch = min(int(self.rate), self._rest(tally))
         if cfg.rate_increase_after_succeeded == 0:
-            increase = tally.admitted > 0
+            increase = tally.admitted > 0  # the previous minute's batch was notified
         else:
             increase = tally.succeeded - self.succeeded_at_increase >= cfg.rate_increase_after_succeeded
         if increase:
             self.rate = min(self.rate * cfg.increment_factor, cfg.max_per_minute)
             self.succeeded_at_increase = tally.succeeded
+        batch = min(int(self.rate), self._rest(tally))
         self.next_minute = now + 60.0
         if tally.admitted + batch >= self.fleet:
             return batch, None
