@@ -20,7 +20,10 @@ Rules kept here (pantavisor.md §4):
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from enum import IntEnum
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from shared.engine.commands import ArmTimer, CancelTimer, Command, StartContainers
@@ -89,46 +92,68 @@ class _Rec:
 _BLOCKED, _STARTED, _ACHIEVED, _TIMEDOUT = 0, 1, 2, 3
 
 
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """What a revision's groups look like to the start logic; shared by every device (cached)."""
+
+    group_names: tuple[str, ...]
+    group_members: tuple[tuple[str, ...], ...]
+    group_of: Mapping[str, int]
+    goal_timers: tuple[ArmTimer, ...]  # the ArmTimer command of each group, built once
+    goal_cancels: tuple[CancelTimer, ...]
+
+
+@lru_cache(maxsize=4096)
+def layout(state: State, goals_timeout: float) -> Layout:
+    """Group order, members and goal timers of `state` (a group without timeout: the default)."""
+    index = {g.name: i for i, g in enumerate(state.groups)}
+    members: list[list[str]] = [[] for _ in state.groups]
+    group_of: dict[str, int] = {}
+    for c in state.containers:
+        gi = index.get(c.group, len(state.groups) - 1)
+        members[gi].append(c.name)
+        group_of[c.name] = gi
+    names = tuple(g.name for g in state.groups)
+    timeouts = [float(g.timeout) if g.timeout is not None else goals_timeout for g in state.groups]
+    return Layout(
+        names,
+        tuple(tuple(m) for m in members),
+        group_of,
+        tuple(ArmTimer("goal:" + n, t) for n, t in zip(names, timeouts, strict=True)),
+        tuple(CancelTimer("goal:" + n) for n in names),
+    )
+
+
 class Containers:
     """Container records and group progress of one running revision."""
 
-    __slots__ = (
-        "rev",
-        "state",
-        "recs",
-        "group_names",
-        "group_timeouts",
-        "group_members",
-        "group_status",
-    )
+    __slots__ = ("rev", "state", "recs", "layout", "group_status")
 
     def __init__(self, rev: str, state: State, goals_timeout: float):
         self.rev = rev
         self.state = state
-        index = {g.name: i for i, g in enumerate(state.groups)}
-        self.group_names = [g.name for g in state.groups]
-        self.group_timeouts = [
-            float(g.timeout) if g.timeout is not None else goals_timeout for g in state.groups
-        ]
-        self.group_members: list[list[str]] = [[] for _ in state.groups]
-        self.recs: dict[str, _Rec] = {}
-        for c in state.containers:
-            gi = index.get(c.group, len(state.groups) - 1)
-            self.recs[c.name] = _Rec(c, gi)
-            self.group_members[gi].append(c.name)
-        self.group_status = [_BLOCKED] * len(self.group_names)
+        self.layout = lay = layout(state, goals_timeout)
+        self.recs: dict[str, _Rec] = {
+            c.name: _Rec(c, lay.group_of[c.name]) for c in state.containers
+        }
+        self.group_status = [_BLOCKED] * len(lay.group_names)
+
+    @property
+    def group_names(self) -> tuple[str, ...]:
+        return self.layout.group_names
 
     # ------------------------------------------------------------------ starting
 
     def start_eligible(self) -> list[Command]:
         """Start every group whose predecessors are all ACHIEVED or TIMEDOUT."""
         out: list[Command] = []
+        lay, recs = self.layout, self.recs
         for gi, status in enumerate(self.group_status):
             if status == _BLOCKED:
-                names = tuple(n for n in self.group_members[gi] if not self.recs[n].achieved)
+                names = tuple(n for n in lay.group_members[gi] if not recs[n].achieved)
                 if names:
                     out.append(StartContainers(self.rev, names))
-                    out.append(ArmTimer("goal:" + self.group_names[gi], self.group_timeouts[gi]))
+                    out.append(lay.goal_timers[gi])
                     for n in names:
                         self.recs[n].status = CStatus.STARTING
                     self.group_status[gi] = _STARTED
@@ -237,9 +262,9 @@ class Containers:
     def _group_progress(self, gi: int) -> list[Command]:
         if self.group_status[gi] != _STARTED:
             return []
-        if all(self.recs[n].achieved for n in self.group_members[gi]):
+        if all(self.recs[n].achieved for n in self.layout.group_members[gi]):
             self.group_status[gi] = _ACHIEVED
-            return [CancelTimer("goal:" + self.group_names[gi]), *self.start_eligible()]
+            return [self.layout.goal_cancels[gi], *self.start_eligible()]
         return []
 
     def all_achieved(self) -> bool:

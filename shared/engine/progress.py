@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import lru_cache
 from typing import Any
 
 from shared.errors import InvalidJson
@@ -96,6 +97,11 @@ class Msg:
         return f"Space required {required} B, available {available} B"
 
 
+@lru_cache(maxsize=8192)
+def _make(cls: type[Progress], status: Status, msg: str, retries: int) -> Progress:
+    return cls(status, msg, PROGRESS_NUMBER[status], retries)
+
+
 @dataclass(frozen=True, slots=True)
 class Downloads:
     """`downloads.total` of a DOWNLOADING record; times are whatever clock the backend uses."""
@@ -129,8 +135,8 @@ class Progress:
 
     @classmethod
     def make(cls, status: Status, msg: str, retries: int = 0) -> Progress:
-        """A record with the fixed progress number of `status`."""
-        return cls(status, msg, PROGRESS_NUMBER[status], retries)
+        """A record with the fixed progress number of `status` (shared: records are values)."""
+        return _make(cls, status, msg, retries)
 
     @property
     def is_final(self) -> bool:

@@ -32,9 +32,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
-from shared.diff import Transition, diff_states
+from shared.diff import StateDiff, Transition, diff_states
 from shared.engine import gc
 from shared.engine.commands import (
     ArmTimer,
@@ -500,7 +501,7 @@ class Updater:
             return Phase.IDLE
         self._out.append(LinkObjects(u.rev, state))
         self._set_env(pv_try=u.rev)
-        diff = diff_states(self.running_state, state)
+        diff = _diff(self.running_state, state)
         u.transition = Transition.REBOOT if force_reboot else diff.transition
         if u.transition is Transition.REBOOT:
             self._set_progress(Status.INPROGRESS, Msg.REBOOTING)
@@ -518,7 +519,7 @@ class Updater:
     def _on_stopped(self, event: Event) -> Phase:
         u = self.update
         assert u is not None and u.state is not None and self.running_state is not None
-        return self._switch(u, frozenset(diff_states(self.running_state, u.state).containers))
+        return self._switch(u, frozenset(_diff(self.running_state, u.state).containers))
 
     def _switch(self, u: _Update, affected: frozenset[str]) -> Phase:
         """Merge the pending state into the running one and re-enter RUN (§3.6)."""
@@ -783,6 +784,12 @@ class Updater:
     def _take(self) -> list[Command]:
         out, self._out = self._out, []
         return out
+
+
+@lru_cache(maxsize=4096)
+def _diff(old: State, new: State) -> StateDiff:
+    """diff_states, shared by every device making the same update (States are flyweights)."""
+    return diff_states(old, new)
 
 
 def _parse(raw: object, rev: str) -> State | None:
