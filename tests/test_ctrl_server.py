@@ -1,0 +1,145 @@
+"""pv-ctrl over a Unix socket against a stand-in device (no root, no containers): routing, status
+codes, role restriction, socket mode, and that refused uploads leave nothing behind."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+import stat
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from pvreal.ctrl.api import CtrlApi
+from pvreal.ctrl.client import CtrlClient
+from pvreal.ctrl.server import serve
+from pvreal.storage import Storage
+from shared.engine.commands import CtrlReply
+from shared.engine.config import Config
+from shared.engine.events import CtrlCommand, LocalStepUploaded, ObjectPut
+
+
+class StandInDevice:
+    """What CtrlApi needs of a Device; answers like the engine for the events under test."""
+
+    def __init__(self, root: Path, free: int = 1 << 30, busy: bool = False):
+        self.storage = Storage(root, statfs=lambda _p: (1 << 31, free))
+        self.storage.init_layout()
+        self.config = Config()
+        self.options = SimpleNamespace(bootloader="uboot", ordering="hardened")
+        self.executor = SimpleNamespace(forget_state=lambda rev: None)
+        self.booted_rev = "0"
+        self.busy = busy
+        self.events: list = []
+        self.containers = {"app": {"name": "app", "status_goal": "READY", "status": "STARTED"}}
+
+    def submit(self, event):
+        self.events.append(event)
+        if isinstance(event, LocalStepUploaded) and event.error:
+            return CtrlReply(422, None, event.error)
+        if isinstance(event, CtrlCommand) and self.busy:
+            return CtrlReply(503, 600, "an update is in progress")
+        return CtrlReply(200)
+
+    def post(self, event):
+        self.events.append(event)
+
+    def status(self):
+        return {"running": "0", "containers": self.containers}
+
+
+@pytest.fixture
+def ctrl(tmp_path):
+    device = StandInDevice(tmp_path / "storage")
+    server = serve(tmp_path / "pv-ctrl", CtrlApi(device))
+    yield device, CtrlClient(tmp_path / "pv-ctrl"), tmp_path
+    server.close()
+
+
+def test_socket_is_private(ctrl):
+    _, client, tmp = ctrl
+    assert stat.S_IMODE((tmp / "pv-ctrl").stat().st_mode) == 0o600
+    assert client.checked("GET", "/buildinfo").json()["backend"] == "pvreal"
+
+
+def test_object_upload_is_hash_checked_and_idempotent(ctrl):
+    device, client, _ = ctrl
+    data = b"an object"
+    sha = hashlib.sha256(data).hexdigest()
+    assert client.request("PUT", f"/objects/{sha}", data).json()["stored"] is True
+    assert client.request("PUT", f"/objects/{sha}", data).json()["stored"] is False
+    assert ObjectPut(sha) in device.events
+    other = hashlib.sha256(b"x").hexdigest()
+    answer = client.request("PUT", f"/objects/{other}", data)
+    assert answer.status == 422 and "hashes to" in answer.error
+    assert device.storage.objects.names() == [sha]
+    assert device.storage.objects.partial_names() == []
+    assert client.request("PUT", "/objects/not-a-sha", data).status == 422
+
+
+def test_truncated_upload_is_refused_and_removed(ctrl):
+    device, _, tmp = ctrl
+    data = b"short"
+    sha = hashlib.sha256(data).hexdigest()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.connect(str(tmp / "pv-ctrl"))
+        s.sendall(f"PUT /objects/{sha} HTTP/1.1\r\nContent-Length: 50\r\n\r\n".encode() + data)
+        s.shutdown(socket.SHUT_WR)
+        reply = s.recv(4096)
+    assert reply.startswith(b"HTTP/1.1 400")
+    assert device.storage.objects.names() == [] and device.storage.objects.partial_names() == []
+
+
+def test_no_space_is_507(tmp_path):
+    device = StandInDevice(tmp_path / "storage", free=1000)
+    server = serve(tmp_path / "s", CtrlApi(device))
+    try:
+        data = b"y" * 4096
+        answer = CtrlClient(tmp_path / "s").request(
+            "PUT", f"/objects/{hashlib.sha256(data).hexdigest()}", data
+        )
+        assert answer.status == 507
+    finally:
+        server.close()
+
+
+def test_bad_state_gets_422_with_the_key(ctrl):
+    device, client, _ = ctrl
+    answer = client.put_step("locals/x", json.dumps({"#spec": "pantavisor-service-system@1",
+                                                     "../up": {}}).encode())
+    assert answer.status == 422 and "../up" in answer.error
+    assert client.put_step("locals/a%2Fb", b"{}").status in (400, 404)
+    assert client.request("PUT", "/steps/locals/" + "n" * 80, b"{}").status == 400
+
+
+def test_busy_commands_carry_retry_after(tmp_path):
+    device = StandInDevice(tmp_path / "storage", busy=True)
+    server = serve(tmp_path / "s", CtrlApi(device))
+    try:
+        answer = CtrlClient(tmp_path / "s").command("REBOOT_DEVICE")
+        assert answer.status == 503 and answer.headers["Retry-After"] == "600"
+        assert CtrlClient(tmp_path / "s").request("POST", "/commands", b"[1]").status == 400
+    finally:
+        server.close()
+
+
+def test_container_socket_only_signals(tmp_path):
+    device = StandInDevice(tmp_path / "storage")
+    server = serve(tmp_path / "app.sock", CtrlApi(device), container="app", mgmt=False)
+    try:
+        client = CtrlClient(tmp_path / "app.sock")
+        assert client.request("GET", "/containers").status == 403
+        assert client.request("POST", "/commands", b'{"op":"RUN_GC"}').status == 403
+        ok = client.request("POST", "/signal", b'{"type":"ready","payload":""}')
+        assert ok.status == 200
+        assert client.request("POST", "/signal", b'{"type":"alive"}').status == 400
+    finally:
+        server.close()
+
+
+def test_unknown_endpoint_is_404(ctrl):
+    _, client, _ = ctrl
+    assert client.request("GET", "/nowhere").status == 404
+    assert client.request("GET", "/steps/0/progress").status == 404
