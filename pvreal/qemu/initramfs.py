@@ -1,0 +1,285 @@
+"""The guest's initramfs: python3 + stdlib, pvtwin (shared, pvreal) + deps, busybox, runc, modules.
+
+Host paths of the interpreter, libpython and the stdlib are kept as they are in the guest (a pyenv
+interpreter stays under /root/.pyenv/...), because the interpreter finds its stdlib relative to its
+real path and libpython through its RUNPATH; /usr/bin/python3 is a symlink to it. Compiled
+extensions therefore match the interpreter that built them.
+"""
+
+from __future__ import annotations
+
+import compileall
+import gzip
+import hashlib
+import importlib.metadata as metadata
+import io
+import json
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pvreal import tools
+from pvreal.qemu import kernel as kernel_mod
+from pvreal.qemu.cpio import CpioWriter
+from pvreal.tools import ToolError
+
+GUEST_PYTHON_PATH = "/usr/lib/pvtwin"  # shared/, pvreal/ and their dependencies
+PACKAGES = ("shared", "pvreal")  # pvsim is not needed on a device
+# What the device side of pvreal imports at run time: cryptography (signatures, with its compiled
+# module), pyroute2 (network namespaces); their requirements follow.
+# (rich, used by `pvreal rev show`, is left out: with pygments it would add ~10 MB that GRUB has
+# to read through BIOS int13 at every boot.)
+DISTRIBUTIONS = ("cryptography", "pyroute2")
+
+# Modules loaded at every boot (storage disk) and those shipped for the runtime to load on demand.
+BOOT_MODULES = ("virtio_pci", "virtio_blk", "crc32c_generic", "ext4")
+RUNTIME_MODULES = ("loop", "squashfs", "overlay", "dm_verity", "i6300esb", "veth", "bridge", "virtio_net")
+
+STDLIB_SKIP_DIRS = {
+    "test", "tests", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3", "pydoc_data",
+    "distutils", "site-packages", "dist-packages", "__phello__", "msilib",
+}  # fmt: skip
+DYNLOAD_SKIP = re.compile(r"^(_tkinter|_test|xxlimited|_ctypes_test|_xxtestfuzz|xxsubtype)")
+
+DEVICES = {  # name: (major, minor); Python as PID 1 dies without /dev/urandom (platform notes 4b)
+    "dev/console": (5, 1), "dev/null": (1, 3), "dev/zero": (1, 5), "dev/full": (1, 7),
+    "dev/random": (1, 8), "dev/urandom": (1, 9), "dev/kmsg": (1, 11), "dev/tty": (5, 0),
+    "dev/ttyS0": (4, 64),
+}  # fmt: skip
+
+INIT_SCRIPT = f"""#!/usr/bin/python3 -S
+# PID 1: hand over to pvreal.qemu.guest_init at once (see docs/qemu.md).
+import sys
+sys.path.insert(0, "{GUEST_PYTHON_PATH}")
+from pvreal.qemu.guest_init import main
+main()
+"""
+
+
+@dataclass
+class Plan:
+    """Everything that goes into the archive, decided before anything is read in full."""
+
+    files: dict[str, Path] = field(default_factory=dict)  # guest path -> host file
+    generated: dict[str, bytes] = field(default_factory=dict)  # guest path -> content (mode 0755 if executable)
+    executable: set[str] = field(default_factory=set)
+    symlinks: dict[str, str] = field(default_factory=dict)
+    directories: set[str] = field(default_factory=set)
+
+    def fingerprint(self) -> str:
+        """Changes when any input file (path, size, mtime) or generated content changes."""
+        digest = hashlib.sha256()
+        for dest in sorted(self.files):
+            st = self.files[dest].stat()
+            digest.update(f"F {dest} {self.files[dest]} {st.st_size} {st.st_mtime_ns}\n".encode())
+        for dest in sorted(self.generated):
+            digest.update(f"G {dest} ".encode() + hashlib.sha256(self.generated[dest]).digest())
+        for dest in sorted(self.symlinks):
+            digest.update(f"L {dest} {self.symlinks[dest]}\n".encode())
+        digest.update(" ".join(sorted(self.directories)).encode())
+        return digest.hexdigest()
+
+
+def plan(kern: kernel_mod.Kernel, repo: Path, cache: Path) -> Plan:
+    """Decide the archive's contents for `kern` and the pvtwin checkout `repo`.
+
+    The guest runs the interpreter that runs this build (so compiled extensions match it).
+    `cache` keeps debug-stripped copies of large ELF files.
+    """
+    result = Plan()
+    result.directories.update(
+        ["proc", "sys", "dev", "tmp", "run", "mnt", "storage", "etc", "root", "sbin", "bin"]
+    )
+    result.symlinks["var/run"] = "../run"  # pyroute2 creates /var/run/netns
+    result.generated["etc/passwd"] = b"root:x:0:0:root:/root:/bin/sh\n"
+    result.generated["etc/group"] = b"root:x:0:\n"
+    _add_python(result, Path(sys._base_executable).resolve())
+    _add_pvtwin(result, repo)
+    _add_tools(result)
+    _add_modules(result, kern)
+    result.generated["init"] = INIT_SCRIPT.encode()
+    result.executable.add("init")
+    _strip_large_elves(result, cache / "stripped")
+    return result
+
+
+def _add_python(result: Plan, interpreter: Path) -> None:
+    result.files[str(interpreter).lstrip("/")] = interpreter
+    result.symlinks["usr/bin/python3"] = str(interpreter)
+    stdlib = Path(sysconfig.get_paths()["stdlib"]).resolve()
+    # DESTSHARED is where the interpreter's own extension modules live (in a venv, platstdlib
+    # points into the venv, which has no lib-dynload).
+    dynload = Path(sysconfig.get_config_var("DESTSHARED")).resolve()
+    tag = sys.implementation.cache_tag
+    for path in _walk(stdlib, STDLIB_SKIP_DIRS):
+        if path.parent == stdlib and path.name.startswith("config-"):
+            continue
+        if path.suffix != ".py":
+            continue
+        # The stdlib goes in as sourceless .pyc beside where the .py would be (loaded without a
+        # source check): half the bytes of .py + .pyc, and no compiling at boot under TCG.
+        compiled = path.parent / "__pycache__" / f"{path.stem}.{tag}.pyc"
+        if compiled.exists() and compiled.stat().st_mtime >= path.stat().st_mtime:
+            result.files[str(path.with_suffix(".pyc")).lstrip("/")] = compiled
+        else:
+            result.files[str(path).lstrip("/")] = path
+    extensions = [p for p in sorted(dynload.glob("*.so")) if not DYNLOAD_SKIP.match(p.name)]
+    for path in extensions:
+        result.files[str(path).lstrip("/")] = path
+    _add_shared_libraries(result, [interpreter, *extensions])
+
+
+def _walk(root: Path, skip_dirs: set[str]) -> Iterable[Path]:
+    for entry in sorted(root.iterdir()):
+        if entry.is_dir() and not entry.is_symlink():
+            if entry.name not in skip_dirs:
+                yield from _walk(entry, skip_dirs)
+        elif entry.is_file():
+            yield entry
+
+
+ELF_STRIP_MIN_BYTES = 64_000
+
+
+def _strip_large_elves(result: Plan, cache: Path) -> None:
+    """Replace ELF files by `strip --strip-debug` copies (pyenv's libpython and extension modules
+    carry their debug info: 12 MB of lib-dynload). Kernel modules are left alone (signed)."""
+    strip = shutil.which("strip")
+    if strip is None:
+        return
+    for dest, source in list(result.files.items()):
+        st = source.stat()
+        if dest.endswith(".ko") or st.st_size < ELF_STRIP_MIN_BYTES or _head(source) != b"\x7fELF":
+            continue
+        key = hashlib.sha256(f"{source} {st.st_size} {st.st_mtime_ns}".encode()).hexdigest()[:24]
+        stripped = cache / f"{key}-{source.name}"
+        if not stripped.exists():
+            cache.mkdir(parents=True, exist_ok=True)
+            tmp = stripped.with_name(stripped.name + ".tmp")
+            subprocess.run([strip, "--strip-debug", "-o", str(tmp), str(source)], check=True)
+            tmp.replace(stripped)
+        result.files[dest] = stripped
+
+
+def _add_pvtwin(result: Plan, repo: Path) -> None:
+    for package in PACKAGES:
+        root = repo / package
+        # Compile ahead: under TCG, compiling ~100 modules at boot would cost seconds.
+        compileall.compile_dir(root, quiet=1)
+        for path in _walk(root, {"tests"}):
+            if path.suffix in (".pyc",) and ".opt-" in path.name:
+                continue
+            if path.suffix in (".py", ".pyc", ".json", ".txt", ".cfg", ".toml"):
+                dest = f"{GUEST_PYTHON_PATH}/{path.relative_to(repo)}".lstrip("/")
+                result.files[dest] = path
+    for dist in _distribution_closure(DISTRIBUTIONS):
+        base = Path(dist.locate_file("")).resolve()
+        for entry in dist.files or ():
+            path = Path(dist.locate_file(entry)).resolve()
+            if not path.is_file() or not path.is_relative_to(base) or ".opt-" in path.name:
+                continue
+            result.files[f"{GUEST_PYTHON_PATH}/{path.relative_to(base)}".lstrip("/")] = path
+            if path.suffix == ".so":
+                _add_shared_libraries(result, [path])
+
+
+def _distribution_closure(names: Iterable[str]) -> list[metadata.Distribution]:
+    """The distributions named and, recursively, what they require (extras ignored)."""
+    found: dict[str, metadata.Distribution] = {}
+    pending = list(names)
+    while pending:
+        requirement = pending.pop()
+        name = re.split(r"[\s;<>=!~\[(]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+        if name in found:
+            continue
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            if ";" in requirement:
+                continue  # a requirement under a marker (e.g. Windows only) that pip did not install
+            raise ToolError(f"Python package {name} is not installed", source=name) from None
+        found[name] = dist
+        for requirement in dist.requires or ():
+            if "extra ==" not in requirement:
+                pending.append(requirement)
+    return list(found.values())
+
+
+def _add_tools(result: Plan) -> None:
+    busybox = Path(tools.require("busybox")).resolve()
+    result.files["bin/busybox"] = busybox
+    listing = tools.run([str(busybox), "--list"]).split()
+    for applet in listing:
+        if applet not in ("busybox", "init", "linuxrc"):
+            result.symlinks[f"bin/{applet}"] = "busybox"
+    runc = shutil.which("runc")
+    if runc:  # the container runtime; optional so that a host without runc can still boot-test
+        result.files["usr/sbin/runc"] = Path(runc).resolve()
+        _add_shared_libraries(result, [Path(runc).resolve()])
+
+
+def _add_shared_libraries(result: Plan, binaries: Iterable[Path]) -> None:
+    """The ldd closure of `binaries`, each library at the path ldd found it (RUNPATHs keep working)."""
+    for binary in binaries:
+        done = subprocess.run(["ldd", str(binary)], capture_output=True, text=True, check=False)
+        for line in done.stdout.splitlines():
+            match = re.search(r"(/\S+)\s+\(0x", line)
+            if not match:
+                continue  # "statically linked", vdso
+            library = Path(match.group(1))
+            result.files.setdefault(str(library).lstrip("/"), library.resolve())
+
+
+def _add_modules(result: Plan, kern: kernel_mod.Kernel) -> None:
+    names = [*BOOT_MODULES, *RUNTIME_MODULES]
+    order = kernel_mod.load_order(names, kern.modules_dir)
+    table = {}
+    for ko in order:
+        relative = ko.relative_to(kern.modules_dir)
+        name = kernel_mod.module_name(ko.name)
+        table[name] = {"path": str(relative), "depends": kernel_mod.module_depends(ko)}
+        result.files[f"lib/modules/{kern.version}/{relative}"] = ko
+    index = {"version": kern.version, "boot": list(BOOT_MODULES), "modules": table}
+    result.generated[f"lib/modules/{kern.version}/pvtwin-modules.json"] = json.dumps(
+        index, indent=1, sort_keys=True
+    ).encode()
+
+
+def write(result: Plan, out: Path) -> None:
+    """Write the archive to `out`, zstd-compressed when zstd is installed, else gzip."""
+    raw = io.BytesIO()
+    archive = CpioWriter(raw)
+    for directory in sorted(result.directories):
+        archive.directory(directory)
+    for dest, (major, minor) in sorted(DEVICES.items()):
+        archive.char_device(dest, major, minor, 0o600 if dest == "dev/console" else 0o666)
+    for dest in sorted(result.files):
+        archive.copy(dest, result.files[dest])
+    for dest in sorted(result.generated):
+        archive.file(dest, result.generated[dest], 0o755 if dest in result.executable else 0o644)
+    for dest in sorted(result.symlinks):
+        archive.symlink(dest, result.symlinks[dest])
+    archive.close()
+    tmp = out.with_name(out.name + ".tmp")
+    zstd = shutil.which("zstd")
+    if zstd:
+        with tmp.open("wb") as sink:
+            # -12: smaller costs ~2 s once here, and saves int13 reads under TCG at every boot.
+            subprocess.run([zstd, "-12", "-T0", "-q", "-c"], input=raw.getvalue(), stdout=sink, check=True)
+    else:
+        tmp.write_bytes(gzip.compress(raw.getvalue(), compresslevel=3))
+    tmp.replace(out)
+
+
+def raw_size(result: Plan) -> int:
+    return sum(p.stat().st_size for p in result.files.values()) + sum(map(len, result.generated.values()))
+
+
+def _head(path: Path) -> bytes:
+    with path.open("rb") as f:
+        return f.read(4)
