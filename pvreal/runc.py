@@ -374,15 +374,11 @@ class Runc:
         self.started.pop(cid, None)
 
     def list_ids(self) -> list[str]:
+        """Containers runc knows under our root (`runc list` prints `null` when there are none)."""
         if not self.root.is_dir():
             return []
-        return sorted(
-            json_entry["id"]
-            for json_entry in json.loads(
-                tools.run(self._argv("list", "--format", "json"), timeout=10) or "[]"
-            )
-            or []
-        )
+        listed = json.loads(tools.run(self._argv("list", "--format", "json"), timeout=10) or "null")
+        return sorted(entry["id"] for entry in listed or [])
 
     def init_of(self, cid: str) -> InitProcess | None:
         if cid in self.started:

@@ -139,6 +139,11 @@ class Device:
         assert mount_points(self.tmp) == []
         assert self.net.leftovers() == [] and self.net.device_netns not in netns.listnetns()
         assert self.runc.list_ids() == []
+        # The loop device is released by the kernel (autoclear) when its last user closes it,
+        # which can come a moment after the unmount returns.
+        deadline = time.monotonic() + 3.0
+        while _loops_backed_by(self.storage.root) and time.monotonic() < deadline:
+            time.sleep(0.02)
         assert _loops_backed_by(self.storage.root) == []
 
 
