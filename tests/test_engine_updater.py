@@ -470,3 +470,20 @@ def test_threshold_gc_on_wait_tick_but_not_while_downloading_or_just_after_a_put
     offer(u, BSP)
     u.handle(MetadataReceived("1", {s: 1 for s in BSP.object_shas()}, ROOMY))
     assert u.phase is Phase.DOWNLOADING and of(u.handle(WaitTick(low)), RunGc) == []
+
+
+def test_exit_of_a_container_stopped_for_a_transition_is_not_a_failure():
+    u = running_idle()
+    offer(u, APP)
+    download_all(u, APP)
+    assert u.phase is Phase.TRANSITIONING
+    cmds = u.handle(ContainerExited("app", uptime=100))
+    assert not of(cmds, Reboot) and records(cmds) == [] and u.phase is Phase.TRANSITIONING
+
+
+def test_update_that_changes_no_container_goes_straight_to_testing_when_local():
+    only_sig = build_state()  # same loaded entries: transition "none"
+    u = running_idle(objects=UPLOADED)
+    cmds = u.handle(CtrlCommand("LOCAL_RUN", "locals/same", only_sig))
+    assert records(cmds)[-1] == (Status.TESTING, Msg.TESTING_NON_REBOOT)
+    assert u.update_rev == "locals/same" and u.phase is Phase.TESTING

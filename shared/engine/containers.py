@@ -201,6 +201,9 @@ class Containers:
         rec = self.recs.get(name)
         if rec is None or rec.given_up or rec.status in (CStatus.STOPPED, CStatus.RECOVERING):
             return [], None
+        if rec.status is CStatus.STOPPING:  # stopped on purpose (a non-reboot transition)
+            rec.status = CStatus.STOPPED
+            return [], None
         rec.status = CStatus.STOPPED
         out: list[Command] = []
         if rec.stable is False:
@@ -256,6 +259,13 @@ class Containers:
             rec.status = CStatus.STARTING
             return [StartContainers(self.rev, (target,))], None
         return [], None
+
+    def mark_stopping(self, names: tuple[str, ...]) -> None:
+        """Containers the engine is stopping: their exit is expected, not a failure."""
+        for name in names:
+            rec = self.recs.get(name)
+            if rec is not None:
+                rec.status = CStatus.STOPPING
 
     # ------------------------------------------------------------------ queries
 

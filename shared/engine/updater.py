@@ -274,6 +274,11 @@ class Updater:
         return self.phase in UPDATE_PHASES
 
     @property
+    def update_rev(self) -> str | None:
+        """The revision of the update in progress, if any."""
+        return self.update.rev if self.update is not None else None
+
+    @property
     def finished(self) -> bool:
         """A Reboot was issued: build a new Updater from the disk after the boot."""
         return self.phase is Phase.REBOOTING
@@ -342,6 +347,7 @@ class Updater:
         self.phase = Phase.INPROGRESS
         self._arm_network_timer()
         self._start_containers()
+        self.phase = self._check_goals(self.update)  # a revision without containers
 
     def _rolled_back_boot(self, tried: str) -> None:
         """pv_try set but another revision booted: the try of `tried` failed (§3.7)."""
@@ -512,6 +518,7 @@ class Updater:
         affected = frozenset(diff.containers)
         to_stop = tuple(n for n in self.containers.running() if n in affected)
         if to_stop:
+            self.containers.mark_stopping(to_stop)
             self._out.append(StopContainers(to_stop, self.config.stop_grace))
             return Phase.TRANSITIONING
         return self._switch(u, affected)
@@ -533,7 +540,8 @@ class Updater:
         self._arm_network_timer()
         self.phase = Phase.INPROGRESS
         self._start_containers()
-        return self.phase
+        # Nothing may be left to start (untouched containers already at their goals).
+        return self._check_goals(u)
 
     # ================================================================== testing (§3.5)
 
