@@ -21,10 +21,26 @@ class CpioWriter:
         self._ino = 0
         self._written: set[str] = set()
 
-    def _header(self, name: str, mode: int, size: int, mtime: int, rdev: tuple[int, int], nlink: int) -> None:
+    def _header(
+        self, name: str, mode: int, size: int, mtime: int, rdev: tuple[int, int], nlink: int
+    ) -> None:
         self._ino += 1
         encoded = name.encode() + b"\0"
-        fields = (self._ino, mode, 0, 0, nlink, mtime, size, 0, 0, rdev[0], rdev[1], len(encoded), 0)
+        fields = (
+            self._ino,
+            mode,
+            0,
+            0,
+            nlink,
+            mtime,
+            size,
+            0,
+            0,
+            rdev[0],
+            rdev[1],
+            len(encoded),
+            0,
+        )
         header = b"070701" + b"".join(b"%08X" % f for f in fields)
         self._out.write(header + encoded)
         self._pad(len(header) + len(encoded))

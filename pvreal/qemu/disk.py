@@ -34,7 +34,9 @@ DEFAULT_SIZE_MB = 256
 def write_mbr(image: Path, size_bytes: int) -> None:
     """One bootable Linux (0x83) partition from LBA 2048 to the end; CHS fields are unused."""
     sectors = size_bytes // SECTOR - PART_START_LBA
-    entry = struct.pack("<B3sB3sII", 0x80, b"\xfe\xff\xff", 0x83, b"\xfe\xff\xff", PART_START_LBA, sectors)
+    entry = struct.pack(
+        "<B3sB3sII", 0x80, b"\xfe\xff\xff", 0x83, b"\xfe\xff\xff", PART_START_LBA, sectors
+    )
     with image.open("r+b") as disk:
         disk.seek(440)
         disk.write(struct.pack("<IH", 0x50565457, 0))  # disk signature "PVTW"
@@ -105,7 +107,9 @@ def read_file(image: Path, path: str) -> bytes:
         [debugfs, "-R", f"cat /{path.lstrip('/')}", _fs(image)], capture_output=True, check=False
     )
     if done.returncode != 0 or b"File not found" in done.stderr:
-        raise ToolError(f"{image}: cannot read /{path}: {done.stderr.decode().strip()}", source=str(image))
+        raise ToolError(
+            f"{image}: cannot read /{path}: {done.stderr.decode().strip()}", source=str(image)
+        )
     return done.stdout
 
 
@@ -119,10 +123,14 @@ def write_file_in_place(image: Path, path: str, data: bytes) -> None:
     out = tools.run([tools.require("debugfs"), "-R", f"stat /{path.lstrip('/')}", _fs(image)])
     size_match = re.search(r"Size:\s*(\d+)", out)
     if not size_match or int(size_match.group(1)) != len(data):
-        raise ToolError(f"{image}: /{path} is not {len(data)} bytes long: {out[:200]!r}", source=str(image))
+        raise ToolError(
+            f"{image}: /{path} is not {len(data)} bytes long: {out[:200]!r}", source=str(image)
+        )
     block_size = int(re.search(r"Block size:\s*(\d+)", tools.run(
         [tools.require("debugfs"), "-R", "stats", _fs(image)])).group(1))  # fmt: skip
-    blocks_out = tools.run([tools.require("debugfs"), "-R", f"blocks /{path.lstrip('/')}", _fs(image)])
+    blocks_out = tools.run(
+        [tools.require("debugfs"), "-R", f"blocks /{path.lstrip('/')}", _fs(image)]
+    )
     blocks = [int(b) for b in blocks_out.split()]
     with image.open("r+b") as disk:
         for index, block in enumerate(blocks):

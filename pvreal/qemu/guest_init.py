@@ -218,7 +218,9 @@ def save_env(path: str, env: dict[str, str]) -> None:
 def _minimal_decode(path: str) -> dict[str, str]:
     with open(path, "rb") as f:
         lines = f.read().decode().split("\n")
-    return dict(line.split("=", 1) for line in lines[1:] if "=" in line and not line.startswith("#"))
+    return dict(
+        line.split("=", 1) for line in lines[1:] if "=" in line and not line.startswith("#")
+    )
 
 
 def _minimal_save(path: str, env: dict[str, str]) -> None:
@@ -293,7 +295,11 @@ def hand_over(boot: GuestBoot) -> None:
         # find_spec, not try/except ImportError: a daemon that exists but fails to import must
         # show its traceback (and reset), not silently fall back to the harness.
         daemon = importlib.util.find_spec("pvreal.device") if _has_pvreal() else None
-        guest_main = getattr(importlib.import_module("pvreal.device"), "guest_main", None) if daemon else None
+        guest_main = (
+            getattr(importlib.import_module("pvreal.device"), "guest_main", None)
+            if daemon
+            else None
+        )
         if guest_main is not None:
             say("PVTWIN DAEMON pvreal.device.guest_main")
             code = guest_main(boot)

@@ -38,7 +38,16 @@ DISTRIBUTIONS = ("cryptography", "pyroute2")
 
 # Modules loaded at every boot (storage disk) and those shipped for the runtime to load on demand.
 BOOT_MODULES = ("virtio_pci", "virtio_blk", "crc32c_generic", "ext4")
-RUNTIME_MODULES = ("loop", "squashfs", "overlay", "dm_verity", "i6300esb", "veth", "bridge", "virtio_net")
+RUNTIME_MODULES = (
+    "loop",
+    "squashfs",
+    "overlay",
+    "dm_verity",
+    "i6300esb",
+    "veth",
+    "bridge",
+    "virtio_net",
+)
 
 STDLIB_SKIP_DIRS = {
     "test", "tests", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3", "pydoc_data",
@@ -66,7 +75,9 @@ class Plan:
     """Everything that goes into the archive, decided before anything is read in full."""
 
     files: dict[str, Path] = field(default_factory=dict)  # guest path -> host file
-    generated: dict[str, bytes] = field(default_factory=dict)  # guest path -> content (mode 0755 if executable)
+    generated: dict[str, bytes] = field(
+        default_factory=dict
+    )  # guest path -> content (mode 0755 if executable)
     executable: set[str] = field(default_factory=set)
     symlinks: dict[str, str] = field(default_factory=dict)
     directories: set[str] = field(default_factory=set)
@@ -225,8 +236,9 @@ def _add_tools(result: Plan) -> None:
 
 def _add_shared_libraries(result: Plan, binaries: Iterable[Path]) -> None:
     """The ldd closure of `binaries`, each library at the path ldd found it (RUNPATHs keep working)."""
-    for binary in binaries:
-        done = subprocess.run(["ldd", str(binary)], capture_output=True, text=True, check=False)
+    names = [str(b) for b in binaries]
+    if names:  # one ldd for all of them: ~100 extension modules
+        done = subprocess.run(["ldd", *names], capture_output=True, text=True, check=False)
         for line in done.stdout.splitlines():
             match = re.search(r"(/\S+)\s+\(0x", line)
             if not match:
@@ -270,14 +282,18 @@ def write(result: Plan, out: Path) -> None:
     if zstd:
         with tmp.open("wb") as sink:
             # -12: smaller costs ~2 s once here, and saves int13 reads under TCG at every boot.
-            subprocess.run([zstd, "-12", "-T0", "-q", "-c"], input=raw.getvalue(), stdout=sink, check=True)
+            subprocess.run(
+                [zstd, "-12", "-T0", "-q", "-c"], input=raw.getvalue(), stdout=sink, check=True
+            )
     else:
         tmp.write_bytes(gzip.compress(raw.getvalue(), compresslevel=3))
     tmp.replace(out)
 
 
 def raw_size(result: Plan) -> int:
-    return sum(p.stat().st_size for p in result.files.values()) + sum(map(len, result.generated.values()))
+    return sum(p.stat().st_size for p in result.files.values()) + sum(
+        map(len, result.generated.values())
+    )
 
 
 def _head(path: Path) -> bytes:

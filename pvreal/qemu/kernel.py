@@ -34,13 +34,25 @@ def resolve_package(meta: str = META_PACKAGE) -> str:
     out = tools.run(["apt-cache", "depends", meta])
     match = re.search(r"Depends:\s*(linux-image-\S+)", out)
     if not match:
-        raise ToolError(f"apt-cache depends {meta}: no linux-image dependency in {out!r}", source=meta)
+        raise ToolError(
+            f"apt-cache depends {meta}: no linux-image dependency in {out!r}", source=meta
+        )
     return match.group(1)
 
 
 def fetch(cache: Path, package: str | None = None) -> Kernel:
-    """Download (once) and unpack (once) the kernel package into `cache`."""
-    package = package or resolve_package()
+    """Download (once) and unpack (once) the kernel package into `cache`.
+
+    The package the meta package pointed to is remembered in the cache, so later builds neither
+    ask apt nor change kernels under the tests' feet; delete the cache to move to a newer one.
+    """
+    resolved = cache / "kernel" / "resolved.txt"
+    if package is None and resolved.exists():
+        package = resolved.read_text().strip()
+    if package is None:
+        package = resolve_package()
+        resolved.parent.mkdir(parents=True, exist_ok=True)
+        resolved.write_text(package + "\n")
     version = package.removeprefix("linux-image-")
     unpacked = cache / "kernel" / package
     done_marker = unpacked / ".unpacked"

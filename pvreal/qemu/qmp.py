@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import time
@@ -70,7 +71,11 @@ class QmpClient:
                 self.events.append(reply)
                 continue
             if "error" in reply:
-                raise QmpError(f"{name}: {reply['error'].get('desc', reply['error'])}", key=name, source=self.path)
+                raise QmpError(
+                    f"{name}: {reply['error'].get('desc', reply['error'])}",
+                    key=name,
+                    source=self.path,
+                )
             return reply.get("return")
 
     def system_reset(self) -> None:
@@ -81,10 +86,8 @@ class QmpClient:
 
     def quit(self) -> None:
         """Ask QEMU to exit; the socket closing under us is the expected outcome."""
-        try:
+        with contextlib.suppress(QmpError, OSError):
             self.command("quit")
-        except (QmpError, OSError):
-            pass
 
     def close(self) -> None:
         if self._sock is not None:

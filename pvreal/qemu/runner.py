@@ -8,6 +8,7 @@ a hung kernel) can never outlive the caller.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import re
 import shutil
@@ -136,7 +137,10 @@ class QemuRun:
                 left = deadline - time.monotonic()
                 if finished or left <= 0:
                     why = "QEMU exited" if finished else f"{timeout} s passed"
-                    raise QemuTimeout(f"{why} before {pattern!r}; last lines:\n{self.tail()}", source=str(self.log_path))
+                    raise QemuTimeout(
+                        f"{why} before {pattern!r}; last lines:\n{self.tail()}",
+                        source=str(self.log_path),
+                    )
                 self._changed.wait(min(left, 0.5))
 
     def wait_exit(self, *, timeout: float = 60.0) -> int:
@@ -144,7 +148,10 @@ class QemuRun:
         assert self._reader is not None
         self._reader.join(timeout)
         if self._reader.is_alive():
-            raise QemuTimeout(f"QEMU still running after {timeout} s; last lines:\n{self.tail()}", source=str(self.log_path))
+            raise QemuTimeout(
+                f"QEMU still running after {timeout} s; last lines:\n{self.tail()}",
+                source=str(self.log_path),
+            )
         assert self.returncode is not None
         return self.returncode
 
@@ -154,10 +161,8 @@ class QemuRun:
     def kill(self) -> None:
         """Kill QEMU's whole process group (idempotent)."""
         if self._proc is not None and self._proc.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self._proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             self._proc.wait()
 
     def close(self) -> None:

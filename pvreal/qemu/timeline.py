@@ -58,6 +58,12 @@ def render(result: list[Boot]) -> str:
     rows = []
     for boot in result:
         decision = "; ".join(g for g in boot.grub if not g.startswith(("up", "save_env ok")))
-        booted = f"rev {boot.pv_rev} (pv_try={boot.pv_try or '-'}) at {boot.booted_at:.1f}s" if boot.pv_rev is not None else "no revision reached PID 1"
-        rows.append(f"boot {boot.index}: GRUB at {boot.grub_at:.1f}s [{decision}] -> {booted} -> {boot.ended}")
+        booted = (
+            f"rev {boot.pv_rev} (pv_try={boot.pv_try or '-'}) at {boot.booted_at:.1f}s"
+            if boot.pv_rev is not None
+            else "no revision reached PID 1"
+        )
+        rows.append(
+            f"boot {boot.index}: GRUB at {boot.grub_at:.1f}s [{decision}] -> {booted} -> {boot.ended}"
+        )
     return "\n".join(rows)

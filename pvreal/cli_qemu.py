@@ -1,0 +1,128 @@
+"""`pvreal qemu build|run`: build the boot chain artifacts, boot them under QEMU (TCG)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+from pvreal.qemu import build as build_mod
+from pvreal.qemu import grub, runner, timeline
+from pvreal.tools import ToolError
+from shared.errors import PvError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    qemu = subparsers.add_parser(
+        "qemu",
+        help="build and boot a QEMU guest: real GRUB with the try-boot latch, Python as PID 1",
+        description=(
+            "Build the kernel, the Python initramfs, grub.lnx and the storage disk (cached), "
+            "then boot them under QEMU/TCG and report each boot. See docs/qemu.md."
+        ),
+    )
+    verbs = qemu.add_subparsers(dest="verb", metavar="VERB", required=True)
+
+    make = verbs.add_parser("build", help="build (or reuse) every artifact in --out")
+    make.add_argument(
+        "--out", type=Path, default=Path("build/qemu"), help="output folder (default: build/qemu)"
+    )
+    make.add_argument(
+        "--cache",
+        type=Path,
+        help="download/strip cache (default: ~/.cache/pvtwin/qemu or $PVTWIN_CACHE/qemu)",
+    )
+    make.add_argument(
+        "--revisions",
+        default="0",
+        help="comma-separated trails to lay out on the disk (default: 0)",
+    )
+    make.add_argument(
+        "--fresh-disk",
+        action="store_true",
+        help="rebuild the storage disk even if its inputs did not change",
+    )
+    make.add_argument(
+        "--on-save-env-failure",
+        choices=grub.ON_SAVE_ENV_FAILURE,
+        default="boot-committed",
+        help="what GRUB boots when it cannot record a try (default: boot-committed)",
+    )
+    make.set_defaults(func=_build)
+
+    boot = verbs.add_parser("run", help="boot an image until the guest powers off (or --timeout)")
+    boot.add_argument(
+        "--image", type=Path, required=True, help="a folder made by `pvreal qemu build`"
+    )
+    boot.add_argument(
+        "--timeout", type=float, default=120.0, help="seconds before QEMU is killed (default: 120)"
+    )
+    boot.add_argument("--json", type=Path, help="write the timeline as JSON to this file")
+    boot.add_argument(
+        "--watchdog", action="store_true", help="add an i6300esb watchdog that resets the VM"
+    )
+    boot.add_argument("--log", type=Path, help="serial console log (default: IMAGE/console.log)")
+    boot.set_defaults(func=_run)
+
+
+def _build(args: argparse.Namespace) -> int:
+    revisions = tuple(r for r in args.revisions.split(",") if r)
+    if not revisions or not all(r.isdigit() for r in revisions):
+        raise PvError(
+            f"--revisions must be numbers separated by commas, got {args.revisions!r}",
+            key="revisions",
+        )
+    image = build_mod.build(
+        args.out,
+        cache=args.cache,
+        revisions=revisions,
+        on_save_env_failure=args.on_save_env_failure,
+        fresh_disk=args.fresh_disk,
+    )
+    for artifact in image.artifacts.values():
+        print(
+            f"{artifact.name:7} {artifact.source:11} {artifact.size / 1e6:7.1f} MB  {artifact.seconds:6.2f} s  {artifact.path}"
+        )
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        image = build_mod.Image.load(args.image)
+    except FileNotFoundError:
+        raise PvError(
+            "not a built image (no build.json); run `pvreal qemu build --out DIR` first",
+            source=str(args.image),
+        ) from None
+    if not runner.available():
+        raise ToolError(
+            "qemu-system-x86_64 not found on PATH (install qemu-system-x86)",
+            source="qemu-system-x86_64",
+        )
+    log = args.log or image.out / "console.log"
+    with tempfile.TemporaryDirectory(prefix="pvtwin-qmp-") as scratch:
+        argv = runner.qemu_argv(
+            image.grub_lnx,
+            image.disk,
+            watchdog=args.watchdog,
+            qmp_socket=Path(scratch) / "qmp.sock",
+        )
+        with runner.QemuRun(argv, log, timeout=args.timeout) as vm:
+            try:
+                code: int | None = vm.wait_exit(timeout=args.timeout + 5)
+            except runner.QemuTimeout:
+                code = None
+    boots = timeline.boots(vm.lines)
+    print(timeline.render(boots) or "no boot reached GRUB")
+    outcome = "powered off" if code == 0 and not vm.timed_out else f"killed after {args.timeout} s"
+    print(f"QEMU {outcome}; console: {log}")
+    if args.json:
+        report = {
+            "boots": [b.to_json() for b in boots],
+            "powered_off": code == 0 and not vm.timed_out,
+            "timed_out": vm.timed_out,
+            "console_log": str(log),
+        }
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 0 if code == 0 and not vm.timed_out else 1
