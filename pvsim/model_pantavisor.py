@@ -309,6 +309,7 @@ class PantavisorModel:
             run.mb_downloaded += mb
             if event.ok:
                 # renamed into place after its hash matched: the object is in the pool
+                run.mb_written += mb
                 disk = self._own_disk(brain)
                 disk.objects = disk.objects | {event.sha}
             queue.append(event)
@@ -475,7 +476,8 @@ class PantavisorModel:
             return
         rate = world.egress.share(run.link_mb_s)
         world.egress.active += 1
-        end = start + mb / rate
+        # the object streams to `objects/<sha>.tmp`: the slower of link and storage sets the pace
+        end = start + max(mb / rate, mb / run.write_mb_s)
         stop = min(run.net_start if run.net_start > start else INF, world.hub_outages.next_start(start))
         p = world.faults.network_loss_probability
         if end > stop:

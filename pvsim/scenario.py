@@ -7,6 +7,7 @@ A bad value is reported as `<file>: <dotted.key>: <what was expected>` and nothi
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -263,25 +264,41 @@ def load_scenario(path: str | Path, **overrides: Any) -> Scenario:
         raise ScenarioError(f"not valid TOML: {exc}", source=str(path)) from None
     data.setdefault("name", path.stem)
     for dotted, value in overrides.items():
-        if value is None:
-            continue
-        table, _, key = dotted.rpartition(".")
-        target = data
-        for part in table.split(".") if table else ():
-            target = target.setdefault(part, {})
-        target[key] = value
+        if value is not None:
+            set_dotted(data, dotted, value, str(path))
     return validate_scenario(data, str(path))
+
+
+_INDEXED = re.compile(r"^([A-Za-z_]+)\[(\d+)\]$")
+
+
+def set_dotted(data: dict[str, Any], dotted: str, value: Any, source: str) -> None:
+    """Set `table.key` or `release[1].size_mb` in a scenario document; tables are created as
+    needed, list items must exist. Unknown keys are left to validation to report."""
+    *parts, leaf = dotted.split(".")
+    target: Any = data
+    for part in parts:
+        match = _INDEXED.match(part)
+        if match:
+            items = target.get(match[1])
+            index = int(match[2])
+            if not isinstance(items, list | tuple) or index >= len(items):
+                raise ScenarioError("no such list item", source=source, key=dotted)
+            target = items[index]
+        else:
+            nxt = target.setdefault(part, {})
+            if not isinstance(nxt, dict):
+                raise ScenarioError("not a table", source=source, key=dotted)
+            target = nxt
+    target[leaf] = value
 
 
 def with_overrides(scenario: Scenario, **dotted: Any) -> Scenario:
     """A copy of a validated scenario with some dotted keys changed (validated again)."""
     data = scenario.model_dump()
+    data["release"] = list(data["release"])
     for key, value in dotted.items():
-        table, _, leaf = key.rpartition(".")
-        target = data
-        for part in table.split(".") if table else ():
-            target = target[part]
-        target[leaf] = value
+        set_dotted(data, key, value, scenario.name)
     return validate_scenario(data, scenario.name)
 
 

@@ -75,3 +75,23 @@ def test_bench_pieces_measure_something():
     twin = twin_run(200)
     assert twin["events"] > 0 and twin["device_updates"] >= 200
     assert 0 < twin["events_per_device_update"] <= 40
+
+
+def test_sweep_is_factorial_and_writes_csv(tmp_path, capsys):
+    out = tmp_path / "sw"
+    scenario = REPO / "scenarios" / "strategy-study.toml"
+    args = ["sweep", str(scenario), "--grid", "rollout.strategy=all-at-once,groups", "--grid", "fleet.nosuch=1",
+            "--seeds", "2", "--devices", "100", "--workers", "1", "--out", str(out)]
+    assert main(args) == 1  # an unknown key: a clear error before anything runs, nothing written
+    assert "fleet.nosuch: unknown key" in capsys.readouterr().err
+    assert not out.exists()
+    args = ["sweep", str(scenario), "--grid", "rollout.strategy=all-at-once,groups", "--grid", "faults.power_cuts_per_device_day=0,100",
+            "--seeds", "2", "--devices", "100", "--workers", "1", "--out", str(out)]
+    assert main(args) == 0
+    doc = json.loads((out / "sweep.json").read_text())
+    assert len(doc["summary"]) == 4
+    rows = (out / "sweep.csv").read_text().splitlines()
+    assert len(rows) == 1 + 4 * 2
+    cut = doc["summary"]["rollout.strategy=all-at-once, faults.power_cuts_per_device_day=100"]["power_cuts"]["mean"]
+    calm = doc["summary"]["rollout.strategy=all-at-once, faults.power_cuts_per_device_day=0"]["power_cuts"]["mean"]
+    assert cut > calm == 0
