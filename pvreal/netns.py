@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import hashlib
 import ipaddress
 import os
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pyroute2 import IPRoute, NetNS, netns
+from pyroute2 import IPRoute, NetlinkError, NetNS, netns
 
 from shared.errors import PvError
 
@@ -188,6 +189,7 @@ class DeviceNetwork:
             if not ns.link_lookup(ifname=self.bridge):
                 ns.link("add", ifname=self.bridge, kind="bridge")
             index = ns.link_lookup(ifname=self.bridge)[0]
+            self._bridge_index = index
             gw = self.pool.gateway
             if not any(a.get("address") == str(gw.ip) for a in ns.get_addr(index=index)):
                 ns.addr("add", index=index, address=str(gw.ip), prefixlen=gw.network.prefixlen)
@@ -205,27 +207,37 @@ class DeviceNetwork:
 
         def wire(inside: Any) -> None:
             """Runs in a thread that lives in the new netns; `inside` is its netlink socket."""
+            # Every netlink lookup costs a few ms, so the bridge index is kept from setup(),
+            # a stale veth is only looked for when the add collides, and lo is index 1 in a
+            # fresh netns.
+            peer = {"ifname": "eth0", "net_ns_fd": name}
             with self._device() as ns:
-                for stale in ns.link_lookup(ifname=host_if):
-                    ns.link("del", index=stale)
-                ns.link(
-                    "add", ifname=host_if, kind="veth", peer={"ifname": "eth0", "net_ns_fd": name}
-                )
-                bridge = ns.link_lookup(ifname=self.bridge)[0]
+                try:
+                    ns.link("add", ifname=host_if, kind="veth", peer=peer)
+                except NetlinkError as exc:
+                    if exc.code != errno.EEXIST:
+                        raise
+                    for stale in ns.link_lookup(ifname=host_if):
+                        ns.link("del", index=stale)
+                    ns.link("add", ifname=host_if, kind="veth", peer=peer)
+                bridge = self._bridge_index
+                if bridge is None:
+                    bridge = ns.link_lookup(ifname=self.bridge)[0]
                 ns.link("set", index=ns.link_lookup(ifname=host_if)[0], master=bridge, state="up")
             eth0 = inside.link_lookup(ifname="eth0")[0]
             inside.addr(
                 "add", index=eth0, address=str(address.ip), prefixlen=address.network.prefixlen
             )
             inside.link("set", index=eth0, state="up")
-            inside.link("set", index=inside.link_lookup(ifname="lo")[0], state="up")
+            inside.link("set", index=1, state="up")  # lo
             inside.route("add", dst="0.0.0.0/0", gateway=str(self.pool.gateway.ip))
 
         try:
             create_netns(name, wire)
         except Exception as exc:
             self.pool.release(container)
-            netns.remove(name)
+            if name in netns.listnetns():
+                netns.remove(name)
             raise NetworkError(
                 f"wiring the container network failed: {exc}", key=container
             ) from exc

@@ -367,3 +367,24 @@ def test_a_failed_create_says_why_and_leaves_nothing(device: Device, busybox_tre
     device.mounted.pop("broken").unmount()
     device.net.teardown()
     device.assert_clean()
+
+
+def test_network_survives_a_daemon_crash(real):
+    """A new daemon (same prefix) finds the old netns and veth and wires the container again."""
+    prefix = f"pvt{secrets.token_hex(3)}"
+    first = DeviceNetwork(prefix, "10.213.0.0/24")
+    first.setup()
+    old = first.attach("app")
+    # no detach, no teardown: the daemon died here
+    second = DeviceNetwork(prefix, "10.213.0.0/24")
+    try:
+        second.setup()
+        new = second.attach("app")
+        assert new.netns_name == old.netns_name and new.host_if == old.host_if
+        with NetNS(new.netns_name) as ns:
+            eth0 = ns.link_lookup(ifname="eth0")[0]
+            addresses = [a.get("address") for a in ns.get_addr(index=eth0, family=socket.AF_INET)]
+        assert addresses == [str(new.address.ip)]
+    finally:
+        second.teardown()
+    assert second.leftovers() == [] and second.device_netns not in netns.listnetns()
