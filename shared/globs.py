@@ -15,6 +15,7 @@ expressions (tests compare them with the C library's own `fnmatch`). Character c
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 
 _CLASSES = {
@@ -125,7 +126,8 @@ def _bracket(pattern: str, start: int) -> tuple[str, int] | None:
 
 
 @lru_cache(maxsize=4096)
-def _compile(pattern: str, leading_dir: bool) -> re.Pattern[str]:
+def _regex(pattern: str, leading_dir: bool) -> str:
+    """The regex text (anchored at the end) of one fnmatch pattern."""
     parts: list[str] = []
     i = 0
     after_star = False  # inside a run of '*' and '?' that holds a '*'
@@ -142,11 +144,11 @@ def _compile(pattern: str, leading_dir: bool) -> re.Pattern[str]:
             continue
         if char == "\\":
             if i + 1 >= len(pattern):  # a trailing backslash: glibc matches nothing
-                return re.compile(_NEVER)
+                return _NEVER
             if after_star and pattern[i + 1] == "/":
                 # glibc tries the rest of the pattern only before the next '/' of the name
                 # here, so a '*' followed by an escaped '/' can never match
-                return re.compile(_NEVER)
+                return _NEVER
             parts.append(re.escape(pattern[i + 1]))
             i += 2
         elif char == "[":
@@ -162,7 +164,12 @@ def _compile(pattern: str, leading_dir: bool) -> re.Pattern[str]:
             i += 1
         after_star = False
     tail = "(?:/.*)?" if leading_dir else ""
-    return re.compile("".join(parts) + tail + r"\Z", re.DOTALL)
+    return "".join(parts) + tail + r"\Z"
+
+
+@lru_cache(maxsize=4096)
+def _compile(pattern: str, leading_dir: bool) -> re.Pattern[str]:
+    return re.compile(_regex(pattern, leading_dir), re.DOTALL)
 
 
 def fnmatch_pathname(pattern: str, name: str, *, leading_dir: bool = False) -> bool:
@@ -178,14 +185,28 @@ def _dirname(pattern: str) -> str:
     return head or "."
 
 
+def _pvs_regex(pattern: str) -> str:
+    if pattern == "**":
+        return r".*\Z"
+    if pattern.endswith("/**"):
+        return _regex(_dirname(pattern), True)
+    return _regex(pattern, False)
+
+
 def glob_matches(pattern: str, key: str) -> bool:
     """Does a pvs@2 include/exclude pattern select this state key? (see the module docstring)"""
-    if pattern == "**":
-        return True
-    if pattern.endswith("/**"):
-        return fnmatch_pathname(_dirname(pattern), key, leading_dir=True)
-    return fnmatch_pathname(pattern, key)
+    return matcher((pattern,))(key)
 
 
-def any_matches(patterns: tuple[str, ...] | list[str], key: str) -> bool:
-    return any(glob_matches(pattern, key) for pattern in patterns)
+@lru_cache(maxsize=1024)
+def matcher(patterns: tuple[str, ...]) -> Callable[[str], bool]:
+    """One compiled test for "any of these patterns selects the key" (a signature's globs are
+    matched against every key of every state, so they are compiled once)."""
+    if not patterns:
+        return lambda key: False
+    regex = re.compile("|".join(f"(?:{_pvs_regex(p)})" for p in patterns), re.DOTALL)
+    return lambda key: regex.match(key) is not None
+
+
+def any_matches(patterns: Sequence[str], key: str) -> bool:
+    return matcher(tuple(patterns))(key)

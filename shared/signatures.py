@@ -51,7 +51,7 @@ from cryptography.x509.verification import (
 
 from shared import canonical
 from shared.errors import SignatureError
-from shared.globs import any_matches
+from shared.globs import any_matches, matcher
 
 SPEC = "pvs@2"
 TYP = "PVS"
@@ -115,7 +115,7 @@ def b64url_decode(text: str, *, what: str, key: str) -> bytes:
     if not isinstance(text, str) or not text.isascii():
         raise SignatureError(f"{what} must be a base64url string", key=key)
     stripped = text.rstrip("=")
-    if any(c in "+/" for c in stripped):
+    if "+" in stripped or "/" in stripped:
         raise SignatureError(f"{what} is base64, not base64url", key=key)
     try:
         return base64.urlsafe_b64decode(stripped + "=" * (-len(stripped) % 4))
@@ -148,12 +148,8 @@ def select_entries(
     entries: Mapping[str, Any], include: Sequence[str], exclude: Sequence[str]
 ) -> dict[str, Any]:
     """The entries a signature protects: matched by an include glob and by no exclude glob."""
-    include, exclude = tuple(include), tuple(exclude)
-    return {
-        key: value
-        for key, value in entries.items()
-        if any_matches(include, key) and not any_matches(exclude, key)
-    }
+    included, excluded = matcher(tuple(include)), matcher(tuple(exclude))
+    return {key: value for key, value in entries.items() if included(key) and not excluded(key)}
 
 
 def payload_bytes(
@@ -191,10 +187,10 @@ def coverage(
     protected: set[str] = set()
     matched: set[str] = set()
     for include, exclude in rules:
-        include, exclude = tuple(include), tuple(exclude)
+        included, excluded = matcher(tuple(include)), matcher(tuple(exclude))
         for key in entries:
-            inc = any_matches(include, key)
-            exc = any_matches(exclude, key)
+            inc = included(key)
+            exc = excluded(key)
             if inc or exc:
                 matched.add(key)
             if inc and not exc:
