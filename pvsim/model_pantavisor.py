@@ -133,12 +133,12 @@ class PantavisorModel:
     def footprint_mb(self, old: int, new: int) -> float:
         revs = self.world.revisions
         shas = revs[old].state.object_shas() | revs[new].state.object_shas()
-        return sum(self.size_mb[s] for s in shas)
+        return math.fsum(self.size_mb[s] for s in shas)  # fsum: independent of set order
 
     # -- per-device helpers ---------------------------------------------------------------------------
     def _storage(self, device: int, disk: SimDisk) -> E.StorageStats:
         free_mb = self.world.table.free_mb[device]
-        used = sum(self.size_mb.get(s, 0.0) for s in disk.objects) - self.factory_mb
+        used = math.fsum(self.size_mb.get(s, 0.0) for s in disk.objects) - self.factory_mb
         total = int((free_mb + self.factory_mb) * MB)
         return E.StorageStats(total, max(0, int((free_mb - used) * MB)))
 
@@ -439,7 +439,7 @@ class PantavisorModel:
                 referenced |= trail.state.object_shas()
         removed = frozenset(s for s in disk.objects if s not in referenced)
         disk.objects = disk.objects - removed
-        reclaimed = int(sum(self.size_mb.get(s, 0.0) for s in removed) * MB)
+        reclaimed = int(math.fsum(self.size_mb.get(s, 0.0) for s in removed) * MB)
         self._push(
             brain,
             run.env._now,

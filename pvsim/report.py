@@ -44,10 +44,12 @@ def adoption_figure(result: RunResult) -> plt.Figure:
     columns = list(zip(*timeline["counts"], strict=True)) if timeline["counts"] else []
     for name, column in zip(timeline["names"], columns, strict=True):
         ax.plot(hours, [100.0 * c / devices for c in column], label=f"rev {name}", linewidth=1.6)
-    for t, label in result.marks:
-        if label.endswith(("released", "paused", "aborted")):
-            ax.axvline(t / 3600.0, color="grey", linestyle=":", linewidth=1)
-            ax.annotate(label, (t / 3600.0, 98), rotation=90, fontsize=7, va="top", ha="right", color="dimgrey")
+    shown = [(t, label) for t, label in result.marks if label.endswith(("released", "paused", "aborted"))]
+    for k, (t, label) in enumerate(shown):
+        ax.axvline(t / 3600.0, color="grey", linestyle=":", linewidth=1)
+        # stagger labels so a pause right after its release stays readable
+        y = 97 - (k % 2) * 40
+        ax.annotate(label, (t / 3600.0, y), rotation=90, fontsize=7, va="top", ha="right", color="dimgrey")
     ax.set_xlabel("simulated time (h)")
     ax.set_ylabel("share of fleet running (%)")
     ax.set_ylim(0, 100)

@@ -10,6 +10,7 @@ for real, and the bytes a device must fetch are the sizes of the objects it does
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,7 +60,7 @@ class Revision:
 
     @property
     def image_mb(self) -> float:
-        return sum(self.sizes[sha] for sha in self.state.object_shas())
+        return math.fsum(self.sizes[sha] for sha in self.state.object_shas())  # order-independent
 
 
 class RevisionSet:
@@ -142,7 +143,7 @@ class RevisionSet:
         if cached is None:
             a, b = self.revisions[old], self.revisions[new]
             have = a.state.object_shas()
-            mb = sum(size for sha, size in b.sizes.items() if sha not in have)
+            mb = math.fsum(size for sha, size in b.sizes.items() if sha not in have)
             diff = diff_states(a.state, b.state)
             cached = (mb, diff.transition == Transition.REBOOT, tuple(diff.containers))
             self._pairs[key] = cached
