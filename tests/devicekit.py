@@ -103,6 +103,7 @@ class Daemon:
         self.proc: subprocess.Popen[bytes] | None = None
         self.client = CtrlClient(self.socket, timeout=30)
         self.prefix = storage_prefix(self.storage)
+        self.ctrl_dir = Path("/run/pvtwin") / self.prefix / "ctrl"  # the containers' sockets
 
     def init(self, state: Path, objects: Path) -> None:
         _cli("device", "init", "--storage", str(self.storage), "--state", str(state),

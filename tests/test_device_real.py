@@ -79,7 +79,7 @@ def test_factory_boot_two_containers_with_network(device, revs):
     ping = nsenter_net(a1["pid"], "busybox", "ping", "-c", "1", "-W", "3", a2["address"].split("/")[0])
     assert ping.returncode == 0, ping.stdout + ping.stderr
     # a container's own socket: /signal only (no mgmt role); the host socket is 0600
-    own = CtrlClient(d.run_dir / "ctrl" / "app1.sock")
+    own = CtrlClient(d.ctrl_dir / "app1.sock")
     assert own.request("GET", "/containers").status == 403
     assert own.request("POST", "/signal", b'{"type":"ready","payload":""}').status == 403
     assert stat.S_IMODE(d.socket.stat().st_mode) == 0o600
@@ -165,7 +165,7 @@ def test_ready_signal_through_the_container_socket_commits(device, revs):
     d = device(s0)
     upload(d, s1, "locals/sig", revs.objects)
     assert d.client.command("LOCAL_RUN", "locals/sig").ok
-    own = CtrlClient(d.run_dir / "ctrl" / "app2.sock")
+    own = CtrlClient(d.ctrl_dir / "app2.sock")
     answer = None
     for _ in range(400):  # until app2 is up and has its socket
         with contextlib.suppress(CtrlError):

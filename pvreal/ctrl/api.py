@@ -153,6 +153,7 @@ class CtrlApi:
         rev = LOCAL_PREFIX + name
         problem = _rev_problem(rev)
         if problem:
+            _drain(stream, length)  # read it anyway: the client is still sending
             return Response.error(400, problem)
         try:
             body, staged_error = self._read_step_body(stream, length, content_type)

@@ -86,7 +86,7 @@ def serve(
 def serve_device(device: Device, socket_path: Path) -> CtrlServer:
     """The device's own socket, plus a socket per container (bind-mounted by the runner)."""
     api = CtrlApi(device)
-    sockets = device.run_dir / "ctrl"
+    sockets = device.ctrl_dir
 
     def open_for_container(name: str, mgmt: bool) -> tuple[Path, CtrlServer]:
         path = sockets / f"{name}.sock"

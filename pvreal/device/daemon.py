@@ -50,6 +50,7 @@ from shared.engine.events import (
 from shared.engine.updater import Updater
 
 log = logging.getLogger(__name__)
+RUN_ROOT = Path("/run/pvtwin")
 REPLY_TIMEOUT_S = 120.0
 MAX_BOOT_LOOP = 8  # consecutive boots that reboot at once: give up instead of spinning
 _CONTAINER_EVENTS = (ContainerExited, ContainerStarted, ContainerMounted, ContainerReady)
@@ -84,7 +85,9 @@ class Device:
         self.options = options
         self.storage = Storage(options.storage)
         self.prefix = storage_prefix(options.storage)
-        self.run_dir = Path(options.run_dir or Path("/run/pvtwin") / self.prefix)
+        self.run_dir = Path(options.run_dir or RUN_ROOT / self.prefix)
+        # Container sockets: a short path of their own (AF_UNIX paths stop at 107 bytes).
+        self.ctrl_dir = RUN_ROOT / self.prefix / "ctrl"
         self.config = Config.from_mapping(
             {**options.config, "PVTWIN_ORDERING": options.ordering,
              "PV_BOOTLOADER_TYPE": options.bootloader},
@@ -302,6 +305,7 @@ class Device:
             with contextlib.suppress(Exception):
                 self.network.teardown()
         self.runner.cleanup_leftovers()
+        shutil.rmtree(self.ctrl_dir, ignore_errors=True)
 
     # ================================================================== helpers
 
