@@ -21,6 +21,7 @@ from shared import canonical
 from shared import signatures as S
 from shared.errors import SignatureError
 from shared.globs import fnmatch_pathname, glob_matches
+from shared.state import parse_state
 
 SPEC = "pantavisor-service-system@1"
 SHA = "0123456789abcdef" * 4
@@ -702,3 +703,12 @@ def test_real_hostconfig_signature_covers_entries_no_longer_in_the_state(conform
     result = S.verify_state(state, _anchored_at_chain_end(state, key), now=VALID_AT)
     assert result.outcome is S.Outcome.VALIDATION
     assert [c.key for c in result.signatures if not c.ok] == [key]
+
+
+def test_parsed_state_objects_are_accepted(conformance_dir):
+    """The engine holds shared.state.State values; their `entries` are what gets verified."""
+    raw = _real(conformance_dir, "bsp_init_groups.json")
+    state = parse_state(raw, partial=True)
+    trust = _anchored_at_chain_end(raw, "_sigs/bsp.json")
+    result = S.verify_state(state, trust, now=VALID_AT, mode="strict")
+    assert result.ok and result.coverage.notseen == ()
