@@ -285,6 +285,14 @@ def test_changes_outside_the_signed_set_keep_the_signature_valid():
     assert S.verify_state(state, trust_for(root), now=NOW).ok
 
 
+def test_junk_appended_to_the_signature_is_not_ignored():
+    state, root = signed(base_state())
+    sig = state["_sigs/app.json"]
+    state["_sigs/app.json"] = dict(sig, signature=sig["signature"] + "!")
+    with pytest.raises(SignatureError, match="not valid base64url"):
+        S.verify_signature(state, "_sigs/app.json", trust_for(root), now=NOW)
+
+
 def test_tampered_protected_header_fails():
     state, root = signed(base_state())
     sig = state["_sigs/app.json"]
@@ -360,6 +368,8 @@ def test_bad_headers_are_rejected(change, error):
     [
         {"#spec": "pvs@2", "protected": "e30", "signature": ""},
         {"#spec": "pvs@2", "protected": "not*b64", "signature": "AA"},
+        {"#spec": "pvs@2", "protected": "e30", "signature": "AA+/"},
+        {"#spec": "pvs@2", "protected": "e30", "signature": "A"},
         {"#spec": "pvs@2", "protected": S.b64url_encode(b"[1]"), "signature": "AA"},
         {"#spec": "pvs@1", "protected": "e30", "signature": "AA"},
         "not an object",
