@@ -127,19 +127,19 @@ class CtrlHandler(BaseHTTPRequestHandler):
             length = self._length(method)
             if length is None:
                 return
+            body = _Body(self.rfile, length)
             if not self.server.mgmt and parts != ["signal"]:
-                self._drain(length)
-                self._send(Response.error(403, "only /signal is allowed without the mgmt role"))
-                return
-            response = self._route(method, parts, length)
+                response = Response.error(403, "only /signal is allowed without the mgmt role")
+            else:
+                response = self._route(method, parts, body, length)
+            body.drain()  # whatever the handler did not read: the client may still be sending
         except Exception as exc:  # a handler bug must not kill the connection silently
             log.exception("pv-ctrl %s %s", method, self.path)
             response = Response.error(500, f"internal error: {exc}")
         self._send(response)
 
-    def _route(self, method: str, parts: list[str], length: int) -> Response:
+    def _route(self, method: str, parts: list[str], body: _Body, length: int) -> Response:
         api = self.server.api
-        body = self.rfile
         match method, parts:
             case "PUT", ["objects", sha]:
                 return api.put_object(sha, body, length)
@@ -158,16 +158,15 @@ class CtrlHandler(BaseHTTPRequestHandler):
             case "GET", ["steps", rev]:
                 return api.get_step(rev)
             case "POST", ["commands"]:
-                return api.post_command(self._read(length))
+                return api.post_command(body.read())
             case "POST", ["signal"]:
-                return api.signal(self.server.container, self._read(length))
+                return api.signal(self.server.container, body.read())
             case "GET", ["containers"]:
                 return api.containers()
             case "GET", ["buildinfo"]:
                 return api.buildinfo()
             case "GET", ["status"]:
                 return api.status()
-        self._drain(length)
         return Response.error(404, f"no endpoint {method} {self.path}")
 
     # ------------------------------------------------------------------ bodies
@@ -190,16 +189,6 @@ class CtrlHandler(BaseHTTPRequestHandler):
             return None
         return value
 
-    def _read(self, length: int) -> bytes:
-        return self.rfile.read(length) if length else b""
-
-    def _drain(self, length: int) -> None:
-        while length > 0:
-            chunk = self.rfile.read(min(length, 1 << 20))
-            if not chunk:
-                break
-            length -= len(chunk)
-
     def _send(self, response: Response) -> None:
         body = response.body
         if isinstance(body, bytes):
@@ -220,3 +209,24 @@ class CtrlHandler(BaseHTTPRequestHandler):
             self.wfile.write(data)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
+
+
+class _Body:
+    """The request body: at most Content-Length bytes, the rest drained after the handler."""
+
+    def __init__(self, raw: Any, length: int):
+        self.raw, self.left = raw, length
+
+    def read(self, size: int = -1) -> bytes:
+        if self.left <= 0:
+            return b""
+        size = self.left if size is None or size < 0 else min(size, self.left)
+        data = self.raw.read(size)
+        self.left -= len(data)
+        if not data:
+            self.left = 0  # the client closed early
+        return data
+
+    def drain(self) -> None:
+        while self.left > 0 and self.read(1 << 20):
+            pass
