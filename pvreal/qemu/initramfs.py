@@ -83,11 +83,17 @@ class Plan:
     directories: set[str] = field(default_factory=set)
 
     def fingerprint(self) -> str:
-        """Changes when any input file (path, size, mtime) or generated content changes."""
+        """Changes when an input file (content, or path+size+mtime for system files) changes."""
         digest = hashlib.sha256()
         for dest in sorted(self.files):
-            st = self.files[dest].stat()
-            digest.update(f"F {dest} {self.files[dest]} {st.st_size} {st.st_mtime_ns}\n".encode())
+            source = self.files[dest]
+            if dest.startswith(GUEST_PYTHON_PATH.lstrip("/") + "/") and source.suffix != ".so":
+                # pvtwin's own sources and pure-Python deps: by content, so that a touched but
+                # unchanged file (an editor, a checkout) does not rebuild the archive
+                digest.update(f"C {dest} ".encode() + hashlib.sha256(source.read_bytes()).digest())
+                continue
+            st = source.stat()
+            digest.update(f"F {dest} {source} {st.st_size} {st.st_mtime_ns}\n".encode())
         for dest in sorted(self.generated):
             digest.update(f"G {dest} ".encode() + hashlib.sha256(self.generated[dest]).digest())
         for dest in sorted(self.symlinks):
