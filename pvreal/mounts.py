@@ -22,8 +22,10 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import errno
 import json
 import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,10 +48,13 @@ CLONE_NEWNS = 0x00020000
 OVERLAY_KEY = "lxc-overlay"
 PERSISTENCES = ("permanent", "revision", "boot")
 DM_PREFIX = "dm:"
+BUSY_WAIT_S = 0.5
 
 
 class MountError(PvError):
-    """A mount or unmount that failed; `source` is the mount point."""
+    """A mount or unmount that failed; `source` is the mount point, `errno` the system's code."""
+
+    errno: int | None = None
 
 
 def persistence_of(spec: Any) -> str:
@@ -92,7 +97,9 @@ _libc.unshare.argtypes = (ctypes.c_int,)
 def _check(rc: int, what: str, target: Path | str) -> None:
     if rc != 0:
         err = ctypes.get_errno()
-        raise MountError(f"{what} failed: {os.strerror(err)}", source=str(target))
+        exc = MountError(f"{what} failed: {os.strerror(err)}", source=str(target))
+        exc.errno = err
+        raise exc
 
 
 class LinuxMountOps:
@@ -161,18 +168,27 @@ class MountStack:
         self.ops.loop_mount(image, target, fstype)
         self.mounted.append(target)
 
-    def unmount_all(self) -> None:
-        """Unmount newest first; a busy mount is detached lazily rather than left behind."""
+    def unmount_all(self, busy_wait: float = BUSY_WAIT_S) -> None:
+        """Unmount newest first. A busy mount (the container's last processes are still dying
+        after its init exited) is retried for up to `busy_wait` seconds, then detached lazily
+        rather than left behind; a lazy detach keeps the loop device until they are gone."""
         errors = []
         while self.mounted:
             target = self.mounted.pop()
-            try:
-                self.ops.umount(target)
-            except MountError as exc:
+            deadline = time.monotonic() + busy_wait
+            while True:
                 try:
-                    self.ops.umount(target, lazy=True)
-                except MountError:
-                    errors.append(str(exc))
+                    self.ops.umount(target)
+                    break
+                except MountError as exc:
+                    if exc.errno == errno.EBUSY and time.monotonic() < deadline:
+                        time.sleep(0.01)
+                        continue
+                    try:
+                        self.ops.umount(target, lazy=True)
+                    except MountError:
+                        errors.append(str(exc))
+                    break
         if errors:
             raise MountError("; ".join(errors))
 

@@ -152,7 +152,8 @@ def _loops_backed_by(prefix: Path) -> list[str]:
     for dev in Path("/sys/block").glob("loop*"):
         backing = dev / "loop" / "backing_file"
         if backing.exists() and backing.read_text().strip().startswith(str(prefix)):
-            found.append(dev.name)
+            autoclear = (dev / "loop" / "autoclear").read_text().strip()
+            found.append(f"{dev.name} ({backing.read_text().strip()}, autoclear={autoclear})")
     return found
 
 
