@@ -226,3 +226,19 @@ def test_qmp_client_handshake_command_error_and_events(tmp_path: Path) -> None:
         "nope",
         "system_reset",
     ]
+
+
+def test_cli_run_refuses_a_folder_that_is_not_a_built_image(tmp_path: Path, capsys) -> None:
+    from pvreal.cli import main
+
+    assert main(["qemu", "run", "--image", str(tmp_path)]) == 1
+    assert "not a built image" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_cli_build_rejects_bad_revisions_before_building(tmp_path: Path, capsys) -> None:
+    from pvreal.cli import main
+
+    assert main(["qemu", "build", "--out", str(tmp_path / "out"), "--revisions", "0,abc"]) == 1
+    assert "--revisions" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
