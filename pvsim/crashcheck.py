@@ -13,7 +13,8 @@ For each update kind:
    I3 every object of pv_rev and pv_try is present and linked into its trail;
    I4 the final progress agrees with the outcome (DONE/UPDATED iff the new revision stayed,
       ERROR/WONTGO iff not; DONE means pv_rev is the new revision), a failure reason once written
-      is never replaced, and the Hub ends up with the device's final record;
+      is never replaced, and the Hub ends up with the device's final record (once GC collected
+      a failed revision's trail, the Hub's copy is the record);
    I5 a bounded number of boots reaches quiescence (no reboot loop).
 
 Runs are deterministic, so a replay reaches exactly the same cut point.
@@ -125,7 +126,7 @@ class Kind:
     behaviour: Behaviour = field(default_factory=Behaviour)
     signature_error: str | None = None
     local: bool = False  # LOCAL_RUN_COMMIT through pv-ctrl instead of a Hub step
-    gc_base: bool = False  # storage nearly full of older revisions
+    gc_base: bool = False  # storage nearly full of older revisions; RUN_GC whenever quiet
 
 
 def kinds() -> dict[str, Kind]:
@@ -173,6 +174,15 @@ def kinds() -> dict[str, Kind]:
             build_state(sysc="s2"),
             NEW,
             Status.DONE,
+        ),
+        Kind(
+            "system-container-crash",
+            "system-policy container changed and crashing: try-boot, ERROR, rollback reboot",
+            "1",
+            build_state(sysc="s2"),
+            OLD,
+            Status.ERROR,
+            Behaviour(crashes=frozenset({("1", "sysc")})),
         ),
         Kind(
             "bad-signature",
@@ -261,7 +271,10 @@ def base_storage(kind: Kind, config: Config) -> tuple[Storage, str]:
 
 
 def _operator(kind: Kind) -> Callable[[MemDevice], list[Event]] | None:
-    """A person at pv-ctrl: uploads the local step and runs it, again after a power cut."""
+    """A person at pv-ctrl: uploads the local step and runs it, again after a power cut; or,
+    for the GC kind, asks for RUN_GC every time the device is quiet."""
+    if kind.gc_base:
+        return lambda device: [CtrlCommand("RUN_GC")]
     if not kind.local:
         return None
     rev, state = kind.new_rev, kind.new_state
@@ -341,6 +354,10 @@ def run_once(
             violations.append(f"I5 reboot loop: {boots_since_cut} boots without quiescence")
             break
     record = storage.trails[kind.new_rev].progress if kind.new_rev in storage.trails else None
+    if record is None and kind.new_rev not in storage.trails:
+        # GC collected the revision (§2.3 removes failed ones too): its outcome lives on in the
+        # Hub's copy of the step, which is what I4 then checks.
+        record = next((s.progress for s in hub if s.rev == kind.new_rev), None)
     outcome = "none"
     if not violations:
         outcome = _check(device, kind, old, record, written_failure, hub, violations)

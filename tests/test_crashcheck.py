@@ -28,7 +28,7 @@ def test_hardened_has_no_violation(hardened):
     assert hardened.violation_count == 0, "\n".join(
         v for k in hardened.kinds.values() for v in k.violations
     )
-    assert set(hardened.kinds) == set(kinds()) and len(hardened.kinds) >= 11
+    assert set(hardened.kinds) == set(kinds()) and len(hardened.kinds) >= 12
     assert hardened.total_crash_points > 500
 
 
@@ -86,3 +86,8 @@ def test_counter_latch_hardened_has_no_violation_and_retries_the_try():
     assert report.violation_count == 0 and report.latch == "counter"
     # with three attempts a power cut while testing a good kernel no longer rolls back
     assert report.kinds["bsp-good"].outcomes["old"] == 0
+
+
+def test_faithful_gc_removes_the_revision_pv_try_still_names(faithful):
+    gc = faithful.kinds["gc-during-update"].violations
+    assert any("I3 pv_try=2: its trail is missing" in v for v in gc)
