@@ -487,3 +487,22 @@ def test_update_that_changes_no_container_goes_straight_to_testing_when_local():
     cmds = u.handle(CtrlCommand("LOCAL_RUN", "locals/same", only_sig))
     assert records(cmds)[-1] == (Status.TESTING, Msg.TESTING_NON_REBOOT)
     assert u.update_rev == "locals/same" and u.phase is Phase.TESTING
+
+
+def test_signature_checked_at_try_boot_and_skipped_when_disabled():
+    reject = Config(verify_signature=lambda s: Msg.SIG_FAILED if s is BSP else None)
+    trails = {"0": TrailView(OLD), "1": TrailView(BSP, rec(Status.INPROGRESS, Msg.REBOOTING))}
+    u, cmds = boot("1", "0", "1", trails, config=reject)
+    assert records(cmds) == [(Status.ERROR, Msg.SIG_FAILED)] and u.finished
+    disabled = Config(verify_signature=reject.verify_signature, secureboot_mode="disabled")
+    u, cmds = boot("1", "0", "1", trails, config=disabled)
+    assert records(cmds) == [(Status.INPROGRESS, Msg.TRYING)]
+
+
+def test_every_table_handler_exists_and_targets_are_phases():
+    from shared.engine.updater import TABLE
+
+    for (phase, key), rule in TABLE.items():
+        assert callable(getattr(Updater, rule.handler)), rule.handler
+        assert rule.targets and all(isinstance(t, Phase) for t in rule.targets)
+        assert isinstance(phase, Phase) and key

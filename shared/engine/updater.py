@@ -375,8 +375,11 @@ class Updater:
         msg = None
         if state is None:
             msg = Msg.NOT_FOUND
-        elif self.config.secureboot_checksum and not state.object_shas() <= self.objects:
-            msg = Msg.OBJECT_VALIDATION
+        else:
+            msg = self._signature_problem(state)
+            checksum = self.config.secureboot_checksum
+            if msg is None and checksum and not state.object_shas() <= self.objects:
+                msg = Msg.OBJECT_VALIDATION
         if msg is not None:
             if self.update is not None:
                 self.phase = self._fail(msg)
@@ -384,6 +387,13 @@ class Updater:
         self.running_state = state
         self.containers = Containers(rev, state, self.config.goals_timeout)
         return True
+
+    def _signature_problem(self, state: State) -> str | None:
+        """The configured pure signature check (§1.8), unless PV_SECUREBOOT_MODE is disabled."""
+        verify = self.config.verify_signature
+        if verify is None or self.config.secureboot_mode == "disabled":
+            return None
+        return verify(state) or None
 
     # ================================================================== remote intake (§3.3)
 
@@ -411,11 +421,9 @@ class Updater:
             state = _parse(step.raw, rev)
             if state is None:
                 return self._wontgo(Msg.BAD_FORMAT)
-        verify = self.config.verify_signature
-        if verify is not None:
-            problem = verify(state)
-            if problem:
-                return self._wontgo(problem)
+        problem = self._signature_problem(state)
+        if problem:
+            return self._wontgo(problem)
         u.state = state
         self._out.append(WriteTrail(rev, state))
         missing = state.object_shas() - self.objects
