@@ -80,7 +80,9 @@ def _boot(
 def test_build_produces_every_artifact_and_a_second_build_is_a_cache_hit(built) -> None:
     first, second, seconds = built
     for artifact in ("kernel", "initrd", "grub", "disk"):
-        assert Path(second.artifacts[artifact].path).stat().st_size == second.artifacts[artifact].size
+        assert (
+            Path(second.artifacts[artifact].path).stat().st_size == second.artifacts[artifact].size
+        )
         # (run while someone edits pvreal/, the initrd would rightly be rebuilt)
         assert second.artifacts[artifact].source == "cache hit", second.artifacts[artifact]
     assert first.artifacts["kernel"].size > 4_000_000  # a real vmlinuz
@@ -202,3 +204,18 @@ def test_qmp_system_reset_mid_boot_still_boots_a_valid_revision(
     assert boots[0].pv_rev is None and boots[0].ended == "reset"  # cut before PID 1
     assert [(b.pv_rev, b.ended) for b in boots[1:]] == [("0", "poweroff")]
     assert disk.read_env(storage) == {"pv_rev": "0", "pv_try": "1"}
+
+
+def test_save_env_failure_boots_the_committed_revision(image: build.Image, tmp_path: Path) -> None:
+    """A write-protected disk: GRUB cannot record the try, so it must not boot it (docs/qemu.md)."""
+    storage = build.make_storage_disk(
+        image,
+        tmp_path / "s.img",
+        revisions=("0", "1"),
+        env={"pv_rev": "0", "pv_try": "1"},
+        harness={"1": {"try": "poweroff"}, "0": {"boot": "poweroff"}},
+    )
+    vm, boots = _boot(image, storage, tmp_path / "console.log", read_only=True)
+    assert [(b.pv_rev, b.pv_try, b.ended) for b in boots] == [("0", "1", "poweroff")]
+    assert any(g.startswith("save_env FAILED, the try cannot be latched") for g in boots[0].grub)
+    assert disk.read_env(storage) == {"pv_rev": "0", "pv_try": "1"}  # nothing was written

@@ -40,7 +40,7 @@ RB_AUTOBOOT = 0x01234567
 RB_POWER_OFF = 0x4321FEDC
 SYS_FINIT_MODULE = 313  # x86_64
 WDIOC_SETTIMEOUT = 0xC0045706
-MS_NOSUID, MS_NODEV, MS_NOEXEC = 2, 4, 8
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -160,7 +160,14 @@ def bring_up() -> GuestBoot:
     modules = Modules.open()
     modules.load(modules.boot)
     _wait_for(STORAGE_DEVICE, seconds=20)
-    mount(STORAGE_DEVICE, STORAGE, "ext4")
+    try:
+        mount(STORAGE_DEVICE, STORAGE, "ext4")
+    except OSError as error:
+        if error.errno not in (errno.EROFS, errno.EACCES):
+            raise
+        # a write-protected disk: come up read-only so the device can still say what booted
+        mount(STORAGE_DEVICE, STORAGE, "ext4", MS_RDONLY)
+        say("PVTWIN STORAGE read-only")
     boot = GuestBoot(
         pv_rev=args.get("pv_rev", ""),
         pv_try=args.get("pv_try", ""),

@@ -47,12 +47,14 @@ def qemu_argv(
     watchdog: bool = False,
     qmp_socket: Path | None = None,
     no_reboot: bool = False,
+    read_only: bool = False,
 ) -> list[str]:
     """The QEMU command line: TCG (KVM is unusable here), GRUB as -kernel, the disk on virtio."""
     argv = [
         QEMU, "-accel", "tcg", "-m", str(memory_mb), "-display", "none", "-monitor", "none",
         "-serial", "stdio", "-nic", "none", "-no-user-config",
-        "-kernel", str(grub_lnx), "-drive", f"file={disk},if=virtio,format=raw",
+        "-kernel", str(grub_lnx),
+        "-drive", f"file={disk},if=virtio,format=raw" + (",readonly=on" if read_only else ""),
     ]  # fmt: skip
     if watchdog:
         argv += ["-device", "i6300esb", "-action", "watchdog=reset"]
