@@ -101,6 +101,7 @@ class PantavisorModel:
         overrides.setdefault("PVTWIN_ORDERING", Ordering.HARDENED.value if cfg.hardened else Ordering.FAITHFUL.value)
         self.config: Config = Config.from_mapping(overrides, source=f"{world.scenario.name}: update_model.engine")
         self.brains: dict[int, DeviceBrain] = {}
+        self.pools: dict[frozenset, frozenset] = {}
         revs = world.revisions
         factory = revs[0]
         self.factory_disk = SimDisk(
@@ -311,7 +312,7 @@ class PantavisorModel:
                 # renamed into place after its hash matched: the object is in the pool
                 run.mb_written += mb
                 disk = self._own_disk(brain)
-                disk.objects = disk.objects | {event.sha}
+                disk.objects = self._intern(disk.objects | {event.sha})
             queue.append(event)
         else:
             queue.append(item[1])
@@ -395,6 +396,10 @@ class PantavisorModel:
                     self._own_disk(brain).torn = True
                 break
 
+    def _intern(self, objects: frozenset) -> frozenset:
+        """Devices with the same object pool share one frozenset (flyweight, ~1 KB a device)."""
+        return self.pools.setdefault(objects, objects)
+
     def _own_disk(self, brain: DeviceBrain) -> SimDisk:
         """Copy-on-write: devices share the factory disk until they first write."""
         if brain.disk is self.factory_disk:
@@ -438,7 +443,7 @@ class PantavisorModel:
             if trail.state is not None:
                 referenced |= trail.state.object_shas()
         removed = frozenset(s for s in disk.objects if s not in referenced)
-        disk.objects = disk.objects - removed
+        disk.objects = self._intern(disk.objects - removed)
         reclaimed = int(math.fsum(self.size_mb.get(s, 0.0) for s in removed) * MB)
         self._push(
             brain,

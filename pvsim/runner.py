@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Callable
 from typing import Any
@@ -26,18 +27,28 @@ def run_scenario(
 ) -> RunResult:
     """Simulate to `run.until_s`. `progress(now, until)` is called between chunks of sim time
     (the chunk boundaries add no events: `env.run(until=t)` stops at the first event past t)."""
-    world = World(scenario, model_factory(scenario.update_model.kind))
-    start = time.perf_counter()
-    cpu_start = time.process_time()
-    until = scenario.run.until_s
-    if progress is None:
-        world.run()
-    else:
-        for k in range(1, chunks + 1):
-            world.env.run(until=until * k / chunks)
-            progress(world.env.now, until)
-    wall = time.perf_counter() - start
-    cpu = time.process_time() - cpu_start
+    # The cyclic garbage collector is off while the world lives: the run creates millions of
+    # long-lived objects (engines, disks, events) and no reference cycles worth collecting (measured:
+    # 0 objects collected), so full collections only rescan the fleet again and again (at 40 000
+    # devices they cost a third of the run).
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        world = World(scenario, model_factory(scenario.update_model.kind))
+        start = time.perf_counter()
+        cpu_start = time.process_time()
+        until = scenario.run.until_s
+        if progress is None:
+            world.run()
+        else:
+            for k in range(1, chunks + 1):
+                world.env.run(until=until * k / chunks)
+                progress(world.env.now, until)
+        wall = time.perf_counter() - start
+        cpu = time.process_time() - cpu_start
+    finally:
+        if gc_was_enabled:
+            gc.enable()
     # env.run(until=...) schedules one stop event per call; they are the runner's, not the twin's
     events = world.env.events - (chunks if progress is not None else 1)
     result = collect(world, wall, events)
