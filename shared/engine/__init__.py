@@ -27,7 +27,7 @@ What a backend provides
     the containers it started; `ContainersStopped` for `StopContainers`.
   * Timers: `TimerFired(name)` for each `ArmTimer` that ran out and was not cancelled or re-armed.
   * Storage: `GcDone` for `RunGc`; optionally `WaitTick` (storage figures) for threshold GC.
-  * pv-ctrl: `LocalStepStarted`, `LocalStepUploaded`, `CtrlCommand`; answer with the `CtrlReply`
+  * pv-ctrl: `ObjectPut`, `LocalStepStarted`, `LocalStepUploaded`, `CtrlCommand`; answer with the `CtrlReply`
     the engine returns (`ctrl.ctrl_decision` is the pure 503/409 rule if a backend queues).
 
 Durable commands (`command.durable` is True): PersistProgress, WriteTrail, LinkObjects, SetBootEnv,
@@ -35,7 +35,8 @@ WriteDoneMarker, DeleteRevision, RunGc. Execute them in order, each synced befor
 `Reboot` ends this Updater. Everything else may be lost on a power cut.
 
 The engine has no clock: it arms and cancels named timers and reacts to `TimerFired`. Pantavisor's
-2 s WAIT poll is replaced by events (docs/engine.md).
+2 s WAIT poll is replaced by events (docs/engine.md). Events a durable command produces (GcDone,
+ObjectFetched, ...) are handed back before any other event, as in the loop above.
 
 Modules: progress (records, statuses, messages), config (Config, §6 keys), events, commands,
 bootloader (the latch), containers (groups, goals, auto-recovery), gc (what GC keeps and removes),
