@@ -22,6 +22,7 @@ import contextlib
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import time
@@ -99,7 +100,10 @@ class LxcSettings:
                 continue
             key, _, value = (part.strip() for part in line.partition("="))
             if key == "lxc.init.cmd":
-                values["init"] = tuple(value.split())
+                try:  # LXC splits this value honouring quotes, as a shell would
+                    values["init"] = tuple(shlex.split(value))
+                except ValueError as exc:
+                    raise RuncError(f"unbalanced quotes: {exc}", source=source, key=key) from None
             elif key == "lxc.init.cwd":
                 values["cwd"] = value
             elif key == "lxc.environment":
@@ -126,7 +130,7 @@ def lxc_config_text(settings: LxcSettings, name: str) -> str:
     """The LXC config `add-container` writes: what Pantavisor's LXC would need to run it."""
     lines = [
         f"lxc.uts.name = {name}",
-        "lxc.init.cmd = " + " ".join(settings.init),
+        "lxc.init.cmd = " + shlex.join(settings.init),
     ]
     if settings.cwd != "/":
         lines.append(f"lxc.init.cwd = {settings.cwd}")

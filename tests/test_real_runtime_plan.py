@@ -158,6 +158,8 @@ def test_lxc_settings_parse():
     assert (s.memory_limit, s.pids_limit) == (64 << 20, 40)
     assert s.cap_drop == {"CAP_NET_RAW", "CAP_MKNOD"}
     assert LxcSettings.parse(lxc_config_text(s, "app")).memory_limit == 64 << 20
+    quoted = LxcSettings(init=("/bin/sh", "-c", "exit 3"))
+    assert LxcSettings.parse(lxc_config_text(quoted, "app")).init == ("/bin/sh", "-c", "exit 3")
     with pytest.raises(RuncError, match="lxc.cgroup.pids.max"):
         LxcSettings.parse("lxc.cgroup.pids.max = lots")
 
