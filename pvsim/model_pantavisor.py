@@ -160,7 +160,15 @@ class PantavisorModel:
         if brain is None:
             brain = self._wake_factory(run)
             self.brains[device] = brain
-        rev = str(target)
+        try:
+            return (yield from self._drive(run, brain, str(target)))
+        finally:
+            # the device-update is over: transfers still listed stop counting against the Hub's
+            # egress (the engine ignores late answers, R5) and a resting device's timers are not
+            # simulated (idle devices cost no events)
+            self._lose_volatile(run, brain)
+
+    def _drive(self, run: DeviceRun, brain: DeviceBrain, rev: str) -> Generator[Any, Any, tuple[str, bool | None]]:
         brain.hub_progress.pop(rev, None)
         queue: deque[Any] = deque()
         self._poll(run, brain, rev, queue)

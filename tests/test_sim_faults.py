@@ -136,3 +136,17 @@ def test_major_release_delta_is_worse_than_the_full_image():
     image = run(**{"update_model.kind": "ab-image", "release": release}).results["bytes_downloaded"]
     delta = run(**{"update_model.kind": "ab-delta", "release": release}).results["bytes_downloaded"]
     assert delta > image
+
+
+def test_hub_egress_is_released_when_updates_end():
+    """Transfers still listed when an update ends (WONTGO mid-download) must free their share."""
+    from pvsim.runner import model_factory
+    from pvsim.testing import scenario
+    from pvsim.world import World
+
+    release = [{"name": "r1", "parts": ["bsp", "app:web"], "defect": "corrupt_object", "defect_fraction": 0.5}]
+    world = World(scenario(**{"release": release, "faults.network_loss_probability": 0.3}), model_factory("pantavisor"))
+    world.run()
+    assert not world.active_runs
+    assert world.fault_counts["corrupt_object"] > 0
+    assert world.egress.active == 0
