@@ -441,6 +441,7 @@ class KindReport:
     steps: list[str]
     crash_points: int = 0
     outcomes: Counter = field(default_factory=Counter)
+    finals: Counter = field(default_factory=Counter)  # "new DONE", "old ERROR 'reason'", ...
     violations: list[str] = field(default_factory=list)
     seconds: float = 0.0
     reference: str = ""
@@ -451,6 +452,7 @@ class KindReport:
             "durable_steps": len(self.steps),
             "crash_points": self.crash_points,
             "outcomes": dict(sorted(self.outcomes.items())),
+            "final_progress": dict(sorted(self.finals.items())),
             "violations": self.violations,
             "seconds": round(self.seconds, 3),
             "reference": self.reference,
@@ -482,6 +484,7 @@ def check_kind(kind: Kind, config: Config, *, second_sweep: bool = True) -> Kind
     def note(result: RunResult, label: str) -> None:
         report.crash_points += 1
         report.outcomes[result.outcome] += 1
+        report.finals[f"{result.outcome} {_fmt(result.record)}"] += 1
         report.violations.extend(f"{label}: {v}" for v in result.violations)
 
     if (

@@ -91,3 +91,11 @@ def test_counter_latch_hardened_has_no_violation_and_retries_the_try():
 def test_faithful_gc_removes_the_revision_pv_try_still_names(faithful):
     gc = faithful.kinds["gc-during-update"].violations
     assert any("I3 pv_try=2: its trail is missing" in v for v in gc)
+
+
+def test_updated_becomes_done_after_a_power_cycle(hardened):
+    finals = hardened.kinds["app-good"].finals
+    assert any(k.startswith("new UPDATED") for k in finals)
+    assert any(k.startswith("new DONE") for k in finals)  # the cut made it a try-boot, committed
+    panic = hardened.kinds["bsp-panic"].finals
+    assert set(panic) == {"old ERROR 'Unexpected rollback'"}
