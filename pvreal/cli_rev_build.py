@@ -25,7 +25,7 @@ from typing import Any
 
 from pvreal import oci, squashfs
 from pvreal.durable import atomic_write
-from pvreal.mounts import OVERLAY_KEY
+from pvreal.mounts import DOCKER_VOLUME_PREFIX, OVERLAY_KEY
 from pvreal.runc import DEFAULT_PATH, LxcSettings, lxc_config_text
 from pvreal.storage import ObjectStore
 from shared import canonical
@@ -136,7 +136,7 @@ def check_container_name(name: str) -> str:
 
 def docker_volume_key(path: str) -> str:
     """`/etc/foo/` -> `docker--etc-foo`, the storage key pvr's docker template uses."""
-    return "docker-" + "-".join([""] + [p for p in path.split("/") if p])
+    return DOCKER_VOLUME_PREFIX + "-".join(p for p in path.split("/") if p)
 
 
 def build_container(

@@ -34,6 +34,7 @@ from typing import Any, Protocol
 from pvreal import squashfs, tools
 from pvreal.storage import Storage, check_entry_path
 from shared.errors import PvError
+from shared.state import Persistence
 
 MS_RDONLY = 1
 MS_NOSUID = 2
@@ -46,7 +47,8 @@ MNT_DETACH = 2
 CLONE_NEWNS = 0x00020000
 
 OVERLAY_KEY = "lxc-overlay"
-PERSISTENCES = ("permanent", "revision", "boot")
+PERSISTENCES = tuple(p.value for p in Persistence)
+DOCKER_VOLUME_PREFIX = "docker--"
 DM_PREFIX = "dm:"
 BUSY_WAIT_S = 0.5
 
@@ -57,16 +59,19 @@ class MountError(PvError):
     errno: int | None = None
 
 
-def persistence_of(spec: Any) -> str:
-    """A storage entry's persistence; anything invalid falls back to `boot`, as Pantavisor does."""
-    value = spec.get("persistence") if isinstance(spec, Mapping) else None
-    return value if value in PERSISTENCES else "boot"
+def persistence_of(spec: Any) -> str | None:
+    """A storage entry's persistence, read as shared.state's parser reads it: an invalid value
+    falls back to `boot`; an entry without one makes no volume (None)."""
+    if not isinstance(spec, Mapping) or "persistence" not in spec:
+        return None
+    value = spec["persistence"]
+    return value if value in PERSISTENCES else Persistence.BOOT.value
 
 
 def volume_container_path(volume: str) -> str:
     """`docker--etc-foo` -> `/etc/foo` (Docker VOLUME entries, dashes standing for slashes)."""
-    if volume.startswith("docker-"):
-        return "/" + volume[len("docker--") :].replace("-", "/")
+    if volume.startswith(DOCKER_VOLUME_PREFIX):
+        return "/" + volume[len(DOCKER_VOLUME_PREFIX) :].replace("-", "/")
     return "/" + volume
 
 
@@ -228,7 +233,7 @@ def _upper_dir(
     stack: MountStack, storage: Storage, rev: str, name: str, run_json: Mapping[str, Any], run: Path
 ) -> Path:
     spec = (run_json.get("storage") or {}).get(OVERLAY_KEY)
-    persistence = persistence_of(spec)
+    persistence = persistence_of(spec) or Persistence.BOOT.value
     on_disk = storage.volume_dir(name, OVERLAY_KEY, persistence, rev)
     if on_disk is not None:
         return on_disk
@@ -246,7 +251,10 @@ def volume_mounts(
         if volume == OVERLAY_KEY:
             continue
         check_entry_path(volume)
-        source = storage.volume_dir(name, volume, persistence_of(spec), rev)
+        persistence = persistence_of(spec)
+        if persistence is None:
+            continue  # Pantavisor creates no volume without a persistence value
+        source = storage.volume_dir(name, volume, persistence, rev)
         if source is not None:
             source.mkdir(parents=True, exist_ok=True)
         volumes.append(VolumeMount(volume, volume_container_path(volume), source))

@@ -116,6 +116,7 @@ def test_volumes_bind_permanent_and_revision_tmpfs_for_boot(tmp_path: Path):
             "docker--etc-NetworkManager-system-connections": {"persistence": "permanent"},
             "docker--var-cache": {"persistence": "revision"},
             "docker--tmp-scratch": {"persistence": "boot"},
+            "docker--no-persistence": {"disk": "x"},  # no persistence: no volume at all
             "lxc-overlay": {"persistence": "boot"},
         },
     }
