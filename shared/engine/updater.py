@@ -19,8 +19,9 @@ Rules that do not fit the table, kept here:
   R1. REBOOTING handles nothing.
   R2. Container events and container timers (goal/recovery/stable/backoff) go to the container
       sub-machine in every phase; its verdict is then dispatched through TABLE.
-  R3. pv-ctrl events (CtrlCommand, ObjectPut, LocalStepStarted, LocalStepUploaded), RUN_GC and WaitTick are
-      handled in every phase: their rules depend on whether an update is active, not on the phase.
+  R3. pv-ctrl events (CtrlCommand, ObjectPut, LocalStepStarted, LocalStepUploaded), RUN_GC and
+      WaitTick are handled in every phase: their rules depend on whether an update is active, not
+      on the phase.
   R4. GcDone outside GC_FOR_SPACE only updates what the engine knows of the object pool.
   R5. Any other (phase, event) pair is ignored: e.g. a late ObjectFetched after WONTGO.
   R6. Boot (`Updater.boot`) is not an event: it decides normal / try / rolled-back boot (§3.7),
@@ -29,7 +30,7 @@ Rules that do not fit the table, kept here:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import lru_cache
@@ -833,5 +834,3 @@ _ANY_PHASE: Mapping[str, str] = {
     "GcDone": "_gc_done",
     "ObjectPut": "_on_object_put",
 }
-
-Handler = Callable[[Updater, Event], Phase]
