@@ -30,7 +30,7 @@ from collections.abc import Generator
 from typing import Any
 
 from pvsim.device import INF, DeviceRun, PowerCut
-from pvsim.world import BRICKED_OUT, COMMITTED, FAIL, OK, ROLLED_BACK, SILENT, STUCK, WONTGO, World
+from pvsim.world import BRICKED_OUT, COMMITTED, FAIL, OK, ROLLED_BACK, SILENT, WONTGO, World
 from shared.engine import Config, Ordering, Progress, Status
 from shared.engine import commands as C
 from shared.engine import events as E
@@ -210,9 +210,6 @@ class PantavisorModel:
         if brain.booted == rev:
             return None  # ERROR reported but the rollback reboot has not happened yet
         return ROLLED_BACK, FAIL
-
-    def stuck_outcome(self) -> str:
-        return STUCK
 
     # -- waiting ------------------------------------------------------------------------------------------
     def _push(self, brain: DeviceBrain, at: float, item: Any) -> None:

@@ -96,6 +96,11 @@ def collect(world: World, wall_s: float, events: int) -> RunResult:
     for rev in world.revisions.revisions:
         final_counts[rev.name] = int(rev_counts[rev.index])
     stuck = len(world.active_runs)
+    for run in world.active_runs.values():  # unfinished updates still moved bytes
+        run.rollout.mb_downloaded += run.mb_downloaded
+        run.rollout.mb_written += run.mb_written
+        run.rollout.reboots += run.reboots
+        run.rollout.exposed += run.exposed
     last = rollouts[-1] if rollouts else None
     faults = {k: int(v) for k, v in sorted(world.fault_counts.items())}
     faults["hub_outages"] = sum(1 for s in world.hub_outages.starts if s < world.until_s)
