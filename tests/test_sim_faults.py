@@ -150,3 +150,12 @@ def test_hub_egress_is_released_when_updates_end():
     assert not world.active_runs
     assert world.fault_counts["corrupt_object"] > 0
     assert world.egress.active == 0
+
+
+def test_engine_config_reaches_the_devices_counter_latch_survives_first_boot_cuts():
+    kw = {"faults.first_boot_power_cut_probability": 0.4, "release": BSP}
+    single = run(**kw).results
+    counter = run(**kw, **{"update_model.engine": {"PVTWIN_BOOT_LATCH": "counter", "PVTWIN_BOOT_ATTEMPTS": 3}}).results
+    assert single["rolled_back"] > 30
+    assert counter["faults"]["first_boot_power_cuts"] > counter["rolled_back"]
+    assert counter["rolled_back"] < single["rolled_back"] / 3
