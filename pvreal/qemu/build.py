@@ -101,8 +101,12 @@ def build(
     on_save_env_failure: str = "boot-committed",
     disk_size_mb: int = disk.DEFAULT_SIZE_MB,
     fresh_disk: bool = False,
+    repo: Path = REPO,
 ) -> Image:
-    """Build (or reuse) every artifact in `out`; each Artifact says where it came from."""
+    """Build (or reuse) every artifact in `out`; each Artifact says where it came from.
+
+    `repo` is the folder holding `shared/` and `pvreal/` to put in the guest (this checkout).
+    """
     cache = cache or default_cache()
     out.mkdir(parents=True, exist_ok=True)
     previous = _previous_keys(out)
@@ -118,7 +122,7 @@ def build(
         image.artifacts["kernel"] = _artifact("kernel", image.kernel, source, started, kernel_key)
 
         started = time.monotonic()
-        plan = initramfs.plan(kern, REPO, cache)
+        plan = initramfs.plan(kern, repo, cache)
         initrd_key = _key("initrd", kern.package, plan.fingerprint())
         source = "cache hit"
         if previous.get("initrd") != initrd_key or not image.initrd.exists():

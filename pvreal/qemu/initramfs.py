@@ -88,6 +88,8 @@ class Plan:
         for dest in sorted(self.files):
             source = self.files[dest]
             if dest.startswith(GUEST_PYTHON_PATH.lstrip("/") + "/") and source.suffix != ".so":
+                if source.suffix == ".pyc":
+                    continue  # derived from the .py beside it, compiled by plan()
                 # pvtwin's own sources and pure-Python deps: by content, so that a touched but
                 # unchanged file (an editor, a checkout) does not rebuild the archive
                 digest.update(f"C {dest} ".encode() + hashlib.sha256(source.read_bytes()).digest())
