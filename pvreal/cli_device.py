@@ -12,6 +12,7 @@ from pathlib import Path
 from pvreal.device.latch import BOOTLOADERS, boot_files, set_env
 from pvreal.storage import ObjectError, ObjectStore, Storage
 from shared.errors import InvalidState, PvError
+from shared.signatures import SecurebootMode
 from shared.state import parse_state
 
 FACTORY = "0"
@@ -38,6 +39,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="a Pantavisor config key, e.g. PV_UPDATER_COMMIT_DELAY=2 (repeatable)",
     )
     run.add_argument("--no-network", action="store_true", help="no bridge, veth or netns")
+    sig = run.add_argument_group("secure boot (pvs@2 signatures, pantavisor.md §1.8)")
+    sig.add_argument("--truststore", type=Path, metavar="DIR",
+                     help="PV_SECUREBOOT_TRUSTSTORE: a folder of certificates or a bundle")
+    sig.add_argument("--oem-truststore", type=Path, metavar="DIR",
+                     help="PV_SECUREBOOT_OEM_TRUSTSTORE (used with --oem-name)")
+    sig.add_argument("--oem-name", metavar="N", help="PV_OEM_NAME")
+    sig.add_argument("--pubkey", type=Path, metavar="PEM",
+                     help="pvs/trust/pub.pem: the key for signatures without x5c")
+    sig.add_argument("--secureboot-mode", choices=tuple(SecurebootMode), metavar="MODE",
+                     help="PV_SECUREBOOT_MODE: disabled|audit|lenient|strict "
+                          "(default: the --config value, else lenient)")
     run.add_argument("-v", "--verbose", action="store_true")
     run.set_defaults(func=run_command)
 
@@ -95,6 +107,7 @@ def parse_overrides(items: list[str]) -> dict[str, str]:
 def run_command(args: argparse.Namespace) -> int:
     from pvreal.ctrl.server import serve_device
     from pvreal.device.daemon import Device, DeviceOptions
+    from pvreal.device.secureboot import TrustOptions
     from pvreal.mounts import enter_private_mount_namespace
 
     logging.basicConfig(
@@ -104,6 +117,8 @@ def run_command(args: argparse.Namespace) -> int:
     if os.geteuid() != 0:
         raise PvError("device run needs root (mounts, network namespaces, runc)")
     overrides = parse_overrides(args.config)
+    if args.secureboot_mode:
+        overrides["PV_SECUREBOOT_MODE"] = args.secureboot_mode
     # Before any thread exists: our mounts stay ours and vanish with us, even on kill -9.
     enter_private_mount_namespace()
     device = Device(
@@ -114,6 +129,7 @@ def run_command(args: argparse.Namespace) -> int:
             config=overrides,
             run_dir=args.run_dir,
             network=not args.no_network,
+            trust=TrustOptions(args.truststore, args.oem_truststore, args.oem_name, args.pubkey),
         )
     )
     socket_path = args.socket or device.run_dir / "pv-ctrl"

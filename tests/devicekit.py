@@ -91,7 +91,8 @@ class Daemon:
     """`python -m pvreal.device run` on a storage folder, with its socket and run dir."""
 
     def __init__(self, base: Path, *, config: dict[str, Any] | None = None,
-                 network: bool = True, bootloader: str = "uboot", ordering: str = "hardened"):
+                 network: bool = True, bootloader: str = "uboot", ordering: str = "hardened",
+                 extra_args: tuple[str, ...] = ()):
         self.base = base
         self.storage = base / "storage"
         self.socket = base / "pv-ctrl"
@@ -99,6 +100,7 @@ class Daemon:
         self.log = base / "daemon.log"
         self.config = {"PV_UPDATER_COMMIT_DELAY": 0.5, **(config or {})}
         self.network = network
+        self.extra_args = list(extra_args)  # e.g. --truststore DIR --secureboot-mode strict
         self.bootloader, self.ordering = bootloader, ordering
         self.proc: subprocess.Popen[bytes] | None = None
         self.client = CtrlClient(self.socket, timeout=30)
@@ -118,6 +120,7 @@ class Daemon:
             argv += ["--config", f"{key}={value}"]
         if not self.network:
             argv.append("--no-network")
+        argv += self.extra_args
         self.socket.unlink(missing_ok=True)
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=log, cwd=REPO,

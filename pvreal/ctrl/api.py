@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from pvreal import safetar
-from pvreal.device.executor import signature_problem
+from pvreal.device.secureboot import signature_problem
 from pvreal.storage import LOCAL_PREFIX, ObjectHashMismatch, check_revision_name, is_sha
 from shared import canonical
 from shared.engine.events import (

@@ -33,6 +33,7 @@ from pvreal.device.clock import Timers
 from pvreal.device.containers import ContainerRunner
 from pvreal.device.executor import Executor, storage_prefix
 from pvreal.device.latch import BootFiles, apply_latch, boot_files
+from pvreal.device.secureboot import TrustOptions, with_verifier
 from pvreal.storage import Storage
 from shared.engine.commands import Command, CtrlReply, Reboot
 from shared.engine.config import Config, Ordering
@@ -76,6 +77,7 @@ class DeviceOptions:
     run_dir: Path | None = None  # default /run/pvtwin/<prefix>
     network: bool = True
     subnet: str | None = None
+    trust: TrustOptions = field(default_factory=TrustOptions)  # pvs@2 trust material (§1.8)
 
 
 class Device:
@@ -88,11 +90,14 @@ class Device:
         self.run_dir = Path(options.run_dir or RUN_ROOT / self.prefix)
         # Container sockets: a short path of their own (AF_UNIX paths stop at 107 bytes).
         self.ctrl_dir = RUN_ROOT / self.prefix / "ctrl"
-        self.config = Config.from_mapping(
+        config = Config.from_mapping(
             {**options.config, "PVTWIN_ORDERING": options.ordering,
              "PV_BOOTLOADER_TYPE": options.bootloader},
             source="device config",
         )
+        # Signatures are checked for real: at boot by the engine, on intake and LOCAL_RUN by
+        # pv-ctrl, all through this one verifier (trust read once, certificates at wall time).
+        self.config = with_verifier(config, options.trust.load())
         self.boot_files: BootFiles = boot_files(
             self.storage.root / "boot", options.bootloader, options.ordering
         )

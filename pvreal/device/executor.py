@@ -15,6 +15,7 @@ from pathlib import Path
 from pvreal.device.clock import Timers
 from pvreal.device.containers import ContainerRunner
 from pvreal.device.latch import BootFiles, set_env
+from pvreal.device.secureboot import valid_pool
 from pvreal.storage import GcPlan, Storage
 from shared.engine.commands import (
     ArmTimer,
@@ -46,16 +47,6 @@ from shared.errors import PvError
 from shared.state import State, parse_state
 
 log = logging.getLogger(__name__)
-
-
-def signature_problem(state: State, config: Config) -> str | None:
-    """The §1.8 verdict on a state: None when acceptable. With no verifier configured, strict
-    secure boot still refuses a state that carries no signature at all."""
-    if config.verify_signature is not None:
-        return config.verify_signature(state)
-    if config.secureboot_mode == "strict" and not state.signatures:
-        return Msg.SIG_NOT_COVERED
-    return None
 
 
 class Executor:
@@ -137,7 +128,7 @@ class Executor:
             pv_rev=env.get("pv_rev", ""),
             pv_try=env.get("pv_try", ""),
             trails=trails,
-            objects=frozenset(self.storage.objects.names()),
+            objects=valid_pool(self.storage, booted_rev, self.config),
             storage=self.stats(),
         )
 
