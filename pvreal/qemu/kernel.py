@@ -9,6 +9,7 @@ from __future__ import annotations
 import lzma
 import re
 import shutil
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,7 +65,7 @@ def fetch(cache: Path, package: str | None = None) -> Kernel:
         deb = _find_deb(debs, package)
         if deb is None:
             # apt-get download writes into the working directory; run it with cwd=debs.
-            tools_run_in(["apt-get", "download", "-q", package], cwd=debs)
+            _run_in(["apt-get", "download", "-q", package], cwd=debs)
             deb = _find_deb(debs, package)
             if deb is None:
                 raise ToolError(f"apt-get download {package} produced no .deb", source=package)
@@ -85,9 +86,8 @@ def fetch(cache: Path, package: str | None = None) -> Kernel:
     )
 
 
-def tools_run_in(argv: list[str], *, cwd: Path) -> None:
-    import subprocess
-
+def _run_in(argv: list[str], *, cwd: Path) -> None:
+    """Like pvreal.tools.run, in a given working directory (apt-get download writes there)."""
     tools.require(argv[0])
     done = subprocess.run(argv, cwd=cwd, stdin=subprocess.DEVNULL, capture_output=True, text=True)
     if done.returncode != 0:

@@ -75,6 +75,7 @@ class QemuRun:
         self.lines: list[ConsoleLine] = []
         self.returncode: int | None = None
         self.timed_out = False
+        self.last_index = 0  # the console line the last wait_for matched
         self._proc: subprocess.Popen[bytes] | None = None
         self._changed = threading.Condition()
         self._reader: threading.Thread | None = None
@@ -123,7 +124,8 @@ class QemuRun:
         return self._proc is not None and self._proc.poll() is None
 
     def wait_for(self, pattern: str, *, timeout: float = 60.0, start: int = 0) -> re.Match[str]:
-        """The first console line from index `start` on matching the regex `pattern`."""
+        """The first console line from index `start` on matching the regex `pattern` (its index
+        is then `last_index`); QemuTimeout when the time passes or QEMU exits first."""
         regex = re.compile(pattern)
         deadline = time.monotonic() + timeout
         index = start
