@@ -8,8 +8,6 @@ Signatures are only decoded for display here; `pvreal rev verify` checks them.
 from __future__ import annotations
 
 import argparse
-import base64
-import binascii
 import json
 import sys
 from pathlib import Path
@@ -20,7 +18,8 @@ from rich.table import Table
 
 from shared import canonical
 from shared.diff import StateDiff, diff_states
-from shared.errors import InvalidJson, InvalidState, PvError
+from shared.errors import InvalidJson, InvalidState, PvError, SignatureError
+from shared.signatures import b64url_decode
 from shared.state import AutoRecovery, Container, Group, State, parse_state
 
 
@@ -101,17 +100,16 @@ def signature_rules(state: State, source: str | None = None) -> list[dict[str, A
 
 
 def _protected_header(key: str, sig: Any, source: str | None) -> dict[str, Any]:
+    """The decoded header, with shared.signatures' base64url rule; not verified (`rev verify`
+    does that), so a header `parse_signature` would refuse is still shown."""
     protected = sig.get("protected")
     if not isinstance(protected, str):
         raise InvalidState("signature has no 'protected' header string", source=source, key=key)
     try:
-        raw = base64.b64decode(
-            protected + "=" * (-len(protected) % 4), altchars=b"-_", validate=True
-        )
-        header = canonical.loads(raw)
-    except (binascii.Error, ValueError, InvalidJson) as exc:
+        header = canonical.loads(b64url_decode(protected, what="protected header", key=key))
+    except (SignatureError, InvalidJson) as exc:
         raise InvalidState(
-            f"'protected' is not base64url-encoded JSON ({exc})", source=source, key=key
+            f"'protected' is not base64url-encoded JSON ({exc.message})", source=source, key=key
         ) from None
     if not isinstance(header, dict):
         raise InvalidState("'protected' header is not a JSON object", source=source, key=key)

@@ -23,8 +23,6 @@ package value wins, no order-dependent merge) and documents are validated before
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import re
 from collections.abc import Iterable, Iterator, Mapping
@@ -109,11 +107,13 @@ def signature_patterns(value: Any, *, key: str, source: str | None = None) -> tu
 
 
 def _decode_protected(text: str, *, key: str, source: str | None) -> Any:
-    # Like pvtx: characters outside the base64url alphabet are ignored, padding is optional.
-    cleaned = _B64URL_NOISE.sub("", text)
+    # The base64url rule is shared.signatures'; pvtx only adds leniency on top: characters
+    # outside the alphabet are dropped first (padding is optional in both).
+    from shared.signatures import b64url_decode  # lazy: cryptography is heavy for pvtx starts
+
     try:
-        raw = base64.urlsafe_b64decode(cleaned + "=" * (-len(cleaned) % 4))
-    except (binascii.Error, ValueError):
+        raw = b64url_decode(_B64URL_NOISE.sub("", text), what="protected header", key=key)
+    except SignatureError:
         raw = b""
     if not raw:
         raise SignatureError("couldn't decode the signature's protected header",
