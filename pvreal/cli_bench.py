@@ -26,6 +26,7 @@ from typing import Any
 from pvreal import tools
 from pvreal.cli_rev_build import build_bsp, build_container, load_state, save_state
 from pvreal.ctrl.client import CtrlClient, CtrlError
+from pvreal.rootfs import busybox_rootfs
 from pvreal.storage import ObjectStore, is_sha
 from shared.errors import PvError
 
@@ -50,14 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _rootfs(dest: Path, tag: str) -> Path:
-    busybox = tools.require("busybox")
-    for d in ("bin", "sbin", "etc", "proc", "sys", "dev", "tmp", "run"):
-        (dest / d).mkdir(parents=True, exist_ok=True)
-    shutil.copy2(busybox, dest / "bin" / "busybox")
-    for applet in ("sh", "sleep"):
-        (dest / "bin" / applet).symlink_to("busybox")
-    (dest / "sbin" / "init").write_text(INIT)
-    (dest / "sbin" / "init").chmod(0o755)
+    busybox_rootfs(dest, INIT)
     (dest / "etc" / "version").write_text(tag + "\n")
     # some payload of its own, so the changed object has the size of a small app
     (dest / "etc" / "payload").write_bytes(os.urandom(2 << 20))

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
+
+from pvreal import rootfs
 
 BUSYBOX = shutil.which("busybox")
 
@@ -41,24 +42,12 @@ def need_root() -> None:
 
 
 def busybox_rootfs(dest: Path, init: str = POLITE_INIT) -> Path:
-    """A minimal root filesystem: static busybox, one symlink per applet, /sbin/init."""
+    """pvreal.rootfs.busybox_rootfs (skipping without busybox), plus /sbin/stubborn-init."""
     need_tools("busybox")
-    assert BUSYBOX is not None
-    for d in ("bin", "sbin", "etc", "proc", "sys", "dev", "tmp", "run", "root"):
-        (dest / d).mkdir(parents=True, exist_ok=True)
-    shutil.copy2(BUSYBOX, dest / "bin" / "busybox")
-    applets = subprocess.run(
-        [BUSYBOX, "--list"], capture_output=True, text=True, check=True
-    ).stdout.split()
-    for applet in applets:
-        link = dest / "bin" / applet
-        if applet != "busybox" and not link.exists():  # never overwrite busybox itself
-            link.symlink_to("busybox")
-    (dest / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
-    for name, text in (("init", init), ("stubborn-init", STUBBORN_INIT)):
-        path = dest / "sbin" / name
-        path.write_text(text)
-        path.chmod(0o755)
+    rootfs.busybox_rootfs(dest, init)
+    stubborn = dest / "sbin" / "stubborn-init"
+    stubborn.write_text(STUBBORN_INIT)
+    stubborn.chmod(0o755)
     return dest
 
 

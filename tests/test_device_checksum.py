@@ -117,8 +117,19 @@ def states(tmp_path_factory):
     s1 = revs.state("ck1", {"app1": {"tag": "a1"}})
     kernel2 = revs.root / "kernel2.img"
     kernel2.write_bytes(b"another test kernel\n" * 8)
-    rc = pvreal_main(["rev", "add-bsp", str(s1), "--kernel", str(kernel2), "--initrd",
-                      str(revs.initrd), "--objects", str(revs.objects)])
+    rc = pvreal_main(
+        [
+            "rev",
+            "add-bsp",
+            str(s1),
+            "--kernel",
+            str(kernel2),
+            "--initrd",
+            str(revs.initrd),
+            "--objects",
+            str(revs.objects),
+        ]
+    )
     assert rc == 0
     doc0, doc1 = json.loads(s0.read_text()), json.loads(s1.read_text())
     assert doc1["bsp/kernel.img"] != doc0["bsp/kernel.img"]

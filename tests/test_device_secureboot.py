@@ -93,6 +93,7 @@ def test_trust_options_read_the_store_and_fail_on_a_bad_path(tmp_path):
 
 # ------------------------------------------------------------------ the device (root)
 
+
 @pytest.fixture(scope="module")
 def material(tmp_path_factory):
     need_device()
@@ -119,8 +120,11 @@ def device(tmp_path, material):
     made: list[Daemon] = []
 
     def make(mode: str, state: Path | None = None, **kw) -> Daemon:
-        d = Daemon(tmp_path / f"dev{len(made)}", extra_args=(
-            "--truststore", str(material["store"]), "--secureboot-mode", mode), **kw)
+        d = Daemon(
+            tmp_path / f"dev{len(made)}",
+            extra_args=("--truststore", str(material["store"]), "--secureboot-mode", mode),
+            **kw,
+        )
         made.append(d)
         d.init(state or material["s0"], material["revs"].objects)
         d.start()
@@ -181,7 +185,9 @@ def test_strict_accepts_signed_and_refuses_the_rest_changing_nothing(device, mat
 def test_lenient_takes_unsigned_but_not_a_broken_signature(device, material):
     d = device("lenient", network=False)
     upload_objects(d, material["s1"], material["revs"].objects)
-    answer = d.client.put_step("locals/broken", canonical.dump_bytes(tampered(material["s1_signed"])))
+    answer = d.client.put_step(
+        "locals/broken", canonical.dump_bytes(tampered(material["s1_signed"]))
+    )
     assert (answer.status, answer.error) == (422, INVALID)
     answer = d.client.put_step("locals/plain", canonical.dump_bytes(material["s1"]))
     assert answer.ok, answer.error
@@ -211,4 +217,9 @@ def test_local_run_and_try_boot_check_the_state_on_disk(device, material):
     record = d.client.wait("locals/tried", ("ERROR",), timeout=30)
     assert (record["status"], record["status-msg"]) == ("ERROR", INVALID), d.tail()
     status = settled_after_boot(d, 3)  # factory, the try-boot, the rollback boot
-    assert status["boots"] == 3 and status["running"] == "0" and status["pv_rev"] == "0" and status["pv_try"] == ""
+    assert (
+        status["boots"] == 3
+        and status["running"] == "0"
+        and status["pv_rev"] == "0"
+        and status["pv_try"] == ""
+    )

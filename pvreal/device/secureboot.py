@@ -127,8 +127,11 @@ def invalid_objects(storage: Storage, rev: str) -> frozenset[str]:
         elif path not in skipped:
             bad |= shas  # a JSON file differs: the revision as a whole is invalid
     if bad:
-        log.warning("%s: object validation failed: %s", rev, "; ".join(
-            [*report.corrupt_objects, *report.missing_objects, *report.trail_problems]))
+        log.warning(
+            "%s: object validation failed: %s",
+            rev,
+            "; ".join([*report.corrupt_objects, *report.missing_objects, *report.trail_problems]),
+        )
     return frozenset(bad)
 
 
