@@ -512,13 +512,31 @@ class Storage:
 
     # -- consistency ----------------------------------------------------------------------------
     def check(self, revs: Iterable[str] | None = None) -> CheckReport:
-        """Re-hash every object, then compare each trail with its state JSON."""
+        """Re-hash objects, then compare each trail with its state JSON.
+
+        With `revs` (a boot checks only the revision it boots) only the objects those revisions
+        use are re-hashed; without, the whole pool is.
+        """
         report = CheckReport()
         report.partial_objects = self.objects.partial_names()
-        report.corrupt_objects = [s for s in self.objects.names() if not self.objects.is_valid(s)]
-        for rev in self.revisions() if revs is None else revs:
+        whole_pool = revs is None
+        revs = self.revisions() if whole_pool else list(revs)
+        if whole_pool:
+            to_hash = self.objects.names()
+        else:
+            to_hash = sorted(
+                {sha for rev in revs for _, sha in self._installs_of(rev) if self.objects.has(sha)}
+            )
+        report.corrupt_objects = [s for s in to_hash if not self.objects.is_valid(s)]
+        for rev in revs:
             self._check_trail(rev, report)
         return report
+
+    def _installs_of(self, rev: str) -> list[tuple[str, str]]:
+        try:
+            return list(self.installs(self.read_state(rev)))
+        except (OSError, PvError):
+            return []  # reported by _check_trail
 
     def _check_trail(self, rev: str, report: CheckReport) -> None:
         try:

@@ -278,3 +278,16 @@ def test_object_store_add_file_and_adopt(tmp_path: Path):
     again.write_bytes(b"blob")
     assert store.adopt_file(again) == sha(b"blob") and not again.exists()
     assert store.names() == [sha(b"blob")]
+
+
+def test_check_of_named_revisions_rehashes_only_their_objects(storage: Storage):
+    """A boot checks the revision it boots; another revision's corrupt object is not its concern."""
+    other = b"only revision 2 has me"
+    storage.objects.put_bytes(sha(other), other)
+    for rev, state in (("1", make_state()), ("2", make_state({"app/extra.bin": sha(other)}))):
+        storage.write_state(rev, state)
+        storage.link_trail(rev, state)
+    (ROOT / "objects" / sha(other)).write_bytes(b"flipped")
+    assert storage.check(["1"]).ok
+    assert storage.check(["2"]).corrupt_objects == [sha(other)]
+    assert storage.check().corrupt_objects == [sha(other)]
