@@ -17,6 +17,8 @@ pvtwin's real backend and revision tools.
   pvreal env list|get|set FILE     GRUB and U-Boot boot environment files
   pvreal device init|run           a real device daemon on a storage folder
   pvreal ctl ...                   talk to a running device over its control socket
+  pvreal bench                     LOCAL_RUN latency and write amplification on a real device
+  pvreal qemu build|run            a bootable QEMU image: real GRUB latch, pvtwin as PID 1
 """
 
 # Command groups, each a module with register(subparsers); see shared.cli_support.
