@@ -61,10 +61,11 @@ def _common(parser: argparse.ArgumentParser) -> None:
 # ---- reading
 
 
-def read_state(spec: str, *, partial: bool = False) -> State:
-    """Parse STATE: a file, a trail directory (its .pvr/json) or `-` for stdin."""
+def read_state_bytes(spec: str) -> tuple[bytes, str]:
+    """The bytes of STATE and the name to report: a file, a trail directory (its .pvr/json) or
+    `-` for stdin."""
     if spec == "-":
-        return parse_state(sys.stdin.buffer.read(), source="<stdin>", partial=partial)
+        return sys.stdin.buffer.read(), "<stdin>"
     path = Path(spec)
     if path.is_dir():
         for candidate in (path / ".pvr" / "json", path / "json"):
@@ -74,10 +75,15 @@ def read_state(spec: str, *, partial: bool = False) -> State:
         else:
             raise InvalidState("directory holds neither .pvr/json nor json", source=spec)
     try:
-        data = path.read_bytes()
+        return path.read_bytes(), str(path)
     except OSError as exc:
         raise InvalidJson(f"cannot read: {exc.strerror}", source=spec) from None
-    return parse_state(data, source=str(path), partial=partial)
+
+
+def read_state(spec: str, *, partial: bool = False) -> State:
+    """Parse STATE (see read_state_bytes)."""
+    data, source = read_state_bytes(spec)
+    return parse_state(data, source=source, partial=partial)
 
 
 def signature_rules(state: State, source: str | None = None) -> list[dict[str, Any]]:

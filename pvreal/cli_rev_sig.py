@@ -17,10 +17,10 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
+from pvreal.cli_rev_show import read_state_bytes
 from pvreal.durable import atomic_write
 from pvreal.truststore import load_trust_config
 from shared import canonical
@@ -180,17 +180,8 @@ def verify_command(args: argparse.Namespace) -> int:
 
 def _read_state(spec: str) -> tuple[dict[str, Any], str]:
     """The raw state JSON of a file, a trail directory (.pvr/json) or `-` (stdin)."""
-    if spec == "-":
-        return canonical.loads_object(sys.stdin.buffer.read(), source="<stdin>"), "<stdin>"
-    path = Path(spec)
-    if path.is_dir():
-        for candidate in (path / ".pvr" / "json", path / "json"):
-            if candidate.is_file():
-                path = candidate
-                break
-        else:
-            raise PvError("directory holds neither .pvr/json nor json", source=spec)
-    return canonical.loads_object(_read(path), source=str(path)), str(path)
+    data, source = read_state_bytes(spec)
+    return canonical.loads_object(data, source=source), source
 
 
 def _parse_time(text: str) -> dt.datetime:

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import BinaryIO, Literal
 
 from pvreal.durable import fsync_dir  # noqa: F401  (callers fsync objdir after install_object)
+from pvreal.storage import sha256_file
 from shared.errors import PvError
 
 OBJECTS_PREFIX = "objects/"
@@ -251,14 +252,6 @@ def _stage_object(archive: tarfile.TarFile, member: tarfile.TarInfo, source: str
 
 # --------------------------------------------------------------------------------------------
 # objects
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def has_valid_object(objdir: Path, sha: str) -> bool:

@@ -21,7 +21,6 @@ import os
 import random
 import re
 import shutil
-import socket
 import sys
 import time
 from collections.abc import Iterator, Mapping
@@ -31,7 +30,9 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from pvreal import safetar
+from pvreal.ctrl.client import UnixHTTPConnection
 from pvreal.durable import atomic_write, fsync_dir
+from pvreal.storage import sha256_file
 from shared import canonical
 from shared.errors import PvError
 from shared.transaction import (
@@ -161,24 +162,6 @@ def resolve_txdir(explicit: str | None = None, environ: Mapping[str, str] = os.e
 
 # --------------------------------------------------------------------------------------------
 # the control socket (pv-ctrl: HTTP over a Unix socket)
-
-
-class UnixHTTPConnection(http.client.HTTPConnection):
-    """http.client over a Unix stream socket."""
-
-    def __init__(self, path: str, timeout: float = 30.0):
-        super().__init__("localhost", timeout=timeout)
-        self.unix_path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self.unix_path)
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
 
 
 class ControlClient:
@@ -602,7 +585,7 @@ class TxFolder:
                 if not _SHA_RE.match(obj.name) or not obj.is_file() or obj.is_symlink():
                     raise TxError("queued objects must be regular files named by their sha256",
                                   source=str(obj))
-                if safetar.sha256_file(obj) != obj.name:
+                if sha256_file(obj) != obj.name:
                     raise TxError("object content does not match its sha256 name",
                                   source=str(obj))
                 pending[obj.name] = obj
