@@ -7,3 +7,11 @@ runc containers and network namespaces, with a pv-ctrl socket (pvreal.ctrl).
 - `executor`: each engine command → its real effect (and the event it produces);
 - `daemon`: the engine loop, reboots included (docs/device.md).
 """
+
+
+def guest_main(boot):  # type: ignore[no-untyped-def]
+    """PID 1 in the QEMU guest (pvreal.qemu.guest_init hands over here): see pvreal.device.guest.
+    Imported lazily so that `import pvreal.device` stays cheap everywhere else."""
+    from pvreal.device.guest import guest_main as run
+
+    return run(boot)

@@ -78,6 +78,7 @@ class DeviceOptions:
     network: bool = True
     subnet: str | None = None
     trust: TrustOptions = field(default_factory=TrustOptions)  # pvs@2 trust material (§1.8)
+    device_netns: str | None = ""  # "": a netns of its own; None: the current one (QEMU PID 1)
 
 
 class Device:
@@ -106,7 +107,9 @@ class Device:
         if options.network:
             from pvreal.netns import DEFAULT_SUBNET, DeviceNetwork
 
-            self.network = DeviceNetwork(self.prefix, options.subnet or DEFAULT_SUBNET)
+            self.network = DeviceNetwork(
+                self.prefix, options.subnet or DEFAULT_SUBNET, device_netns=options.device_netns
+            )
         self.runner = ContainerRunner(
             self.storage,
             self.run_dir / "containers",
@@ -274,18 +277,24 @@ class Device:
             raise DeviceError(f"{MAX_BOOT_LOOP} boots in a row rebooted at once; giving up")
         self.boots += 1
         self.storage.objects.discard_partials()
-        choice, env = apply_latch(self.boot_files, self.config)
-        self.booted_rev = choice.rev
+        rev, env = self._choose_boot()
+        self.booted_rev = rev
         with contextlib.suppress(Exception):
-            self.storage.set_current(choice.rev)
-        disk = self.executor.disk_view(choice.rev, env)
-        log.info("boot %d: %s (pv_rev=%s pv_try=%s)", self.boots, choice.rev,
+            self.storage.set_current(rev)
+        disk = self.executor.disk_view(rev, env)
+        log.info("boot %d: %s (pv_rev=%s pv_try=%s)", self.boots, rev,
                  env.get("pv_rev", ""), env.get("pv_try", ""))
         self.updater, commands = Updater.boot(disk, self.config)
         self._boot_depth, self._booted_at = depth, time.monotonic()
         self._run(commands, None)
         self._booted.set()
         self._publish()
+
+    def _choose_boot(self) -> tuple[str, dict[str, str]]:
+        """The revision this boot runs and the Pantavisor env. Outside QEMU the daemon is its own
+        bootloader; PID 1 in QEMU overrides this (GRUB already chose: pvreal.device.guest)."""
+        choice, env = apply_latch(self.boot_files, self.config)
+        return choice.rev, env
 
     def _reboot(self, command: Reboot) -> None:
         log.info("reboot: %s", command.reason)

@@ -5,6 +5,9 @@
   pv-initrd.img   the Python initramfs (zstd or gzip)    rebuilt when any input file changes
   grub.lnx        GRUB with the latch, for -kernel       rebuilt when the script or GRUB changes
   storage.img     the storage disk (grubenv + trails)    rebuilt when kernel/initrd/layout change
+                  (boots the boot chain test harness)
+  device.img      the real device's disk: factory revision 0 (bsp + busybox container) built
+                  with the revision tools, booted by pvreal.device.guest_main
   build.json      what each artifact's inputs were (its key) and where it came from this time
 
 The storage disk is the device's state: a build whose inputs did not change keeps it as it is
@@ -24,7 +27,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from pvreal.qemu import disk, grub, initramfs
+from pvreal.qemu import disk, factory, grub, initramfs
 from pvreal.qemu import kernel as kernel_mod
 
 MANIFEST = "build.json"
@@ -71,6 +74,11 @@ class Image:
     def disk(self) -> Path:
         return self.out / "storage.img"
 
+    @property
+    def device_disk(self) -> Path:
+        """The real device's disk: factory revision 0 made by the revision tools (factory.py)."""
+        return self.out / "device.img"
+
     @classmethod
     def load(cls, out: Path) -> Image:
         """An image built earlier into `out` (reads build.json)."""
@@ -102,6 +110,7 @@ def build(
     disk_size_mb: int = disk.DEFAULT_SIZE_MB,
     fresh_disk: bool = False,
     repo: Path = REPO,
+    device_disk: bool = True,
 ) -> Image:
     """Build (or reuse) every artifact in `out`; each Artifact says where it came from.
 
@@ -146,6 +155,19 @@ def build(
             make_storage_disk(image, image.disk, revisions=revisions, env=env, size_mb=disk_size_mb)
             source = "built"
         image.artifacts["disk"] = _artifact("disk", image.disk, source, started, disk_key)
+
+        if device_disk:
+            started = time.monotonic()
+            device_key = _key("device-disk", kernel_key, initrd_key, disk_size_mb, 1)
+            source = "cache hit"
+            if fresh_disk or previous.get("device-disk") != device_key or not image.device_disk.exists():
+                factory.make_device_disk(
+                    image.device_disk, image.kernel, image.initrd, size_mb=disk_size_mb
+                )
+                source = "built"
+            image.artifacts["device-disk"] = _artifact(
+                "device-disk", image.device_disk, source, started, device_key
+            )
     manifest = {
         "kernel_version": image.kernel_version,
         "artifacts": [asdict(a) for a in image.artifacts.values()],

@@ -82,7 +82,11 @@ _ON_FAILURE = {
 }
 _TAIL = """\
 echo "PVGRUB: booting rev ${{boot_rev}}"
-linux /trails/${{boot_rev}}/.pv/pv-kernel.img {cmdline} pv_rev=${{boot_rev}} pv_try=${{pv_try}}
+set pv_cmdline=""
+if [ -f /trails/${{boot_rev}}/.pv/{cmdline_env} ]; then
+  load_env -f /trails/${{boot_rev}}/.pv/{cmdline_env} pv_cmdline
+fi
+linux /trails/${{boot_rev}}/.pv/pv-kernel.img {cmdline} ${{pv_cmdline}} pv_rev=${{boot_rev}} pv_try=${{pv_try}}
 echo "PVGRUB: kernel loaded"
 initrd /trails/${{boot_rev}}/.pv/pv-initrd.img
 echo "PVGRUB: initrd loaded"
@@ -92,6 +96,9 @@ sleep 1
 reboot
 """
 DEFAULT_CMDLINE = "console=ttyS0 panic=2"
+# A revision's extra kernel arguments (bsp/run.json "cmdline", a pvtwin extension): a grubenv
+# block in its trail holding pv_cmdline, written when the trail is linked (pvreal.qemu.cmdline).
+CMDLINE_ENV = "pv-cmdline.env"
 
 
 def boot_script(
@@ -101,7 +108,7 @@ def boot_script(
     if on_save_env_failure not in ON_SAVE_ENV_FAILURE:
         raise ValueError(f"on_save_env_failure must be one of {ON_SAVE_ENV_FAILURE}")
     head = _HEAD.format(env=ENV_PATH, on_failure=_ON_FAILURE[on_save_env_failure])
-    return head + _TAIL.format(cmdline=cmdline)
+    return head + _TAIL.format(cmdline=cmdline, cmdline_env=CMDLINE_ENV)
 
 
 def available() -> bool:

@@ -22,6 +22,7 @@ from pathlib import Path
 from shared.errors import PvError
 
 QEMU = "qemu-system-x86_64"
+GUEST_CTRL_PORT = 7100  # pvreal.device.guest.GUEST_CTRL_PORT (not imported: host-only module)
 _LIVE: set[QemuRun] = set()
 
 
@@ -48,6 +49,7 @@ def qemu_argv(
     qmp_socket: Path | None = None,
     no_reboot: bool = False,
     read_only: bool = False,
+    ctrl_port: int | None = None,
 ) -> list[str]:
     """The QEMU command line: TCG (KVM is unusable here), GRUB as -kernel, the disk on virtio."""
     argv = [
@@ -56,6 +58,15 @@ def qemu_argv(
         "-kernel", str(grub_lnx),
         "-drive", f"file={disk},if=virtio,format=raw" + (",readonly=on" if read_only else ""),
     ]  # fmt: skip
+    if ctrl_port is not None:
+        # The host reaches the guest's pv-ctrl through 127.0.0.1:<port> only: user networking
+        # with restrict=on lets the guest reach nothing, the forward is the one way in. No
+        # option ROM: iPXE would only cost boot time.
+        index = argv.index("-nic")
+        argv[index : index + 2] = [
+            "-netdev", f"user,id=pvnet,restrict=on,hostfwd=tcp:127.0.0.1:{ctrl_port}-:{GUEST_CTRL_PORT}",
+            "-device", "virtio-net-pci,netdev=pvnet,romfile=",
+        ]  # fmt: skip
     if watchdog:
         argv += ["-device", "i6300esb", "-action", "watchdog=reset"]
     if qmp_socket is not None:

@@ -1,0 +1,278 @@
+"""The device daemon as PID 1 of the QEMU guest (docs/qemu.md, "PID 1: the real daemon").
+
+`guest_main(boot)` is called by pvreal.qemu.guest_init after machine bring-up. It runs the same
+`Device` as `pvreal device run`, with what owning a real machine changes:
+
+- the bootloader is real: GRUB applied the pv_rev/pv_try/pv_trying latch before Linux started,
+  so the booted revision is the kernel command line's `pv_rev=` and the daemon never applies the
+  latch itself;
+- SetBootEnv writes `/storage/boot/grubenv`, the file GRUB reads, **in place** (1024 bytes,
+  O_SYNC, never sparse: GRUB's save_env refuses sparse files and follows the file's block list,
+  and Pantavisor's grub.c writes in place too). Whenever pv_try changes (a new try, a commit, a
+  rollback cleared), pv_trying goes too: a stale pv_trying equal to a later pv_try would make
+  GRUB roll that try back on its first boot (grub-qemu.md §5);
+- Reboot = stop containers, sync, reboot(2) (POWEROFF_DEVICE = poweroff); GRUB then boots;
+- linking a trail also writes its kernel arguments for GRUB (pvreal.qemu.cmdline);
+- the device network lives in the root netns (`device_netns=None`);
+- the pv-ctrl socket is reachable from the host through a TCP port (QEMU user networking with
+  `restrict=on` and a hostfwd on 127.0.0.1): each TCP connection is spliced to /run/pv-ctrl.
+
+Progress is printed on the console as `PVTWIN ...` lines, which the host's timeline reads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+from pvreal.bootenv import FaithfulStore, grub
+from pvreal.device.daemon import Device, DeviceOptions
+from pvreal.device.latch import BootFiles
+from pvreal.qemu.cmdline import write_cmdline_env
+from shared.engine.commands import LinkObjects, Reboot, SetBootEnv
+from shared.engine.events import Event
+
+log = logging.getLogger(__name__)
+
+CTRL_SOCKET = Path("/run/pv-ctrl")
+GUEST_CTRL_PORT = 7100  # the guest's TCP port spliced to CTRL_SOCKET (hostfwd target)
+GUEST_ADDRESS = "10.0.2.15"  # QEMU user networking's default guest address
+DEVICE_CONFIG = "pvtwin-device.json"  # on the storage: {"config": {...}} Pantavisor keys
+RUNTIME_MODULES = ("loop", "squashfs", "overlay", "dm_verity", "veth", "bridge", "virtio_net")
+PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+class Boot(Protocol):  # pvreal.qemu.guest_init.GuestBoot (not imported: keeps PID 1 imports lean)
+    pv_rev: str
+    pv_try: str
+    cmdline: dict[str, str]
+    storage: str
+    env_path: str
+    modules: Any
+
+    def reboot(self) -> None: ...
+    def poweroff(self) -> None: ...
+
+
+def say(text: str) -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def set_grubenv(store: FaithfulStore, pv_rev: str | None, pv_try: str | None) -> dict[str, str]:
+    """The engine's SetBootEnv on GRUB's env (None leaves a key, "" removes it), in place."""
+    env = store.load()
+    before_try = env.get("pv_try", "")
+    for key, value in (("pv_rev", pv_rev), ("pv_try", pv_try)):
+        if value is None:
+            continue
+        if value:
+            env[key] = value
+        else:
+            env.pop(key, None)
+    if env.get("pv_try", "") != before_try or not env.get("pv_try"):
+        env.pop("pv_trying", None)  # GRUB's latch of another (or no) try: stale now
+    store.save(env)
+    return env
+
+
+class GuestDevice(Device):
+    """`Device` on a machine it owns, behind a real GRUB (see the module docstring)."""
+
+    def __init__(self, options: DeviceOptions, boot: Boot):
+        super().__init__(options)
+        self.guest = boot
+        self.grubenv = FaithfulStore(boot.env_path, grub())
+        # Pantavisor's env is GRUB's own file; the latch is GRUB's business (not read here).
+        self.boot_files = BootFiles(self.grubenv, self.grubenv)
+        self.executor.boot = self.boot_files
+        self.executor._handlers[SetBootEnv] = self._set_boot_env
+        link = self.executor._handlers[LinkObjects]
+        self.executor._handlers[LinkObjects] = lambda cmd: self._link_objects(link, cmd)
+
+    def _choose_boot(self) -> tuple[str, dict[str, str]]:
+        env = self.grubenv.load()
+        rev = self.guest.pv_rev or env.get("pv_rev", "0") or "0"
+        return rev, env
+
+    def _set_boot_env(self, cmd: SetBootEnv) -> list[Event]:
+        env = set_grubenv(self.grubenv, cmd.pv_rev, cmd.pv_try)
+        say("PVTWIN ENV " + " ".join(f"{k}={env[k]}" for k in sorted(env)))
+        return []
+
+    def _link_objects(self, link: Any, cmd: LinkObjects) -> list[Event]:
+        events = link(cmd)
+        with contextlib.suppress(OSError):
+            write_cmdline_env(self.storage.trail_dir(cmd.rev) / ".pv", cmd.state.entries)
+        return events
+
+    def _reboot(self, command: Reboot) -> None:
+        say(f"PVTWIN DEVICE {'poweroff' if command.poweroff else 'reboot'}: {command.reason}")
+        self.last_reboot = command.reason
+        self.runner.stop_all(self.config.stop_grace)
+        self.timers.clear()
+        os.sync()
+        if command.poweroff:
+            self.guest.poweroff()
+        self.guest.reboot()
+
+
+# ------------------------------------------------------------------------------ host access
+
+
+def bring_up_host_link(port: int = GUEST_CTRL_PORT) -> threading.Thread | None:
+    """eth0 (QEMU user net) up with the guest address, and a TCP → pv-ctrl splice on `port`."""
+    if not os.path.exists("/sys/class/net/eth0"):
+        return None
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        for name in ("lo", "eth0"):
+            index = ipr.link_lookup(ifname=name)[0]
+            ipr.link("set", index=index, state="up")
+        index = ipr.link_lookup(ifname="eth0")[0]
+        with contextlib.suppress(Exception):  # already there after a soft restart
+            ipr.addr("add", index=index, address=GUEST_ADDRESS, prefixlen=24)
+    listener = socket.create_server(("0.0.0.0", port), reuse_port=False)
+    thread = threading.Thread(target=_accept, args=(listener,), name="ctrl-tcp", daemon=True)
+    thread.start()
+    return thread
+
+
+def _accept(listener: socket.socket) -> None:
+    while True:
+        client, _ = listener.accept()
+        threading.Thread(target=_splice_to_ctrl, args=(client,), daemon=True).start()
+
+
+def _splice_to_ctrl(client: socket.socket) -> None:
+    upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        upstream.connect(str(CTRL_SOCKET))
+    except OSError:
+        client.close()
+        upstream.close()
+        return
+    done = threading.Event()
+
+    def pump(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while chunk := source.recv(1 << 16):
+                sink.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                sink.shutdown(socket.SHUT_WR)
+            done.set()
+
+    back = threading.Thread(target=pump, args=(upstream, client), daemon=True)
+    back.start()
+    pump(client, upstream)
+    back.join(120)
+    client.close()
+    upstream.close()
+
+
+# ------------------------------------------------------------------------------ PID 1
+
+
+MS_BIND, MS_MOVE, MS_REC = 0x1000, 0x2000, 0x4000
+
+
+def _leave_rootfs() -> None:
+    """Make `/` a bind mount of the initramfs instead of rootfs itself: pivot_root(2), which runc
+    uses to jail every container, refuses rootfs (EINVAL). The usual dance: rbind / somewhere,
+    move that mount onto /, chroot into it; every mount (proc, sys, dev, /storage) comes along."""
+    from pvreal.qemu.guest_init import mount
+
+    mount("/", "/.pvroot", "", MS_BIND | MS_REC)
+    os.chdir("/.pvroot")
+    mount(".", "/", "", MS_MOVE)
+    os.chroot(".")
+    os.chdir("/")
+
+
+def _mount_cgroups() -> None:
+    from pvreal.qemu.guest_init import mount
+
+    with contextlib.suppress(OSError):
+        mount("cgroup2", "/sys/fs/cgroup", "cgroup2", 0)
+
+
+def _device_config(storage: Path) -> dict[str, Any]:
+    try:
+        data = json.loads((storage / DEVICE_CONFIG).read_text())
+    except FileNotFoundError:
+        return {}
+    return dict(data.get("config", {}))
+
+
+def _report(device: GuestDevice) -> None:
+    """Print status changes on the console: the host's timeline (`PVTWIN STATUS ...`)."""
+    last: tuple[Any, ...] = ()
+    while True:
+        status = device.status()
+        revs = [r for r in (status.get("update"), status.get("booted")) if r]
+        progress = {}
+        for rev in dict.fromkeys(revs):
+            with contextlib.suppress(Exception):
+                progress[rev] = device.storage.read_progress(rev) or {}
+        key = (status.get("running"), status.get("phase"), json.dumps(progress, sort_keys=True))
+        if key != last and status:
+            last = key
+            for rev, rec in progress.items():
+                say(
+                    f"PVTWIN STATUS rev={rev} status={rec.get('status', '')} "
+                    f"progress={rec.get('progress', '')} running={status.get('running')} "
+                    f"msg={rec.get('status-msg', '')}"
+                )
+        if device.error is not None:
+            return
+        time.sleep(0.3)
+
+
+def guest_main(boot: Boot) -> int:
+    """Run the device as PID 1 until it powers off (0) or fails (1: reset)."""
+    os.environ["PATH"] = PATH
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="pv: %(message)s")
+    boot.modules.load(RUNTIME_MODULES)
+    _leave_rootfs()
+    _mount_cgroups()
+    from pvreal.ctrl.server import serve_device
+
+    storage = Path(boot.storage)
+    options = DeviceOptions(
+        storage=storage,
+        bootloader="grub",
+        ordering="faithful",
+        config=_device_config(storage),
+        run_dir=Path("/run/pvtwin/device"),
+        # Containers share the machine's network for now: creating their veth pairs fails in
+        # the guest with EOPNOTSUPP (see docs/qemu.md); device_netns=None is ready for it.
+        network=False,
+        device_netns=None,
+    )
+    device = GuestDevice(options, boot)
+    device.start()
+    server = serve_device(device, CTRL_SOCKET)
+    bring_up_host_link()
+    if not device.wait_booted(120):
+        say(f"PVTWIN DEVICE did not boot: {device.error}")
+        return 1
+    status = device.status()
+    say(f"PVTWIN DEVICE up booted={status.get('booted')} running={status.get('running')}")
+    threading.Thread(target=_report, args=(device,), name="report", daemon=True).start()
+    while device.running:
+        device.join(1.0)
+    server.close()
+    say(f"PVTWIN DEVICE stopped: {device.error}")
+    return 0 if device.error is None else 1
