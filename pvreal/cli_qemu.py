@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import tempfile
 from pathlib import Path
 
+from pvreal.cli_rev_build import load_state
 from pvreal.qemu import build as build_mod
-from pvreal.qemu import grub, runner, timeline
+from pvreal.qemu import grub, runner, scenarios, timeline
 from pvreal.tools import ToolError
 from shared.errors import PvError
 
@@ -51,17 +53,40 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     make.set_defaults(func=_build)
 
-    boot = verbs.add_parser("run", help="boot an image until the guest powers off (or --timeout)")
+    boot = verbs.add_parser(
+        "run",
+        help="boot the device (factory revision 0), push updates over pv-ctrl, follow progress",
+        description=(
+            "Boot IMAGE/device.img (a copy: the image stays factory-fresh) with the real daemon "
+            "as PID 1, wait for it to come up, push each --update through pv-ctrl (a loopback "
+            "port forwarded into the guest) and follow its progress, or run a --scenario; then "
+            "print the timeline of boots, statuses and the revision running. --harness boots "
+            "IMAGE/storage.img with the boot chain test harness instead (until it powers off)."
+        ),
+    )
     boot.add_argument(
         "--image", type=Path, required=True, help="a folder made by `pvreal qemu build`"
     )
     boot.add_argument(
-        "--timeout", type=float, default=120.0, help="seconds before QEMU is killed (default: 120)"
+        "--update", action="append", default=[], type=Path, metavar="SRC",
+        help="a state JSON (objects in objects/ beside it), run with LOCAL_RUN; repeatable",
+    )  # fmt: skip
+    boot.add_argument(
+        "--scenario", action="append", default=[], choices=sorted(scenarios.SCENARIOS),
+        help="an end-to-end scenario (repeatable, run in order in the same VM)",
+    )  # fmt: skip
+    boot.add_argument(
+        "--points", type=int, default=5, help="hard-reset: reset points to try (default: 5)"
+    )
+    boot.add_argument("--seed", type=int, default=1, help="hard-reset: random seed (default: 1)")
+    boot.add_argument(
+        "--timeout", type=float, default=900.0, help="seconds before QEMU is killed (default: 900)"
     )
     boot.add_argument("--json", type=Path, help="write the timeline as JSON to this file")
     boot.add_argument(
         "--watchdog", action="store_true", help="add an i6300esb watchdog that resets the VM"
     )
+    boot.add_argument("--harness", action="store_true", help="boot storage.img (test harness)")
     boot.add_argument("--log", type=Path, help="serial console log (default: IMAGE/console.log)")
     boot.set_defaults(func=_run)
 
@@ -100,6 +125,8 @@ def _run(args: argparse.Namespace) -> int:
             "qemu-system-x86_64 not found on PATH (install qemu-system-x86)",
             source="qemu-system-x86_64",
         )
+    if not args.harness:
+        return _run_device(args, image)
     log = args.log or image.out / "console.log"
     with tempfile.TemporaryDirectory(prefix="pvtwin-qmp-") as scratch:
         argv = runner.qemu_argv(
@@ -126,3 +153,50 @@ def _run(args: argparse.Namespace) -> int:
         }
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     return 0 if code == 0 and not vm.timed_out else 1
+
+
+def _run_device(args: argparse.Namespace, image: build_mod.Image) -> int:
+    if not image.device_disk.exists():
+        raise PvError("no device.img; rebuild with `pvreal qemu build`", source=str(image.out))
+    log = args.log or image.out / "console.log"
+    with tempfile.TemporaryDirectory(prefix="pvtwin-qemu-run-") as scratch:
+        session = scenarios.Session(
+            image, Path(scratch), timeout=args.timeout,
+            watchdog=args.watchdog or any(n in scenarios.NEEDS_WATCHDOG for n in args.scenario),
+        )  # fmt: skip
+        failure: str | None = None
+        try:
+            with session.running():
+                session.wait_up()
+                for source in args.update:
+                    session.revisions = scenarios.Revisions(
+                        source.resolve().parent, image.kernel, image.initrd
+                    )
+                    rev = f"locals/{source.stem}"
+                    session.push_and_run(rev, load_state(source))
+                    session.wait_status(rev, ("DONE", "ERROR", "WONTGO"))
+                    session.wait_idle()
+                for name in args.scenario:
+                    run = scenarios.SCENARIOS[name]
+                    if name == "hard-reset":
+                        run(session, points=args.points, seed=args.seed)
+                    else:
+                        run(session)
+                    session.note(f"scenario {name} passed")
+                status = session.wait_idle()
+                session.note("final", running=status["running"], pv_rev=status["pv_rev"])
+                report = session.report()
+        except PvError as error:
+            failure = str(error)
+            report = session.report()
+        finally:
+            if (Path(scratch) / "console.log").exists():
+                shutil.copyfile(Path(scratch) / "console.log", log)
+    print(timeline.render([timeline.Boot(**b) for b in report["boots"]]))
+    print(f"console: {log}")
+    if failure:
+        print(f"FAILED: {failure}")
+    if args.json:
+        report.update(failed=failure, console_log=str(log))
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 1 if failure else 0

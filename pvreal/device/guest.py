@@ -46,7 +46,7 @@ CTRL_SOCKET = Path("/run/pv-ctrl")
 GUEST_CTRL_PORT = 7100  # the guest's TCP port spliced to CTRL_SOCKET (hostfwd target)
 GUEST_ADDRESS = "10.0.2.15"  # QEMU user networking's default guest address
 DEVICE_CONFIG = "pvtwin-device.json"  # on the storage: {"config": {...}} Pantavisor keys
-RUNTIME_MODULES = ("loop", "squashfs", "overlay", "dm_verity", "veth", "bridge", "virtio_net")
+RUNTIME_MODULES = ("loop", "squashfs", "overlay", "dm_verity", "virtio_net")  # + veth, bridge with network
 PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 
 

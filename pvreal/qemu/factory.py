@@ -59,7 +59,7 @@ class Revisions:
         init_script: str = SERVICE_INIT,
         *,
         verity: bool = False,
-        restart_policy: str | None = None,
+        restart_policy: str | None = "container",
     ) -> dict[str, Any]:
         rootfs = busybox_rootfs(self.work / f"rootfs-{name}", init_script)
         entries = build_container(
@@ -73,7 +73,11 @@ class Revisions:
         return _replace_part(state, f"{name}/", entries)
 
     def factory(self, cmdline: str | None = None) -> dict[str, Any]:
-        return self.container(self.bsp({"#spec": "pantavisor-service-system@1"}, cmdline))
+        # restart policy "container": updating it alone needs no reboot (a "system" one would)
+        return self.container(
+            self.bsp({"#spec": "pantavisor-service-system@1"}, cmdline),
+            restart_policy="container",
+        )
 
     def save(self, name: str, state: Mapping[str, Any]) -> Path:
         path = self.work / f"{name}.json"

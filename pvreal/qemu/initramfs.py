@@ -49,11 +49,22 @@ RUNTIME_MODULES = (
     "virtio_net",
 )
 
+# Every byte is read by GRUB through BIOS int13 and unpacked by the kernel at every boot under
+# TCG: what a device never imports stays out (interactive tools, databases, GUIs, test suites).
 STDLIB_SKIP_DIRS = {
     "test", "tests", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3", "pydoc_data",
-    "distutils", "site-packages", "dist-packages", "__phello__", "msilib",
+    "distutils", "site-packages", "dist-packages", "__phello__", "msilib", "unittest", "sqlite3",
+    "curses", "dbm", "xmlrpc", "wsgiref", "venv",
 }  # fmt: skip
-DYNLOAD_SKIP = re.compile(r"^(_tkinter|_test|xxlimited|_ctypes_test|_xxtestfuzz|xxsubtype)")
+STDLIB_SKIP_FILES = {
+    "turtle.py", "pydoc.py", "_pydecimal.py", "doctest.py", "pdb.py", "mailbox.py", "imaplib.py",
+    "nntplib.py", "smtplib.py", "ftplib.py", "poplib.py", "telnetlib.py", "tabnanny.py",
+    "cProfile.py", "profile.py", "trace.py", "idlelib.py", "_osx_support.py",
+}  # fmt: skip
+DYNLOAD_SKIP = re.compile(
+    r"^(_tkinter|_test|xxlimited|_ctypes_test|_xxtestfuzz|xxsubtype|_sqlite3|readline|_curses"
+    r"|_dbm|_gdbm|nis|_ssl|ossaudiodev|spwd|_crypt|audioop)"
+)
 
 DEVICES = {  # name: (major, minor); Python as PID 1 dies without /dev/urandom (platform notes 4b)
     "dev/console": (5, 1), "dev/null": (1, 3), "dev/zero": (1, 5), "dev/full": (1, 7),
@@ -138,7 +149,7 @@ def _add_python(result: Plan, interpreter: Path) -> None:
     for path in _walk(stdlib, STDLIB_SKIP_DIRS):
         if path.parent == stdlib and path.name.startswith("config-"):
             continue
-        if path.suffix != ".py":
+        if path.suffix != ".py" or (path.parent == stdlib and path.name in STDLIB_SKIP_FILES):
             continue
         # The stdlib goes in as sourceless .pyc beside where the .py would be (loaded without a
         # source check): half the bytes of .py + .pyc, and no compiling at boot under TCG.
