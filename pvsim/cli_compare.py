@@ -73,7 +73,8 @@ def comparison_png(summary: dict, title: str) -> bytes:
     labels = list(summary)
     fig, axes = plt.subplots(2, 3, figsize=(12, 6.5), dpi=100)
     for ax, metric in zip(axes.flat, PLOTTED, strict=True):
-        means = [summary[label][metric][0] or 0.0 for label in labels]
+        # a metric never reached (e.g. time to 95 %) has no bar rather than a zero
+        means = [m if (m := summary[label][metric][0]) is not None else float("nan") for label in labels]
         errors = [summary[label][metric][1] or 0.0 for label in labels]
         ax.bar(labels, means, yerr=errors, capsize=4, color="tab:blue", alpha=0.8)
         ax.set_title(metric, fontsize=10)
