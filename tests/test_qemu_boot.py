@@ -1,7 +1,9 @@
 """Real boots: QEMU/TCG, the real GRUB latch (grub.lnx), Python as PID 1, a persistent disk.
 
 Every guest here runs the boot chain test harness (trails/<rev>/.pv/harness.json), so these tests
-keep testing the boot chain after pvreal.device lands. All run in one xdist group: one build,
+keep testing the boot chain after pvreal.device lands. Boots that the real daemon now exercises
+end to end (revision 0, commit, kernel panic and watchdog rollbacks) moved to
+tests/test_qemu_e2e.py, which runs them with the daemon instead of the harness. All run in one xdist group: one build,
 and no two TCG guests fighting for the same two cores.
 """
 
@@ -105,16 +107,6 @@ def test_build_produces_every_artifact_and_a_second_build_is_a_cache_hit(built) 
     )
 
 
-def test_boot_reports_revision_0(image: build.Image, tmp_path: Path) -> None:
-    storage = build.make_storage_disk(
-        image, tmp_path / "s.img", harness={"0": {"boot": "poweroff"}}
-    )
-    vm, boots = _boot(image, storage, tmp_path / "console.log")
-    assert [(b.pv_rev, b.pv_try, b.ended) for b in boots] == [("0", "", "poweroff")]
-    assert "PVTWIN BOOT pv_rev=0 pv_try= cmdline=" in "\n".join(line.text for line in vm.lines)
-    assert disk.read_env(storage) == {"pv_rev": "0"}
-
-
 def test_latch_tries_once_then_falls_back_after_a_reboot(
     image: build.Image, tmp_path: Path
 ) -> None:
@@ -138,51 +130,6 @@ def test_latch_tries_once_then_falls_back_after_a_reboot(
     assert "try of 1 already attempted, rollback to 0" in boots[1].grub
     assert disk.read_env(storage) == {"pv_rev": "0", "pv_try": "1"}
     disk.fsck(storage)
-
-
-def test_latch_falls_back_after_a_kernel_panic(image: build.Image, tmp_path: Path) -> None:
-    storage = build.make_storage_disk(
-        image,
-        tmp_path / "s.img",
-        revisions=("0", "1"),
-        env={"pv_rev": "0", "pv_try": "1"},
-        harness={"1": {"try": "panic"}, "0": {"boot": "poweroff"}},
-    )
-    vm, boots = _boot(image, storage, tmp_path / "console.log")
-    assert [(b.pv_rev, b.ended) for b in boots] == [("1", "panic"), ("0", "poweroff")]
-    assert any("Kernel panic" in line.text for line in vm.lines)
-
-
-def test_commit_makes_the_try_the_revision_that_boots(image: build.Image, tmp_path: Path) -> None:
-    storage = build.make_storage_disk(
-        image,
-        tmp_path / "s.img",
-        revisions=("0", "1"),
-        env={"pv_rev": "0", "pv_try": "1"},
-        harness={"1": {"try": "commit,reboot", "boot": "poweroff"}},
-    )
-    vm, boots = _boot(image, storage, tmp_path / "console.log")
-    assert [(b.pv_rev, b.pv_try, b.ended) for b in boots] == [
-        ("1", "1", "reboot"),
-        ("1", "", "poweroff"),
-    ]
-    assert any(e.startswith("PVTWIN COMMIT pv_rev=1") for e in boots[0].events)
-    assert disk.read_env(storage) == {"pv_rev": "1"}  # pv_try and the stale pv_trying are gone
-
-
-def test_watchdog_reset_of_a_hung_try_falls_back(image: build.Image, tmp_path: Path) -> None:
-    storage = build.make_storage_disk(
-        image,
-        tmp_path / "s.img",
-        revisions=("0", "1"),
-        env={"pv_rev": "0", "pv_try": "1"},
-        harness={"1": {"try": "watchdog:2,hang"}, "0": {"boot": "poweroff"}},
-    )
-    vm, boots = _boot(image, storage, tmp_path / "console.log", watchdog=True)
-    assert [(b.pv_rev, b.ended) for b in boots] == [("1", "hang"), ("0", "poweroff")]
-    assert any(e.startswith("PVTWIN WATCHDOG armed timeout=2") for e in boots[0].events)
-    assert "try of 1 already attempted, rollback to 0" in boots[1].grub
-    assert disk.read_env(storage) == {"pv_rev": "0", "pv_try": "1"}
 
 
 def test_qmp_system_reset_mid_boot_still_boots_a_valid_revision(

@@ -6,7 +6,8 @@ the guest, and follows them through real reboots, kernel panics, watchdog resets
 `system_reset`s (pvreal.qemu.scenarios). Scenarios are chained in one VM where one leaves the
 device as the next one needs it: a boot costs 20-45 s under TCG.
 
-Their own xdist group: they run beside tests/test_qemu_boot.py's group, one TCG guest each.
+Two xdist groups: the chained scenarios in "qemu-e2e", the hard-reset run in "qemu" after
+tests/test_qemu_boot.py's harness boots, so each of the two workers runs one TCG guest at a time.
 """
 
 from __future__ import annotations
@@ -101,6 +102,7 @@ def test_panic_and_hang_roll_back_with_unexpected_rollback(
     assert scenarios.read_grubenv(session) == {"pv_rev": "0"}
 
 
+@pytest.mark.xdist_group("qemu")  # beside the harness boots: balances the two workers
 def test_hard_reset_at_random_points_of_a_reboot_update(
     image: build.Image, tmp_path: Path
 ) -> None:

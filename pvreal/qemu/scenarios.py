@@ -128,8 +128,9 @@ class Session:
         self, rev: str, until: tuple[str, ...], timeout: float = BOOT_TIMEOUT * 2
     ) -> dict[str, Any]:
         assert self.client is not None
-        # any final status ends the wait: one that is not expected must fail at once
-        final = (*until, "DONE", "UPDATED", "ERROR", "WONTGO")
+        # a failure or DONE ends the wait too (an unexpected one fails at once); UPDATED only
+        # when asked for, since a try-boot after REBOOT_DEVICE starts from UPDATED
+        final = (*until, *FAILED, "DONE")
         record = self.client.wait(rev, until=final, timeout=timeout, poll=1.0) or {}
         self.note(f"progress {rev}", **record)
         return record
