@@ -111,6 +111,9 @@ class PantavisorModel:
             {"0": E.TrailView(factory.state, Progress.make(Status.DONE, Msg.FACTORY), True)},
             frozenset(factory.state.object_shas()),
         )
+        # the factory wake's result, shared by every device (see _wake_factory)
+        self._factory_template: Any = None
+        self.settled_disk: SimDisk | None = None
         self.size_mb = {}
         for rev in revs.revisions:
             self.size_mb.update(rev.sizes)
@@ -406,8 +409,9 @@ class PantavisorModel:
         return self.pools.setdefault(objects, objects)
 
     def _own_disk(self, brain: DeviceBrain) -> SimDisk:
-        """Copy-on-write: devices share the factory disk until they first write."""
-        if brain.disk is self.factory_disk:
+        """Copy-on-write: devices share the factory disk (and then the settled factory disk) until
+        they first write."""
+        if brain.disk is self.factory_disk or brain.disk is self.settled_disk:
             brain.disk = brain.disk.copy()
         return brain.disk
 
@@ -439,7 +443,7 @@ class PantavisorModel:
         # LinkObjects: hard links cost metadata writes only; the objects are already in the pool
 
     def _gc(self, run: DeviceRun, brain: DeviceBrain, command: Any) -> None:
-        disk = brain.disk
+        disk = self._own_disk(brain)
         removed_revs = frozenset(r for r in disk.trails if r not in command.keep_revisions)
         for r in removed_revs:
             del disk.trails[r]
@@ -603,17 +607,49 @@ class PantavisorModel:
 
     def _wake_factory(self, run: DeviceRun) -> DeviceBrain:
         """A device that has run its factory revision since before the simulation: boot the engine
-        on the factory disk and settle it instantly (containers up, no time spent)."""
+        on the factory disk and settle it instantly (containers up, no time spent).
+
+        Every device settles the same way (no randomness, no time; the engine is deterministic),
+        except for the storage figures the engine is booted with, which it only stores while
+        settling. So the first device's settled engine and disk are a template: later devices get
+        a copy of the engine with their own storage figures and share the settled disk until they
+        write (copy-on-write, see `_own_disk`)."""
+        template = self._factory_template
+        if template is None:
+            brain, reusable = self._settle_factory(run)
+            if reusable:
+                self.settled_disk = brain.disk
+                self._factory_template = (brain.updater.copy(), dict(brain.hub_progress), brain.seq)
+            else:
+                self._factory_template = False
+            return brain
+        if template is False:
+            return self._settle_factory(run)[0]
+        updater, hub_progress, seq = template
+        updater = updater.copy()
+        updater.storage = self._storage(run.device, self.factory_disk)
+        brain = DeviceBrain(updater, self.settled_disk, "0")
+        brain.hub_progress = dict(hub_progress)
+        brain.seq = seq
+        run.mb_written = 0.0
+        return brain
+
+    def _settle_factory(self, run: DeviceRun) -> tuple[DeviceBrain, bool]:
+        """Boot and settle one device on the factory disk; also says whether the result is the same
+        for every device (it is unless a GC ran: GC results depend on the device's storage)."""
         disk = self.factory_disk
         updater, commands = self.Updater.boot(self._view(run.device, disk, "0"), self.config)
         brain = DeviceBrain(updater, disk, "0")
         pending = deque(commands)
         settled = 0
+        reusable = True
         while pending and settled < 200:
             settled += 1
             command = pending.popleft()
             events: list[Any] = []
             kind = type(command)
+            if kind is C.RunGc:
+                reusable = False
             if command.durable:
                 self._apply(run, brain, command)
                 events.extend(item[1] for _, _, item in brain.agenda if item[0] == "event")
@@ -637,4 +673,4 @@ class PantavisorModel:
             for event in events:
                 pending.extend(updater.handle(event))
         run.mb_written = 0.0
-        return brain
+        return brain, reusable and not brain.agenda and not brain.timers

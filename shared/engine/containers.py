@@ -84,6 +84,12 @@ class _Rec:
         self.stable = False
         self.given_up = False
 
+    def copy(self) -> _Rec:
+        new = _Rec.__new__(_Rec)
+        new.spec, new.goal, new.group = self.spec, self.goal, self.group
+        new.status, new.retries, new.stable, new.given_up = self.status, self.retries, self.stable, self.given_up
+        return new
+
     @property
     def achieved(self) -> bool:
         return self.goal <= self.status <= CStatus.READY
@@ -137,6 +143,14 @@ class Containers:
             c.name: _Rec(c, lay.group_of[c.name]) for c in state.containers
         }
         self.group_status = [_BLOCKED] * len(lay.group_names)
+
+    def copy(self) -> Containers:
+        """An independent copy (the spec, state and layout are immutable and shared)."""
+        new = Containers.__new__(Containers)
+        new.rev, new.state, new.layout = self.rev, self.state, self.layout
+        new.recs = {name: rec.copy() for name, rec in self.recs.items()}
+        new.group_status = list(self.group_status)
+        return new
 
     @property
     def group_names(self) -> tuple[str, ...]:

@@ -205,6 +205,14 @@ class _Update:
         self.commit_due = False
         self.waiting_stable = False
 
+    def copy(self) -> _Update:
+        new = _Update.__new__(_Update)
+        for name in _Update.__slots__:
+            setattr(new, name, getattr(self, name))
+        new.todo = list(self.todo)
+        new.inflight = set(self.inflight)
+        return new
+
 
 class Updater:
     """One device's update logic. Build it with `Updater.boot`, then feed events to `handle`."""
@@ -269,6 +277,21 @@ class Updater:
         elif key in _ANY_PHASE:  # R3, R4
             getattr(self, _ANY_PHASE[key])(event)
         return self._take()  # R5: anything else changes nothing
+
+    def copy(self) -> Updater:
+        """An independent copy: the same future for the same events. Immutable parts (config,
+        states, progress records, object sets, the disk's trail view) are shared, not copied."""
+        new = Updater.__new__(Updater)
+        for name in Updater.__slots__:
+            setattr(new, name, getattr(self, name))
+        new._progress = dict(self._progress)
+        new._gone = set(self._gone)
+        new._out = list(self._out)
+        if self.update is not None:
+            new.update = self.update.copy()
+        if self.containers is not None:
+            new.containers = self.containers.copy()
+        return new
 
     @property
     def update_active(self) -> bool:
