@@ -114,6 +114,8 @@ class PantavisorModel:
         # the factory wake's result, shared by every device (see _wake_factory)
         self._factory_template: Any = None
         self.settled_disk: SimDisk | None = None
+        # MB used by each object pool (pools are interned, so few distinct ones)
+        self._used_mb: dict[frozenset, float] = {}
         self.size_mb = {}
         for rev in revs.revisions:
             self.size_mb.update(rev.sizes)
@@ -142,7 +144,10 @@ class PantavisorModel:
     # -- per-device helpers ---------------------------------------------------------------------------
     def _storage(self, device: int, disk: SimDisk) -> E.StorageStats:
         free_mb = self.world.table.free_mb[device]
-        used = math.fsum(self.size_mb.get(s, 0.0) for s in disk.objects) - self.factory_mb
+        objects = disk.objects
+        used = self._used_mb.get(objects)
+        if used is None:
+            used = self._used_mb[objects] = math.fsum(self.size_mb.get(s, 0.0) for s in objects) - self.factory_mb
         total = int((free_mb + self.factory_mb) * MB)
         return E.StorageStats(total, max(0, int((free_mb - used) * MB)))
 
@@ -178,8 +183,14 @@ class PantavisorModel:
         while True:
             try:
                 rebooting = False
+                handle = brain.updater.handle
                 while queue and not rebooting:
-                    rebooting = yield from self._execute(run, brain, brain.updater.handle(queue.popleft()), queue)
+                    commands = handle(queue.popleft())
+                    if not commands:
+                        continue  # most events change nothing outside the engine
+                    writes, failed_at, rebooting = self._plan(run, brain, commands, queue)
+                    if writes or failed_at < INF:
+                        rebooting = yield from self._finish_batch(run, brain, writes, failed_at, rebooting)
                 if rebooting:
                     yield from self._reboot_safely(run, brain, queue)
                     continue
@@ -329,6 +340,12 @@ class PantavisorModel:
     def _execute(self, run: DeviceRun, brain: DeviceBrain, commands: list, queue: deque) -> Generator[Any, Any, bool]:
         """Run one `handle` result. Durable steps are timed back to back with one timeout; returns
         True when the batch ends in a Reboot."""
+        writes, failed_at, rebooting = self._plan(run, brain, commands, queue)
+        return (yield from self._finish_batch(run, brain, writes, failed_at, rebooting))
+
+    def _plan(self, run: DeviceRun, brain: DeviceBrain, commands: list, queue: deque) -> tuple[list, float, bool]:
+        """The instant part of a batch: non-durable commands take effect, durable writes are timed
+        back to back. Returns (writes, time of a failed write or INF, ends in a Reboot)."""
         world = self.world
         env = run.env
         rng = world.rng
@@ -336,11 +353,17 @@ class PantavisorModel:
         writes: list[tuple[float, float, Any]] = []  # (start, end, command)
         rebooting = False
         latency = world.device_cfg.storage_latency_s
+        env_write = world.device_cfg.env_write_s
         p_error = world.faults.storage_write_error_probability
         failed_at = INF
         for command in commands:
             if command.durable:
-                duration = self._write_time(run, command, latency.sample(rng))
+                duration = latency.sample(rng)
+                kind = type(command)
+                if kind is C.LinkObjects or kind is C.WriteTrail:
+                    duration *= 2
+                elif kind is C.SetBootEnv:
+                    duration = env_write.sample(rng)
                 if p_error > 0 and rng.random() < p_error:
                     failed_at = t + duration
                     break
@@ -373,6 +396,15 @@ class PantavisorModel:
                 rebooting = True
                 break
             # CtrlReply: no pv-ctrl client in the fleet simulation
+        return writes, failed_at, rebooting
+
+    def _finish_batch(
+        self, run: DeviceRun, brain: DeviceBrain, writes: list, failed_at: float, rebooting: bool
+    ) -> Generator[Any, Any, bool]:
+        """The timed part of a batch: wait for the writes (a power cut keeps those completed before
+        it), apply them, and die on a failed write."""
+        world = self.world
+        env = run.env
         end = failed_at if failed_at < INF else (writes[-1][1] if writes else env._now)
         if end > env._now:
             try:
@@ -385,14 +417,6 @@ class PantavisorModel:
             world.count("storage_write_errors")
             raise DaemonCrash
         return rebooting
-
-    def _write_time(self, run: DeviceRun, command: Any, latency: float) -> float:
-        kind = type(command)
-        if kind is C.LinkObjects or kind is C.WriteTrail:
-            return latency * 2
-        if kind is C.SetBootEnv:
-            return self.world.device_cfg.env_write_s.sample(self.world.rng)
-        return latency
 
     def _apply_until(self, run: DeviceRun, brain: DeviceBrain, writes: list, cut: float) -> None:
         for start, end, command in writes:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from shared.engine.progress import Progress
 
@@ -70,10 +70,14 @@ class Event:
     """Base of all events. `key` is what the transition table dispatches on."""
 
     __slots__ = ()
+    # the class name, set on each subclass below (a plain class attribute: read per handle call);
+    # a subclass may define its own `key` property instead (TimerFired)
+    key: ClassVar[str] = "Event"
 
-    @property
-    def key(self) -> str:
-        return type(self).__name__
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "key" not in cls.__dict__:
+            cls.key = cls.__name__
 
 
 @dataclass(frozen=True, slots=True)
