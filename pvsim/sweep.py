@@ -1,20 +1,24 @@
 """Many runs of one scenario: variants (strategies, update models, any dotted key) × seeds.
 
 Runs go to a process pool (`concurrent.futures`), or to a Dask cluster when a scheduler address
-is given; each run is independent and seeded, so the pool only changes how fast the table comes.
-Means come with 95 % confidence intervals (Student t over the seeds).
+(or a `distributed.Client`) is given. Each run's seed is a stable hash of (scenario, grid point,
+seed number) (`pvsim.shard.stable_seed`, BLAKE2b, not Python's salted hash()), so the table is the
+same whatever executes it. A run that raises becomes a row with its grid point and traceback; the
+other runs go on. Means come with 95 % confidence intervals (Student t over the seeds).
 """
 
 from __future__ import annotations
 
 import math
 import statistics
+import traceback
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any
 
 from pvsim.scenario import Scenario, validate_scenario, with_overrides
+from pvsim.shard import stable_seed
 
 METRICS = (
     "committed",
@@ -56,62 +60,79 @@ def mean_ci(values: Sequence[float]) -> tuple[float | None, float | None, int]:
 @dataclass(frozen=True)
 class Job:
     label: str
-    seed: int
+    seed: int  # the seed number within the grid point: 0, 1, ...
     scenario: dict[str, Any]  # a validated scenario, dumped (plain data crosses process borders)
     source: str
+    point: tuple[tuple[str, Any], ...] = ()  # the grid point: (dotted key, value) pairs
+    run_seed: int = 0  # the fleet.seed this run uses
+
+
+def run_seed(scenario: Scenario, point: dict[str, Any] | None, k: int) -> int:
+    """fleet.seed of run k at `point`: a stable hash of (scenario name, its seed, point, k).
+    `point=None` leaves the point out: every variant of seed k sees the same fleet and draws
+    (common random numbers, what `compare` wants)."""
+    key = None if point is None else tuple(sorted(point.items()))
+    return stable_seed("pvsim-run", scenario.name, scenario.fleet.seed, key, k)
 
 
 def run_job(job: Job) -> dict[str, Any]:
-    """Worker: rebuild the scenario, run it, return flat metrics (plain data only)."""
+    """Worker: rebuild the scenario, run it, return flat metrics (plain data only). An exception
+    becomes a row with `error` (the traceback) instead of stopping the sweep."""
     from pvsim.runner import run_scenario
 
-    scenario = validate_scenario(job.scenario, job.source)
-    result = run_scenario(scenario)
+    row: dict[str, Any] = {"label": job.label, "seed": job.seed, "run_seed": job.run_seed, "point": dict(job.point)}
+    try:
+        scenario = validate_scenario(job.scenario, job.source)
+        result = run_scenario(scenario)
+    except Exception:
+        row.update({m: None for m in METRICS}, rollout_state=None, faults={}, error=traceback.format_exc())
+        return row
     r, x = result.results, result.extras
-    return {
-        "label": job.label,
-        "seed": job.seed,
-        "committed": r["committed"],
-        "rolled_back": r["rolled_back"],
-        "bricked": r["bricked"],
-        "stuck": r["stuck"],
-        "exposed": r["exposed"],
-        "gb_downloaded": r["bytes_downloaded"] / 1e9,
-        "time_to_50pct_s": r["time_to_50pct_s"],
-        "time_to_95pct_s": r["time_to_95pct_s"],
-        "power_cuts": r["power_cuts"],
-        "storage_footprint_mb": x["storage_footprint_mb"],
-        "gb_written": x["mb_written"] / 1000,
-        "reboots": x["reboots"],
-        "events": r["events"],
-        "wall_s": r["wall_s"],
-        "rollout_state": r["rollout_state"],
-        "faults": r["faults"],
-    }
+    row.update(
+        committed=r["committed"],
+        rolled_back=r["rolled_back"],
+        bricked=r["bricked"],
+        stuck=r["stuck"],
+        exposed=r["exposed"],
+        gb_downloaded=r["bytes_downloaded"] / 1e9,
+        time_to_50pct_s=r["time_to_50pct_s"],
+        time_to_95pct_s=r["time_to_95pct_s"],
+        power_cuts=r["power_cuts"],
+        storage_footprint_mb=x["storage_footprint_mb"],
+        gb_written=x["mb_written"] / 1000,
+        reboots=x["reboots"],
+        events=r["events"],
+        wall_s=r["wall_s"],
+        rollout_state=r["rollout_state"],
+        faults=r["faults"],
+        error=None,
+    )
+    return row
 
 
-def make_jobs(scenario: Scenario, variants: dict[str, dict[str, Any]], seeds: int) -> list[Job]:
-    """One job per (variant, seed); seeds are the scenario's seed, seed+1, ..."""
+def make_jobs(
+    scenario: Scenario, variants: dict[str, dict[str, Any]], seeds: int, common_random_numbers: bool = False
+) -> list[Job]:
+    """One job per (variant, seed number), every combination validated before anything runs.
+    Seeds: `run_seed` of (scenario, variant's overrides, k); with `common_random_numbers` the
+    variants share each k's seed."""
     jobs = []
-    base_seed = scenario.fleet.seed
     for label, overrides in variants.items():
+        point = tuple(overrides.items())
         for k in range(seeds):
-            variant = with_overrides(scenario, **overrides, **{"fleet.seed": base_seed + k})
-            jobs.append(Job(label, base_seed + k, variant.model_dump(), scenario.name))
+            seed = run_seed(scenario, None if common_random_numbers else overrides, k)
+            variant = with_overrides(scenario, **overrides, **{"fleet.seed": seed})
+            jobs.append(Job(label, k, variant.model_dump(), scenario.name, point, seed))
     return jobs
 
 
 def run_jobs(
-    jobs: list[Job], workers: int = 0, dask: str | None = None, on_done: Callable[[], None] | None = None
+    jobs: list[Job], workers: int = 0, dask: Any = None, on_done: Callable[[], None] | None = None
 ) -> list[dict[str, Any]]:
-    """Run every job; results come back in job order whatever the pool's finishing order."""
+    """Run every job; `on_done()` after each finished run (in finishing order); rows come back in
+    job order whatever the executor. `dask`: a scheduler address or a `distributed.Client`."""
     if dask:
-        from dask.distributed import Client
-
-        with Client(dask) as client:
-            futures = client.map(run_job, jobs, pure=False)
-            out = client.gather(futures)
-        return list(out)
+        return _run_on_dask(jobs, dask, on_done)
     if workers == 1 or len(jobs) == 1:
         out = []
         for job in jobs:
@@ -120,18 +141,82 @@ def run_jobs(
                 on_done()
         return out
     with ProcessPoolExecutor(max_workers=workers or None) as pool:
-        futures = [pool.submit(run_job, job) for job in jobs]
-        out = []
-        for future in futures:
-            out.append(future.result())
+        index = {pool.submit(run_job, job): i for i, job in enumerate(jobs)}
+        rows: list[dict[str, Any] | None] = [None] * len(jobs)
+        for future in as_completed(index):
+            rows[index[future]] = future.result()
             if on_done:
                 on_done()
-        return out
+        return [row for row in rows if row is not None]
+
+
+def _run_on_dask(jobs: list[Job], dask: Any, on_done: Callable[[], None] | None) -> list[dict[str, Any]]:
+    from dask.distributed import Client
+    from dask.distributed import as_completed as dask_completed
+
+    client = dask if isinstance(dask, Client) else Client(dask)
+    try:
+        futures = client.map(run_job, jobs, pure=False)
+        position = {f.key: i for i, f in enumerate(futures)}
+        rows: list[dict[str, Any] | None] = [None] * len(jobs)
+        for future in dask_completed(futures):
+            rows[position[future.key]] = future.result()
+            if on_done:
+                on_done()
+        return [row for row in rows if row is not None]
+    finally:
+        if client is not dask:
+            client.close()
+
+
+def failures(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [row for row in rows if row.get("error")]
+
+
+def tidy_rows(rows: list[dict[str, Any]], grid_keys: list[str]) -> list[dict[str, Any]]:
+    """One flat record per run: variant, every grid key as a column, seed numbers, metrics,
+    rollout state, each fault count as `faults.<kind>`, and the error's last line (if any)."""
+    fault_keys = sorted({k for row in rows for k in row.get("faults") or {}})
+    table = []
+    for row in rows:
+        record: dict[str, Any] = {"variant": row["label"]}
+        record.update({key: row["point"].get(key) for key in grid_keys})
+        record.update(seed=row["seed"], run_seed=row["run_seed"])
+        record.update({m: row[m] for m in METRICS})
+        record["rollout_state"] = row["rollout_state"]
+        error = row.get("error")
+        # a fault that never fired in a run is absent from its counts: 0, unless the run failed
+        record.update({f"faults.{k}": None if error else row["faults"].get(k, 0) for k in fault_keys})
+        record["error"] = error.strip().splitlines()[-1] if error else None
+        table.append(record)
+    return table
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, dict[str, tuple[float | None, float | None, int]]]:
-    """label -> metric -> (mean, ci95 half-width, n)."""
+    """label -> metric -> (mean, ci95 half-width, n) over the runs that did not fail."""
     labels: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         labels.setdefault(row["label"], []).append(row)
     return {label: {m: mean_ci([r[m] for r in group]) for m in METRICS} for label, group in labels.items()}
+
+
+def run_with_progress(jobs: list[Job], workers: int, dask: Any, console: Any) -> list[dict[str, Any]]:
+    """run_jobs with a rich progress bar on `console` counting finished runs."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("runs"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task("runs", total=len(jobs))
+        return run_jobs(jobs, workers, dask, on_done=lambda: bar.advance(task))
+
+
+def report_failures(rows: list[dict[str, Any]], console: Any) -> int:
+    """Print every failed run with its grid point and traceback; the exit code (1 if any failed)."""
+    failed = failures(rows)
+    for row in failed:
+        point = ", ".join(f"{k}={v!r}" for k, v in row["point"].items()) or row["label"]
+        console.print(f"[bold red]run failed[/]: {point}, seed #{row['seed']} (fleet.seed {row['run_seed']})")
+        console.print(row["error"], markup=False, highlight=False)
+    if failed:
+        console.print(f"[bold red]{len(failed)} of {len(rows)} runs failed[/] (exit code 1); the others are in the table")
+    return 1 if failed else 0
