@@ -88,17 +88,19 @@ def test_factory_app_update_bad_app_and_bsp_cmdline(image: build.Image, tmp_path
     assert env == {"pv_rev": "locals/bsp-2"}, env  # committed; pv_try and pv_trying gone
 
 
-def test_panic_and_hang_roll_back_with_unexpected_rollback(
-    image: build.Image, tmp_path: Path
-) -> None:
-    """Scenario 5: a try whose init panics (panic=2), then one that hangs (i6300esb reset)."""
-    session = _run(image, tmp_path, ["factory", "panic", "hang"])
+def test_panic_hang_and_dm_verity_roll_back(image: build.Image, tmp_path: Path) -> None:
+    """Scenario 5: a try whose init panics (panic=2), then one that hangs (i6300esb reset);
+    scenario 7: a dm-verity container runs from /dev/mapper, a tampered one fails its try."""
+    session = _run(image, tmp_path, ["factory", "panic", "hang", "verity"])
     boots = [b for b in session.boots() if b.pv_rev is not None]
     tries = [b for b in boots if b.pv_try and b.pv_rev == b.pv_try]
-    assert [b.pv_rev for b in tries] == ["locals/panic", "locals/hang"]
+    assert [b.pv_rev for b in tries] == ["locals/panic", "locals/hang", "locals/tampered"]
     assert tries[0].ended == "panic" and tries[1].ended == "hang"
     rollbacks = [g for b in session.boots() for g in b.grub if "already attempted" in g]
-    assert len(rollbacks) == 2, rollbacks
+    assert len(rollbacks) == 3, rollbacks
+    lines = [line.text for line in session.vm.lines]  # type: ignore[union-attr]
+    assert any("PVTWIN VERITY opened app/root.squashfs as /dev/mapper/" in t for t in lines)
+    assert any("device-mapper: verity" in t for t in lines)  # the kernel's dm-verity target
     assert scenarios.read_grubenv(session) == {"pv_rev": "0"}
 
 

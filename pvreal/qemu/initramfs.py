@@ -53,7 +53,7 @@ RUNTIME_MODULES = (
 # TCG: what a device never imports stays out (interactive tools, databases, GUIs, test suites).
 STDLIB_SKIP_DIRS = {
     "test", "tests", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3", "pydoc_data",
-    "distutils", "site-packages", "dist-packages", "__phello__", "msilib", "unittest", "sqlite3",
+    "distutils", "site-packages", "dist-packages", "__phello__", "msilib", "sqlite3",
     "curses", "dbm", "xmlrpc", "wsgiref", "venv",
 }  # fmt: skip
 STDLIB_SKIP_FILES = {
@@ -247,6 +247,12 @@ def _add_tools(result: Plan) -> None:
     for applet in listing:
         if applet not in ("busybox", "init", "linuxrc"):
             result.symlinks[f"bin/{applet}"] = "busybox"
+    # dm-verity for `dm:` root volumes: the guest opens them with real device-mapper
+    # (pvreal.device.guest); optional like runc
+    veritysetup = shutil.which("veritysetup")
+    if veritysetup:
+        result.files["usr/sbin/veritysetup"] = Path(veritysetup).resolve()
+        _add_shared_libraries(result, [Path(veritysetup).resolve()])
     runc = shutil.which("runc")
     if runc:  # the container runtime; optional so that a host without runc can still boot-test
         result.files["usr/sbin/runc"] = Path(runc).resolve()
