@@ -108,6 +108,7 @@ class ShardHost:
     """Holds some shards of one run in one process; the unit a worker process or a Dask actor runs."""
 
     def __init__(self, scenario_data: dict[str, Any], source: str, shard_ids: Sequence[int], shards: int) -> None:
+        self._cpu_start = time.process_time()  # CPU of this host's process (thread under Dask threads)
         scenario = validate_scenario(scenario_data, source)
         self._gc_was_enabled = gc.isenabled()
         gc.disable()  # as in runner.run_scenario: millions of long-lived objects, no cycles
@@ -118,6 +119,9 @@ class ShardHost:
 
     def finish(self) -> dict[int, dict[str, Any]]:
         out = {k: w.finish() for k, w in self.worlds.items()}
+        cpu = round(time.process_time() - self._cpu_start, 3)
+        for part in out.values():
+            part["host_cpu_s"] = cpu
         self.worlds = {}
         if self._gc_was_enabled:
             gc.enable()
@@ -347,9 +351,10 @@ def merge(
     counts[factory] -= (shards - 1) * n
     out["final_revision_counts"] = counts
     table_level = {"hub_outages", "slow_link_devices", "disk_full_devices"}  # the same in every shard
+    fault_keys = sorted({key for r in results for key in r.results["faults"]})  # only faults that fired
     out["faults"] = {
-        key: first["faults"][key] if key in table_level else sum(r.results["faults"][key] for r in results)
-        for key in first["faults"]
+        key: first["faults"].get(key, 0) if key in table_level else sum(r.results["faults"].get(key, 0) for r in results)
+        for key in fault_keys
     }
     out["power_cuts"] = out["faults"].get("power_cuts", 0)
     commit_times = {
@@ -394,6 +399,7 @@ def merge(
     extras["shards"] = shards
     extras["shard_peak_rss_mb"] = [p["peak_rss_mb"] for p in parts]
     extras["shard_devices"] = [p["owned"] for p in parts]
+    extras["shard_host_cpu_s"] = [p["host_cpu_s"] for p in parts]
     marks = sorted(m for r in rollouts for m in r.marks)
     return RunResult(out, releases, timeline, marks, extras)
 
@@ -455,4 +461,6 @@ def compare_runs(unsharded: RunResult, sharded: RunResult, epoch_s: float = DEFA
         "sharded_wall_s": sharded.results["wall_s"],
         "unsharded_peak_rss_mb": unsharded.results["peak_rss_mb"],
         "sharded_peak_rss_mb_per_shard": sharded.extras.get("shard_peak_rss_mb"),
+        "unsharded_cpu_s": unsharded.extras.get("cpu_s"),
+        "sharded_cpu_s_per_shard_host": sharded.extras.get("shard_host_cpu_s"),
     }
