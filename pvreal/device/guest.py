@@ -309,6 +309,11 @@ def guest_main(boot: Boot) -> int:
         say(f"PVTWIN DEVICE did not boot: {device.error}")
         return 1
     status = device.status()
+    for _ in range(50):  # the booted flag is set just before the status is published
+        if status.get("booted"):
+            break
+        time.sleep(0.1)
+        status = device.status()
     say(f"PVTWIN DEVICE up booted={status.get('booted')} running={status.get('running')}")
     threading.Thread(target=_report, args=(device,), name="report", daemon=True).start()
     while device.running:
