@@ -192,7 +192,11 @@ def _run_device(args: argparse.Namespace, image: build_mod.Image) -> int:
         finally:
             if (Path(scratch) / "console.log").exists():
                 shutil.copyfile(Path(scratch) / "console.log", log)
-    print(timeline.render([timeline.Boot(**b) for b in report["boots"]]))
+    for boot in report["boots"]:
+        print(timeline.render([timeline.Boot(**boot)]))
+        for event in boot["events"]:  # what the daemon reported during that boot
+            if event.startswith(("PVTWIN STATUS", "PVTWIN ENV", "PVTWIN DEVICE", "PVTWIN VERITY")):
+                print(f"    {event}")
     print(f"console: {log}")
     if failure:
         print(f"FAILED: {failure}")
