@@ -282,15 +282,22 @@ class Updater:
         """An independent copy: the same future for the same events. Immutable parts (config,
         states, progress records, object sets, the disk's trail view) are shared, not copied."""
         new = Updater.__new__(Updater)
-        for name in Updater.__slots__:
-            setattr(new, name, getattr(self, name))
+        new.config = self.config
+        new.phase = self.phase
+        new.booted_rev = self.booted_rev
+        new.running_rev = self.running_rev
+        new.running_state = self.running_state
+        new.pv_rev = self.pv_rev
+        new.pv_try = self.pv_try
+        new._trails = self._trails
         new._progress = dict(self._progress)
         new._gone = set(self._gone)
+        new.objects = self.objects
+        new.storage = self.storage
+        new.update = self.update.copy() if self.update is not None else None
+        new.containers = self.containers.copy() if self.containers is not None else None
+        new.local_mode = self.local_mode
         new._out = list(self._out)
-        if self.update is not None:
-            new.update = self.update.copy()
-        if self.containers is not None:
-            new.containers = self.containers.copy()
         return new
 
     @property
@@ -402,7 +409,7 @@ class Updater:
         else:
             msg = self._signature_problem(state)
             checksum = self.config.secureboot_checksum
-            if msg is None and checksum and not state.object_shas() <= self.objects:
+            if msg is None and checksum and not _shas(state) <= self.objects:
                 msg = Msg.OBJECT_VALIDATION
         if msg is not None:
             if self.update is not None:
@@ -450,7 +457,7 @@ class Updater:
             return self._wontgo(problem)
         u.state = state
         self._out.append(WriteTrail(rev, state))
-        missing = state.object_shas() - self.objects
+        missing = _shas(state) - self.objects
         if not missing:
             return self._install(u)
         u.todo = sorted(missing)
@@ -516,7 +523,7 @@ class Updater:
             return self.phase
         u.inflight.discard(event.sha)
         if event.ok:
-            self.objects = self.objects | {event.sha}
+            self.objects = _with_object(self.objects, event.sha)
             return self._fetch_more(u)
         u.retries += 1
         limit = self.config.revision_retries
@@ -531,7 +538,7 @@ class Updater:
     def _install(self, u: _Update, *, force_reboot: bool = False) -> Phase:
         state = u.state
         assert state is not None and self.running_state is not None
-        if not state.object_shas() <= self.objects:
+        if not _shas(state) <= self.objects:
             # pv_state_prepare_run cannot link a missing object (a local run whose objects were
             # never uploaded or were collected): ERROR before pv_try is ever written.
             self._set_progress(Status.ERROR, Msg.INTERNAL)
@@ -766,7 +773,7 @@ class Updater:
             self._out.append(self._gc_command("threshold"))
 
     def _on_object_put(self, event: ObjectPut) -> None:
-        self.objects = self.objects | {event.sha}
+        self.objects = _with_object(self.objects, event.sha)
 
     def _gc_done(self, event: GcDone) -> None:  # R4
         if event.storage is not None:
@@ -787,7 +794,7 @@ class Updater:
             config=self.config,
         )
         keep_objects = (
-            u.state.object_shas() if u is not None and u.state is not None else frozenset()
+            _shas(u.state) if u is not None and u.state is not None else frozenset()
         )
         return RunGc(keep, keep_objects, reason)
 
@@ -830,6 +837,19 @@ class Updater:
 def _diff(old: State, new: State) -> StateDiff:
     """diff_states, shared by every device making the same update (States are flyweights)."""
     return diff_states(old, new)
+
+
+@lru_cache(maxsize=4096)
+def _shas(state: State) -> frozenset[str]:
+    """The objects of a state, one frozenset per State (States are flyweights, hashed by digest)."""
+    return state.object_shas()
+
+
+@lru_cache(maxsize=65536)
+def _with_object(objects: frozenset[str], sha: str) -> frozenset[str]:
+    """`objects | {sha}`, shared by every device that fetches the same object onto the same pool
+    (a value: the result is the same set whichever device asks)."""
+    return objects | {sha}
 
 
 def _parse(raw: object, rev: str) -> State | None:
