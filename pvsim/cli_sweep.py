@@ -14,13 +14,14 @@ import argparse
 import csv
 import itertools
 import json
+import math
 import tomllib
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
-from pvsim.cli_compare import PLOTTED, comparison_table
+from pvsim.cli_compare import comparison_table
 from pvsim.scenario import ScenarioError, load_scenario
 from pvsim.sweep import (
     METRICS,
@@ -115,7 +116,7 @@ def _by(rows: list[dict[str, Any]], key: str) -> dict[Any, list[dict[str, Any]]]
 
 
 def plot_against(rows: list[dict[str, Any]], grid: dict[str, list[Any]], key: str, title: str) -> bytes:
-    """Each plotted metric against `key`: one line (mean ± 95 % CI over seeds) per combination of
+    """Every metric against `key`: one line (mean ± 95 % CI over seeds) per combination of
     the other grid keys, or their pooled mean when there are more than six combinations."""
     from pvsim.report import figure_png, plt
 
@@ -124,8 +125,12 @@ def plot_against(rows: list[dict[str, Any]], grid: dict[str, list[Any]], key: st
     if len(combos) > 6:
         combos, others = [()], []
     values = grid[key]
-    fig, axes = plt.subplots(2, 3, figsize=(12, 6.5), dpi=100)
-    for ax, metric in zip(axes.flat, PLOTTED, strict=True):
+    ncols = 5
+    nrows = math.ceil(len(METRICS) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 2.8 * nrows), dpi=100, squeeze=False)
+    for ax in axes.flat[len(METRICS) :]:
+        ax.set_visible(False)
+    for ax, metric in zip(axes.flat, METRICS, strict=False):
         for combo in combos:
             means, errors = [], []
             for value in values:
