@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import os
 from bisect import bisect_right
 from collections import deque
 from collections.abc import Generator
@@ -111,8 +112,9 @@ class PantavisorModel:
             {"0": E.TrailView(factory.state, Progress.make(Status.DONE, Msg.FACTORY), True)},
             frozenset(factory.state.object_shas()),
         )
-        # the factory wake's result, shared by every device (see _wake_factory)
-        self._factory_template: Any = None
+        # the factory wake's result, shared by every device (see _wake_factory); PVSIM_ENGINE_MEMO=0
+        # settles every device on its own (same results, slower: for equivalence checks)
+        self._factory_template: Any = None if os.environ.get("PVSIM_ENGINE_MEMO", "1") != "0" else False
         self.settled_disk: SimDisk | None = None
         # MB used by each object pool (pools are interned, so few distinct ones)
         self._used_mb: dict[frozenset, float] = {}
