@@ -264,7 +264,8 @@ class PantavisorModel:
         return run.hub_reachable()
 
     def _sleep(self, run: DeviceRun, brain: DeviceBrain, rev: str, queue: deque) -> Generator[Any, Any, None]:
-        """Sleep until the earliest agenda entry or the next poll, then queue what became due."""
+        """Sleep until the earliest agenda entry or the next poll, then queue what became due.
+        (The hot path: `run.wait` is inlined here, one generator less per resume.)"""
         env = run.env
         poll_at = INF
         updater = brain.updater
@@ -275,16 +276,21 @@ class PantavisorModel:
                 poll_at = env._now + self.config.updater_interval
         elif updater.accepts_remote_steps:
             poll_at = env._now + self.world.poll_s
-        due = brain.agenda[0][0] if brain.agenda else INF
+        agenda = brain.agenda
+        due = agenda[0][0] if agenda else INF
         wake = min(due, poll_at)
         if wake == INF:
             # nothing left to wait for and the Hub has not heard a final status: a device that is
             # up but will not move (the step stays pending). Sleep to the end of the run.
             wake = self.world.until_s + 1.0
-        yield from run.wait(max(0.0, wake - env._now))
+        duration = max(0.0, wake - env._now)
+        if env._now + duration >= run.cut_at:  # as DeviceRun.wait: the power goes first
+            yield env.timeout(run.cut_at - env._now)
+            raise PowerCut
+        yield env.timeout(duration)
         now = env._now
-        while brain.agenda and brain.agenda[0][0] <= now:
-            _, _, item = heapq.heappop(brain.agenda)
+        while agenda and agenda[0][0] <= now:
+            _, _, item = heapq.heappop(agenda)
             self._due(run, brain, item, queue)
         if poll_at <= now:
             self._poll(run, brain, rev, queue)
