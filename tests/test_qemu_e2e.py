@@ -34,6 +34,8 @@ def _missing() -> str | None:
         return reason
     if not shutil.which("mksquashfs"):
         return "mksquashfs not installed (Debian package squashfs-tools)"
+    if not shutil.which("veritysetup"):
+        return "veritysetup not installed (Debian package cryptsetup-bin): dm-verity scenario"
     if not shutil.which("runc"):
         return "runc not installed (the guest's container runtime comes from the host)"
     return None
