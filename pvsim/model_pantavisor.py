@@ -118,6 +118,7 @@ class PantavisorModel:
         self.settled_disk: SimDisk | None = None
         # MB used by each object pool (pools are interned, so few distinct ones)
         self._used_mb: dict[frozenset, float] = {}
+        self._sizes: dict[frozenset, dict[str, int]] = {}
         self.size_mb = {}
         for rev in revs.revisions:
             self.size_mb.update(rev.sizes)
@@ -507,7 +508,10 @@ class PantavisorModel:
             return
         if self.world.table.full[run.device]:
             self.world.count("disk_full")
-        sizes = {sha: int(self.size_mb.get(sha, 0.0) * MB) for sha in command.shas}
+        # one sizes mapping per set of requested objects, shared by devices (the engine only reads it)
+        sizes = self._sizes.get(command.shas)
+        if sizes is None:
+            sizes = self._sizes[command.shas] = {sha: int(self.size_mb.get(sha, 0.0) * MB) for sha in command.shas}
         queue.append(E.MetadataReceived(command.rev, sizes, self._storage(run.device, brain.disk)))
 
     def _fetch(self, run: DeviceRun, brain: DeviceBrain, command: Any, t: float) -> None:

@@ -86,6 +86,7 @@ if TYPE_CHECKING:
     from shared.state import State
 
 LOCAL_PREFIX = "locals/"
+_NO_REVS: frozenset[str] = frozenset()
 
 
 class Phase(StrEnum):
@@ -246,7 +247,9 @@ class Updater:
         self.pv_try = disk.pv_try
         self._trails = disk.trails
         self._progress: dict[str, Progress] = {}  # records written since boot
-        self._gone: set[str] = set()  # revisions deleted since boot
+        # revisions deleted since boot; an empty frozenset until the first (most engines never
+        # delete one, and an empty set costs 216 bytes a device), see _forget
+        self._gone: frozenset[str] | set[str] = _NO_REVS
         self.objects: frozenset[str] = disk.objects
         self.storage = disk.storage
         self.update: _Update | None = None
@@ -291,7 +294,7 @@ class Updater:
         new.pv_try = self.pv_try
         new._trails = self._trails
         new._progress = dict(self._progress)
-        new._gone = set(self._gone)
+        new._gone = set(self._gone) if self._gone else _NO_REVS
         new.objects = self.objects
         new.storage = self.storage
         new.update = self.update.copy() if self.update is not None else None
@@ -751,7 +754,7 @@ class Updater:
     def _on_local_step_uploaded(self, event: LocalStepUploaded) -> None:
         if event.error or event.state is None:
             self._out.append(DeleteRevision(event.rev))
-            self._gone.add(event.rev)
+            self._forget(event.rev)
             self._progress.pop(event.rev, None)
             self._out.append(CtrlReply(422, None, event.error or Msg.BAD_FORMAT))
             return
@@ -781,7 +784,7 @@ class Updater:
         if event.removed_objects:
             self.objects = self.objects - event.removed_objects
         for rev in event.removed_revisions:
-            self._gone.add(rev)
+            self._forget(rev)
             self._progress.pop(rev, None)
 
     def _gc_command(self, reason: str) -> RunGc:
@@ -812,7 +815,8 @@ class Updater:
     def _persist(self, rev: str, record: Progress) -> None:
         """Every status change is written to disk first, then queued to the Hub (§3.2)."""
         self._progress[rev] = record
-        self._gone.discard(rev)
+        if rev in self._gone:
+            self._gone.discard(rev)  # type: ignore[union-attr]  # non-empty: a set
         self._out.append(PersistProgress(rev, record))
         self._report(rev, record)
 
@@ -827,6 +831,12 @@ class Updater:
             self.pv_try = pv_try
         redundant = self.config.ordering is Ordering.HARDENED
         self._out.append(SetBootEnv(pv_rev=pv_rev, pv_try=pv_try, redundant=redundant))
+
+    def _forget(self, rev: str) -> None:
+        """`rev` was deleted from disk: its trail's records no longer count."""
+        if not self._gone:
+            self._gone = set()
+        self._gone.add(rev)  # type: ignore[union-attr]
 
     def _take(self) -> list[Command]:
         out, self._out = self._out, []
