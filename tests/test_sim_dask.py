@@ -22,9 +22,9 @@ pytestmark = pytest.mark.xdist_group("dask")
 @pytest.fixture(scope="module")
 def client():
     # threads in this process talking over the in-process transport: quick to start, no socket
-    # beyond loopback, no dashboard
+    # beyond loopback (the scheduler's HTTP server always starts: bind it to 127.0.0.1, any port)
     with distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None
+        n_workers=2, threads_per_worker=1, processes=False, dashboard_address="127.0.0.1:0"
     ) as cluster, distributed.Client(cluster) as dask_client:
         yield dask_client
 
@@ -77,14 +77,18 @@ def test_failing_grid_point_is_reported_with_traceback_and_others_finish(client,
     assert report_failures([rows[0]], console) == 0
 
 
-def test_sharded_run_on_dask_actors_matches_process_shards_and_unsharded(client):
+def test_sharded_run_agrees_with_unsharded_and_is_the_same_on_dask_actors(client):
+    # one test, not a shared fixture: xdist may split a module's tests over workers
     scenario = load_scenario(REPO / "scenarios" / "quickstart.toml", **{"fleet.devices": 4000})
-    on_dask = run_sharded(scenario, shards=2, dask=client)
+    unsharded = run_scenario(scenario)
     on_pool = run_sharded(scenario, shards=2, workers=2)
+    report = compare_runs(unsharded, on_pool)
+    assert report["max_adoption_gap_pp"] <= 2.0, report
+    assert report["decisions_within_one_epoch"], report["decisions"]
+    assert report["decisions"][-1]["sharded"]["state"] == "paused"
+    on_dask = run_sharded(scenario, shards=2, dask=client)
     volatile = {"wall_s", "peak_rss_mb"}
     assert {k: v for k, v in on_dask.results.items() if k not in volatile} == {
         k: v for k, v in on_pool.results.items() if k not in volatile
     }
-    report = compare_runs(run_scenario(scenario), on_dask)
-    assert report["max_adoption_gap_pp"] <= 2.0, report
-    assert report["decisions_within_one_epoch"], report["decisions"]
+    assert on_dask.timeline == on_pool.timeline and on_dask.releases == on_pool.releases

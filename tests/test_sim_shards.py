@@ -1,5 +1,6 @@
-"""Sharded runs (pvsim.shard) on local worker processes: the merged result has the shape of an
-unsharded run and stays within the documented tolerance of it."""
+"""Sharded runs (pvsim.shard) on local worker processes: the merged result is one fleet of the
+usual shape, reproducible whatever the worker count. (Agreement with the unsharded run at 4 000
+devices is in test_sim_dask.py, next to the same run on Dask actors.)"""
 
 from __future__ import annotations
 
@@ -18,17 +19,8 @@ QUICKSTART = REPO / "scenarios" / "quickstart.toml"
 
 @pytest.fixture(scope="module")
 def pair():
-    scenario = load_scenario(QUICKSTART, **{"fleet.devices": 4000})
+    scenario = load_scenario(QUICKSTART, **{"fleet.devices": 1200})
     return scenario, run_scenario(scenario), run_sharded(scenario, shards=2, workers=2)
-
-
-def test_sharded_quickstart_agrees_with_unsharded(pair):
-    _scenario, unsharded, sharded = pair
-    report = compare_runs(unsharded, sharded)
-    assert report["max_adoption_gap_pp"] <= 2.0, report
-    assert report["decisions_within_one_epoch"], report["decisions"]
-    bad = report["decisions"][-1]
-    assert bad["sharded"]["state"] == "paused" and bad["gap_epochs"] is not None
 
 
 def test_merged_result_is_one_fleet(pair):
@@ -37,12 +29,13 @@ def test_merged_result_is_one_fleet(pair):
     assert sharded.results.keys() == unsharded.results.keys()
     assert sum(sharded.results["final_revision_counts"].values()) == n
     assert all(sum(row) == n for row in sharded.timeline["counts"])
-    assert sharded.extras["shard_devices"] == [2000, 2000]
+    assert sharded.extras["shard_devices"] == [600, 600]
     first = sharded.releases[0]
     assert first["admitted"] == n and first["state"] == "completed"
-    # every device took the good release once; the sums over shards must say so too
     assert first["committed"] + first["rolled_back"] + first["wontgo"] + first["bricked"] <= n
     assert abs(first["committed"] - unsharded.releases[0]["committed"]) <= 0.02 * n
+    assert sharded.releases[1]["state"] == unsharded.releases[1]["state"] == "paused"
+    assert compare_runs(unsharded, sharded)["max_adoption_gap_pp"] <= 2.0
 
 
 def test_sharded_run_is_reproducible_whatever_the_worker_count():
