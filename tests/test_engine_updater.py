@@ -33,6 +33,7 @@ from shared.engine.events import (
     GcDone,
     HubReached,
     HubRequestFailed,
+    LocalStepStarted,
     LocalStepUploaded,
     MetadataFailed,
     MetadataReceived,
@@ -416,6 +417,17 @@ def test_local_upload_failure_deletes_the_revision_with_422():
     u = running_idle()
     cmds = u.handle(LocalStepUploaded("locals/x", None, Msg.SIG_FAILED))
     assert DeleteRevision("locals/x") in cmds and CtrlReply(422, None, Msg.SIG_FAILED) in cmds
+
+
+def test_a_step_upload_never_replaces_the_running_or_rollback_revision():
+    u = running_idle()
+    running = u.running_rev
+    for event in (LocalStepStarted(running), LocalStepUploaded(running, APP)):
+        cmds = u.handle(event)
+        assert not of(cmds, PersistProgress) and not of(cmds, DeleteRevision)
+        assert [c.status for c in of(cmds, CtrlReply)] == [409]
+    cmds = u.handle(LocalStepStarted("locals/new"))
+    assert records(cmds) == [(Status.NEW, Msg.NOT_INSTALLED)] and CtrlReply(200) in cmds
 
 
 def test_local_run_commit_forces_a_reboot_and_local_run_is_refused_while_busy():

@@ -163,7 +163,9 @@ class CtrlApi:
             return Response.error(422, staged_error)
         state, error = self._check_state(body, rev)
         self.device.executor.forget_state(rev)
-        self.device.submit(LocalStepStarted(rev))
+        started = self.device.submit(LocalStepStarted(rev))
+        if started.status != 200:  # nothing written: e.g. the revision is running
+            return Response.error(started.status, started.body or "step refused")
         if state is not None:
             try:
                 self.storage.write_state(rev, state.entries)

@@ -748,10 +748,31 @@ class Updater:
             return self._wontgo(event.state_error or Msg.NOT_FOUND)
         return self._install(u, force_reboot=force_reboot)
 
+    def _revision_in_use(self, rev: str) -> str | None:
+        """Why a step upload may not replace `rev`: the device runs it, tries it, updates to it or
+        keeps it as its rollback point. Pantavisor leaves this to whoever calls pv-ctrl; pvtwin
+        refuses (docs/engine.md), since overwriting such a trail loses the record of its outcome."""
+        uses = (
+            (self.running_rev, "the running revision"),
+            (self.update_rev, "the revision being updated to"),
+            (self.pv_try, "the revision being tried (pv_try)"),
+            (self.pv_rev, "the rollback point (pv_rev)"),
+        )
+        return next((what for used, what in uses if used == rev), None)
+
     def _on_local_step_started(self, event: LocalStepStarted) -> None:
+        in_use = self._revision_in_use(event.rev)
+        if in_use is not None:
+            self._out.append(CtrlReply(409, None, f"{event.rev} is {in_use}"))
+            return
         self._persist(event.rev, Progress.make(Status.NEW, Msg.NOT_INSTALLED))
+        self._out.append(CtrlReply(200))
 
     def _on_local_step_uploaded(self, event: LocalStepUploaded) -> None:
+        in_use = self._revision_in_use(event.rev)
+        if in_use is not None:  # a backend that skipped LocalStepStarted
+            self._out.append(CtrlReply(409, None, f"{event.rev} is {in_use}"))
+            return
         if event.error or event.state is None:
             self._out.append(DeleteRevision(event.rev))
             self._forget(event.rev)
