@@ -12,6 +12,8 @@ pvtwin's discrete-event simulator.
 
   pvsim crashcheck                 cut power at every durable step of an update; check invariants
   pvsim run SCENARIO               simulate a fleet rollout; write results, plots and a report
+                                   (--shards N [--dask ADDR]: one giant fleet in parallel shards)
+  pvsim shard-check SCENARIO       how far a sharded run is from the unsharded one
   pvsim compare SCENARIO           strategies or update models side by side over many seeds
   pvsim sweep SCENARIO --grid ...  factorial parameter sweeps (process pool or Dask)
   pvsim bench                      event rate, events per device-update, memory per device
