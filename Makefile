@@ -18,7 +18,7 @@ demo: $(STAMP)
 	$(BIN)/pvsim run scenarios/quickstart.toml --out results/quickstart
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -n 2 --dist loadgroup
+	$(BIN)/python -m pytest -n 2 --dist loadgroup --durations=15
 
 bench: $(STAMP)
 	$(BIN)/pvsim bench
