@@ -73,7 +73,7 @@ class CtrlClient:
         length: int | None = None,
         content_type: str = "application/json",
     ) -> Answer:
-        conn = UnixHTTPConnection(self.path, self.timeout)
+        conn = self._connection()
         headers = {}
         if body is not None:
             headers["Content-Type"] = content_type
@@ -87,6 +87,10 @@ class CtrlClient:
             raise CtrlError(f"{method} {url}: {exc}", source=str(self.path)) from None
         finally:
             conn.close()
+
+    def _connection(self) -> http.client.HTTPConnection:
+        """A fresh connection per request, as pv-ctrl serves one request per connection."""
+        return UnixHTTPConnection(self.path, self.timeout)
 
     def checked(self, method: str, url: str, body: bytes | None = None, **kw: Any) -> Answer:
         answer = self.request(method, url, body, **kw)

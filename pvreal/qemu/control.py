@@ -13,7 +13,7 @@ import http.client
 import socket
 import time
 from collections.abc import Mapping
-from typing import Any, BinaryIO
+from typing import Any
 
 from pvreal.ctrl.client import Answer, CtrlClient, CtrlError
 from pvreal.storage import ObjectStore, is_sha
@@ -34,28 +34,8 @@ class TcpCtrlClient(CtrlClient):
         super().__init__(f"127.0.0.1:{port}", timeout)
         self.port = port
 
-    def request(
-        self,
-        method: str,
-        url: str,
-        body: bytes | BinaryIO | None = None,
-        *,
-        length: int | None = None,
-        content_type: str = "application/json",
-    ) -> Answer:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout)
-        headers = {}
-        if body is not None:
-            headers["Content-Type"] = content_type
-            headers["Content-Length"] = str(len(body) if isinstance(body, bytes) else length)
-        try:
-            conn.request(method, url, body=body, headers=headers)
-            response = conn.getresponse()
-            return Answer(response.status, response.read(), dict(response.getheaders()))
-        except (OSError, http.client.HTTPException) as exc:
-            raise CtrlError(f"{method} {url}: {exc}", source=f"127.0.0.1:{self.port}") from None
-        finally:
-            conn.close()
+    def _connection(self) -> http.client.HTTPConnection:
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout)
 
     def wait_up(self, timeout: float) -> dict[str, Any]:
         """Poll /status until the device answers with a booted revision; its status."""
