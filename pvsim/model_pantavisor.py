@@ -31,6 +31,7 @@ from collections.abc import Generator
 from typing import Any
 
 from pvsim.device import INF, DeviceRun, PowerCut
+from pvsim.engine_memo import EngineMemo, EngineState
 from pvsim.world import BRICKED_OUT, COMMITTED, FAIL, OK, ROLLED_BACK, SILENT, WONTGO, World
 from shared.engine import Config, Ordering, Progress, Status
 from shared.engine import commands as C
@@ -80,10 +81,10 @@ class SimDisk:
 class DeviceBrain:
     """A live device between updates: its engine instance, its disk and what it is waiting for."""
 
-    __slots__ = ("updater", "disk", "booted", "agenda", "seq", "timers", "hub_progress", "hub_confirmed")
+    __slots__ = ("engine", "disk", "booted", "agenda", "seq", "timers", "hub_progress", "hub_confirmed")
 
-    def __init__(self, updater: Any, disk: SimDisk, booted: str) -> None:
-        self.updater = updater
+    def __init__(self, engine: EngineState, disk: SimDisk, booted: str) -> None:
+        self.engine = engine  # shared with every device whose engine is equal (pvsim.engine_memo)
         self.disk = disk
         self.booted = booted
         self.agenda: list[tuple[float, int, Any]] = []
@@ -112,9 +113,12 @@ class PantavisorModel:
             {"0": E.TrailView(factory.state, Progress.make(Status.DONE, Msg.FACTORY), True)},
             frozenset(factory.state.object_shas()),
         )
-        # the factory wake's result, shared by every device (see _wake_factory); PVSIM_ENGINE_MEMO=0
-        # settles every device on its own (same results, slower: for equivalence checks)
-        self._factory_template: Any = None if os.environ.get("PVSIM_ENGINE_MEMO", "1") != "0" else False
+        # Devices share engines (pvsim.engine_memo) and the factory wake's result (_wake_factory).
+        # PVSIM_ENGINE_MEMO=0 gives each device its own engine and settles each one on its own:
+        # the same results, slower (tests/test_sim_perf.py checks that they are the same).
+        shared = os.environ.get("PVSIM_ENGINE_MEMO", "1") != "0"
+        self.memo = EngineMemo(self.Updater, self.config, shared=shared)
+        self._factory_template: Any = None if shared else False
         self.settled_disk: SimDisk | None = None
         # MB used by each object pool (pools are interned, so few distinct ones)
         self._used_mb: dict[frozenset, float] = {}
@@ -155,7 +159,10 @@ class PantavisorModel:
         return E.StorageStats(total, max(0, int((free_mb - used) * MB)))
 
     def _view(self, device: int, disk: SimDisk, booted: str) -> E.DiskView:
-        return E.DiskView(booted, disk.pv_rev, disk.pv_try, disk.trails, disk.objects, self._storage(device, disk))
+        # the engine keeps the trails as they were at boot: a copy, since the disk's own dict goes on
+        # changing (and the engine may be shared with devices whose disks are not this one)
+        trails = dict(disk.trails)
+        return E.DiskView(booted, disk.pv_rev, disk.pv_try, trails, disk.objects, self._storage(device, disk))
 
     def _defect(self, device: int, rev: str) -> str:
         """The defect revision `rev` shows on this device (hot: a dict miss for good releases)."""
@@ -186,9 +193,9 @@ class PantavisorModel:
         while True:
             try:
                 rebooting = False
-                handle = brain.updater.handle
+                step = self.memo.handle
                 while queue and not rebooting:
-                    commands = handle(queue.popleft())
+                    brain.engine, commands = step(brain.engine, queue.popleft())
                     if not commands:
                         continue  # most events change nothing outside the engine
                     writes, failed_at, rebooting = self._plan(run, brain, commands, queue)
@@ -235,8 +242,8 @@ class PantavisorModel:
 
     def _poll(self, run: DeviceRun, brain: DeviceBrain, rev: str, queue: deque) -> None:
         """A Hub poll now: the pending step (if the Hub still lists it) or a failed request."""
-        updater = brain.updater
-        if updater.watches_hub:
+        engine = brain.engine
+        if engine.watches_hub:
             # the Hub client keeps talking to the Hub while a remote update is tried (§3.5)
             if self._hub_ok(run, brain):
                 brain.hub_confirmed = True
@@ -244,10 +251,10 @@ class PantavisorModel:
             else:
                 queue.append(E.HubRequestFailed())
             return
-        if not updater.accepts_remote_steps:
+        if not engine.accepts_remote_steps:
             return
         if not self._hub_ok(run, brain):
-            if updater.watches_hub:
+            if engine.watches_hub:
                 queue.append(E.HubRequestFailed())
             return
         heard = brain.hub_progress.get(rev)
@@ -269,13 +276,13 @@ class PantavisorModel:
         (The hot path: `run.wait` is inlined here, one generator less per resume.)"""
         env = run.env
         poll_at = INF
-        updater = brain.updater
-        if updater.watches_hub:
+        engine = brain.engine
+        if engine.watches_hub:
             if brain.hub_confirmed:
                 poll_at = self._next_failed_contact(run, brain, env._now)
             else:
                 poll_at = env._now + self.config.updater_interval
-        elif updater.accepts_remote_steps:
+        elif engine.accepts_remote_steps:
             poll_at = env._now + self.world.poll_s
         agenda = brain.agenda
         due = agenda[0][0] if agenda else INF
@@ -498,7 +505,7 @@ class PantavisorModel:
         ok = self._hub_ok(run, brain)
         if ok:
             brain.hub_progress[command.rev] = command.record
-        if brain.updater.watches_hub:
+        if brain.engine.watches_hub:
             brain.hub_confirmed = brain.hub_confirmed or ok
             queue.append(E.HubReached() if ok else E.HubRequestFailed())
 
@@ -636,7 +643,7 @@ class PantavisorModel:
         brain.booted = choice.rev
         brain.hub_confirmed = False
         world.set_running(run.device, int(choice.rev))
-        brain.updater, commands = self.Updater.boot(self._view(run.device, disk, choice.rev), cfg)
+        brain.engine, commands = self.memo.boot(self._view(run.device, disk, choice.rev))
         rebooting = yield from self._execute(run, brain, commands, queue)
         if rebooting:
             yield from self._reboot(run, brain, queue)
@@ -645,26 +652,23 @@ class PantavisorModel:
         """A device that has run its factory revision since before the simulation: boot the engine
         on the factory disk and settle it instantly (containers up, no time spent).
 
-        Every device settles the same way (no randomness, no time; the engine is deterministic),
-        except for the storage figures the engine is booted with, which it only stores while
-        settling. So the first device's settled engine and disk are a template: later devices get
-        a copy of the engine with their own storage figures and share the settled disk until they
-        write (copy-on-write, see `_own_disk`)."""
+        Every device settles the same way (no randomness, no time; the engine is deterministic and
+        the storage figures it boots with decide nothing here unless GC runs), so the first
+        device's settled engine and disk are a template: later devices share both, the disk until
+        they write to it (copy-on-write, see `_own_disk`)."""
         template = self._factory_template
         if template is None:
             brain, reusable = self._settle_factory(run)
             if reusable:
                 self.settled_disk = brain.disk
-                self._factory_template = (brain.updater.copy(), dict(brain.hub_progress), brain.seq)
+                self._factory_template = (brain.engine, dict(brain.hub_progress), brain.seq)
             else:
                 self._factory_template = False
             return brain
         if template is False:
             return self._settle_factory(run)[0]
-        updater, hub_progress, seq = template
-        updater = updater.copy()
-        updater.storage = self._storage(run.device, self.factory_disk)
-        brain = DeviceBrain(updater, self.settled_disk, "0")
+        engine, hub_progress, seq = template
+        brain = DeviceBrain(engine, self.settled_disk, "0")
         brain.hub_progress = dict(hub_progress)
         brain.seq = seq
         run.mb_written = 0.0
@@ -674,8 +678,8 @@ class PantavisorModel:
         """Boot and settle one device on the factory disk; also says whether the result is the same
         for every device (it is unless a GC ran: GC results depend on the device's storage)."""
         disk = self.factory_disk
-        updater, commands = self.Updater.boot(self._view(run.device, disk, "0"), self.config)
-        brain = DeviceBrain(updater, disk, "0")
+        engine, commands = self.memo.boot(self._view(run.device, disk, "0"))
+        brain = DeviceBrain(engine, disk, "0")
         pending = deque(commands)
         settled = 0
         reusable = True
@@ -704,9 +708,10 @@ class PantavisorModel:
                 events.append(E.TimerFired(command.name))  # it ran out long before the simulation
             elif kind is C.ReportProgress:
                 brain.hub_progress[command.rev] = command.record
-                if updater.watches_hub:
+                if brain.engine.watches_hub:
                     events.append(E.HubReached())
             for event in events:
-                pending.extend(updater.handle(event))
+                brain.engine, more = self.memo.handle(brain.engine, event)
+                pending.extend(more)
         run.mb_written = 0.0
         return brain, reusable and not brain.agenda and not brain.timers

@@ -67,3 +67,61 @@ def test_updater_copy_is_complete_and_independent():
     out_twin = twin.handle(E.ContainerStarted(name))
     assert original.copy().handle(E.ContainerStarted(name)) == out_twin
     assert twin.containers.recs[name].status != original.containers.recs[name].status
+
+
+def _fingerprint_reads_every_slot(obj, exempt=frozenset()):
+    """Replacing any field (but the exempt ones) by a foreign value changes the fingerprint or
+    breaks it: a field the fingerprint did not read would let two different engines be shared."""
+    base = obj.fingerprint()
+    missed = []
+    for slot in type(obj).__slots__:
+        if slot in exempt:
+            continue
+        saved = getattr(obj, slot)
+        setattr(obj, slot, object())
+        try:
+            if obj.fingerprint() == base:
+                missed.append(slot)
+        except Exception:
+            pass  # it read the field
+        finally:
+            setattr(obj, slot, saved)
+    assert not missed, f"{type(obj).__name__}.fingerprint ignores {missed}"
+
+
+def test_engine_fingerprint_covers_every_field():
+    from pvsim.revisions import RevisionSet
+    from pvsim.testing import scenario
+    from shared.engine.containers import Containers, _Rec
+    from shared.engine.updater import _Update
+
+    revs = RevisionSet(scenario())
+    updater, _ = _booted(revs.revisions[0].state)
+    updater.update = _Update("1", revs.revisions[1].state, 0)
+    _fingerprint_reads_every_slot(updater, exempt={"_out"})
+    _fingerprint_reads_every_slot(updater.update)
+    containers = updater.containers
+    assert isinstance(containers, Containers)
+    # the layout follows from the state and the config, both in the fingerprint
+    _fingerprint_reads_every_slot(containers, exempt={"layout"})
+    rec = next(iter(containers.recs.values()))
+    assert isinstance(rec, _Rec)
+    # a record's spec, goal and group follow from the state, in Containers.fingerprint
+    with_exempt = {"spec", "goal", "group"}
+    _fingerprint_reads_every_slot(rec, exempt=with_exempt)
+
+
+def test_devices_share_engines():
+    """The fleet holds one engine per distinct engine state, far fewer than devices, and most
+    steps are looked up rather than computed."""
+    from pvsim.model_pantavisor import PantavisorModel
+    from pvsim.world import World
+
+    scenario = load_scenario(SCENARIOS / "quickstart.toml", **{"fleet.devices": 2000})
+    world = World(scenario, PantavisorModel)
+    world.run()
+    memo = world.model.memo
+    steps = world.env.events  # an upper bound's companion: every SimPy event of the run
+    assert memo.shared
+    assert len(memo.states) < 200, len(memo.states)
+    assert memo.computed < steps / 4, (memo.computed, steps)

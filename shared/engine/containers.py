@@ -90,6 +90,10 @@ class _Rec:
         new.status, new.retries, new.stable, new.given_up = self.status, self.retries, self.stable, self.given_up
         return new
 
+    def fingerprint(self) -> tuple:
+        # spec, goal and group follow from the revision's state (in Containers.fingerprint)
+        return (self.status, self.retries, self.stable, self.given_up)
+
     @property
     def achieved(self) -> bool:
         return self.goal <= self.status <= CStatus.READY
@@ -151,6 +155,16 @@ class Containers:
         new.recs = {name: rec.copy() for name, rec in self.recs.items()}
         new.group_status = list(self.group_status)
         return new
+
+    def fingerprint(self) -> tuple:
+        """Every field, as a hashable value (see Updater.fingerprint); the layout follows from the
+        state and the engine's config."""
+        return (
+            self.rev,
+            self.state,
+            tuple((name, rec.fingerprint()) for name, rec in self.recs.items()),
+            tuple(self.group_status),
+        )
 
     @property
     def group_names(self) -> tuple[str, ...]:

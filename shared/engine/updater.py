@@ -188,6 +188,7 @@ class _Update:
         "hub_failures",
         "commit_due",
         "waiting_stable",
+        "space",
     )
 
     def __init__(self, rev: str, state: State | None, retries: int, *, tried: bool = False):
@@ -205,6 +206,9 @@ class _Update:
         self.hub_failures = 0
         self.commit_due = False
         self.waiting_stable = False
+        # the storage figures of the space check that ran GC (GC_FOR_SPACE only): the second check
+        # falls back to them when GcDone brings none
+        self.space: StorageStats | None = None
 
     def copy(self) -> _Update:
         new = _Update.__new__(_Update)
@@ -213,6 +217,26 @@ class _Update:
         new.todo = list(self.todo)
         new.inflight = set(self.inflight)
         return new
+
+    def fingerprint(self) -> tuple:
+        """Every field, as a hashable value (see Updater.fingerprint)."""
+        return (
+            self.rev,
+            self.state,
+            self.remote,
+            self.retries,
+            self.tried,
+            self.transition,
+            tuple(self.todo),  # an ordered queue: fetched from its end
+            frozenset(self.inflight),
+            frozenset(self.sizes.items()),
+            self.gc_tried,
+            self.hub_ok,
+            self.hub_failures,
+            self.commit_due,
+            self.waiting_stable,
+            self.space,
+        )
 
 
 class Updater:
@@ -230,7 +254,6 @@ class Updater:
         "_progress",
         "_gone",
         "objects",
-        "storage",
         "update",
         "containers",
         "local_mode",
@@ -251,7 +274,6 @@ class Updater:
         # delete one, and an empty set costs 216 bytes a device), see _forget
         self._gone: frozenset[str] | set[str] = _NO_REVS
         self.objects: frozenset[str] = disk.objects
-        self.storage = disk.storage
         self.update: _Update | None = None
         self.containers: Containers | None = None
         self.local_mode = disk.booted_rev.startswith(LOCAL_PREFIX)
@@ -296,12 +318,35 @@ class Updater:
         new._progress = dict(self._progress)
         new._gone = set(self._gone) if self._gone else _NO_REVS
         new.objects = self.objects
-        new.storage = self.storage
         new.update = self.update.copy() if self.update is not None else None
         new.containers = self.containers.copy() if self.containers is not None else None
         new.local_mode = self.local_mode
         new._out = list(self._out)
         return new
+
+    def fingerprint(self) -> tuple:
+        """Everything that decides this engine's future, as one hashable value: two engines with
+        equal fingerprints answer every sequence of events with the same commands. A simulator may
+        therefore let devices whose engines are equal share one (pvsim's EngineMemo). The disk's
+        trail view is read as it was at boot (backends pass a snapshot)."""
+        assert not self._out, "fingerprint between handle calls only"
+        u, c = self.update, self.containers
+        return (
+            self.config,
+            self.phase,
+            self.booted_rev,
+            self.running_rev,
+            self.running_state,
+            self.pv_rev,
+            self.pv_try,
+            frozenset(self._trails.items()),
+            frozenset(self._progress.items()),
+            frozenset(self._gone),
+            self.objects,
+            u.fingerprint() if u is not None else None,
+            c.fingerprint() if c is not None else None,
+            self.local_mode,
+        )
 
     @property
     def update_active(self) -> bool:
@@ -472,7 +517,6 @@ class Updater:
         if u is None or event.rev != u.rev:
             return self.phase
         u.sizes = event.sizes
-        self.storage = event.storage
         return self._space_check(u, event.storage, allow_gc=True)
 
     def _on_metadata_failed(self, event: Event) -> Phase:
@@ -491,7 +535,7 @@ class Updater:
         self._gc_done(event)
         u = self.update
         assert u is not None
-        storage = event.storage or self.storage
+        storage = event.storage or u.space
         if storage is None:
             return self._wontgo(Msg.INTERNAL)
         return self._space_check(u, storage, allow_gc=False)
@@ -503,6 +547,7 @@ class Updater:
         if required > available:
             if allow_gc and not u.gc_tried:
                 u.gc_tried = True
+                u.space = storage
                 self._out.append(self._gc_command("space"))
                 return Phase.GC_FOR_SPACE
             return self._wontgo(Msg.space_required(required, max(available, 0)))
@@ -784,7 +829,7 @@ class Updater:
 
     def _on_wait_tick(self, event: WaitTick) -> None:
         """§2.3 trigger 2: threshold GC, never while downloading or just after an object PUT."""
-        self.storage = s = event.storage
+        s = event.storage
         cfg = self.config
         if cfg.gc_threshold <= 0 or self.phase in (Phase.DOWNLOADING, Phase.GC_FOR_SPACE):
             return
@@ -800,8 +845,6 @@ class Updater:
         self.objects = _with_object(self.objects, event.sha)
 
     def _gc_done(self, event: GcDone) -> None:  # R4
-        if event.storage is not None:
-            self.storage = event.storage
         if event.removed_objects:
             self.objects = self.objects - event.removed_objects
         for rev in event.removed_revisions:
