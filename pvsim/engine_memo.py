@@ -8,9 +8,10 @@ still decides everything: each transition is computed once, by `Updater.handle` 
 shared engine, and the copy is interned by its fingerprint.
 
 Events that carry figures of one device (storage in MetadataReceived, GcDone and WaitTick; the
-uptime in ContainerExited) never repeat, so they are not remembered: they are computed on a copy
-and the result interned, which is where devices meet again (after the space check, two engines
-differ only if its verdict did).
+uptime in ContainerExited) rarely repeat. For them the engine says what decides its answer
+(`Updater.memo_key`): a metadata answer whose objects fit is remembered without its storage
+figures; the others are computed on a copy and the result interned, which is where devices meet
+again.
 
 With `shared=False` (PVSIM_ENGINE_MEMO=0) every device gets its own Updater, stepped in place: the
 same results, without the sharing (tests/test_sim_perf.py compares the two).
@@ -60,12 +61,16 @@ class EngineMemo:
             commands = state.updater.handle(event)
             state.refresh()
             return state, commands
+        key: Any = event
         kind = type(event)
         if kind in _PER_DEVICE:
-            return self._compute(state, event)
-        hit = state.after.get(event)
+            key = state.updater.memo_key(event)
+            if key is None:
+                return self._compute(state, event)
+            key = (kind, key)  # never equal to an event
+        hit = state.after.get(key)
         if hit is None:
-            hit = state.after[event] = self._compute(state, event)
+            hit = state.after[key] = self._compute(state, event)
         return hit
 
     def _compute(self, state: EngineState, event: Any) -> tuple[EngineState, list]:

@@ -125,3 +125,45 @@ def test_devices_share_engines():
     assert memo.shared
     assert len(memo.states) < 200, len(memo.states)
     assert memo.computed < steps / 4, (memo.computed, steps)
+
+
+def test_metadata_memo_key_decides_the_answer():
+    """Two metadata answers with the same Updater.memo_key get the same commands and leave equal
+    engines; answers whose objects do not fit have no key (their figures matter)."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from pvsim.revisions import RevisionSet
+    from pvsim.testing import scenario
+
+    revs = RevisionSet(scenario())
+    factory, new = revs.revisions[0].state, revs.revisions[1].state
+    updater, _ = _booted(factory)
+    for c in factory.containers:
+        updater.handle(E.ContainerStarted(c.name))
+        updater.handle(E.ContainerReady(c.name))
+    commands = updater.handle(E.PendingSteps((E.Step("1", new),)))
+    (fetch,) = [c for c in commands if type(c).__name__ == "FetchMetadata"]
+    sizes = {sha: 1_000_000 for sha in fetch.shas}
+    need = len(sizes) * 1_000_000
+
+    def answer(free: int):
+        engine = updater.copy()
+        event = E.MetadataReceived("1", sizes, E.StorageStats(10 * need, free))
+        key = engine.memo_key(event)
+        out = engine.handle(event)
+        return key, out, engine.fingerprint()
+
+    @settings(max_examples=60, deadline=None)
+    @given(st.integers(0, 3 * need), st.integers(0, 3 * need))
+    def check(free_a: int, free_b: int):
+        key_a, out_a, fp_a = answer(free_a)
+        key_b, out_b, fp_b = answer(free_b)
+        if key_a is not None and key_a == key_b:
+            assert out_a == out_b and fp_a == fp_b
+        if key_a is None:
+            assert any(type(c).__name__ in ("RunGc", "PersistProgress") for c in out_a)
+
+    check()
+    fits, short = answer(10 * need), answer(0)
+    assert fits[0] is not None and short[0] is None

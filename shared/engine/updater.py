@@ -348,6 +348,24 @@ class Updater:
             self.local_mode,
         )
 
+    def memo_key(self, event: Event) -> object | None:
+        """A hashable value that decides this engine's answer to `event` as fully as the event
+        does, or None when only the event itself does and it should not be remembered.
+
+        It exists for a simulator sharing engines between devices (pvsim.engine_memo): metadata
+        answers carry each device's storage figures, but when the missing objects fit (the usual
+        case) the figures decide nothing more (_on_metadata keeps none of them), so devices whose
+        objects fit get the same answer."""
+        if type(event) is not MetadataReceived:
+            return None
+        u = self.update
+        if self.phase is not Phase.QUEUED or u is None or event.rev != u.rev:
+            return event.rev  # ignored (R5 or the rev check): no field decides anything
+        required, available = self._space(u, event.sizes, event.storage)
+        if required > available:
+            return None  # GC or WONTGO: the figures matter
+        return (event.rev, frozenset(event.sizes.items()))
+
     @property
     def update_active(self) -> bool:
         return self.phase in UPDATE_PHASES
@@ -542,8 +560,7 @@ class Updater:
 
     def _space_check(self, u: _Update, storage: StorageStats, *, allow_gc: bool) -> Phase:
         """§2.3 trigger 1: missing objects must fit in real free space; GC once, then WONTGO."""
-        required = sum(u.sizes.get(sha, 0) for sha in u.todo if sha not in self.objects)
-        available = storage.real_free(self.config.gc_reserved)
+        required, available = self._space(u, u.sizes, storage)
         if required > available:
             if allow_gc and not u.gc_tried:
                 u.gc_tried = True
@@ -555,6 +572,11 @@ class Updater:
         self._set_progress(Status.DOWNLOADING, Msg.download_retry(u.retries, limit))
         u.todo = [sha for sha in u.todo if sha not in self.objects]
         return self._fetch_more(u)
+
+    def _space(self, u: _Update, sizes: Mapping[str, int], storage: StorageStats) -> tuple[int, int]:
+        """(bytes the missing objects need, real free bytes)."""
+        required = sum(sizes.get(sha, 0) for sha in u.todo if sha not in self.objects)
+        return required, storage.real_free(self.config.gc_reserved)
 
     def _fetch_more(self, u: _Update) -> Phase:
         while u.todo and len(u.inflight) < self.config.transfer_max_count:
