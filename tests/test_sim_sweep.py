@@ -71,3 +71,10 @@ def test_sweep_cli_writes_tidy_table_summary_and_plots(tmp_path, capsys):
     assert doc["failures"] == [] and doc["seeds"] == 2
     for key in ("rollout.strategy", "faults.power_cuts_per_device_day"):
         assert (out / f"plot-{key}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the Parquet table (pyarrow is installed by `make test`) holds the CSV's rows, typed
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(out / "sweep.parquet").to_pylist()
+    assert [str(r["run_seed"]) for r in table] == [r["run_seed"] for r in runs]
+    assert [r["power_cuts"] for r in table] == [int(r["power_cuts"]) for r in runs]
+    assert {r["faults.power_cuts_per_device_day"] for r in table} == {0, 50}
