@@ -49,8 +49,6 @@ def run_scenario(
     finally:
         if gc_was_enabled:
             gc.enable()
-    # env.run(until=...) schedules one stop event per call; they are the runner's, not the twin's
-    events = world.env.events - (chunks if progress is not None else 1)
-    result = collect(world, wall, events)
+    result = collect(world, wall, world.env.events)
     result.extras["cpu_s"] = round(cpu, 3)
     return result
