@@ -17,7 +17,8 @@ gives each command a modelled duration and an outcome, and feeds the resulting e
 Event economy: a batch of commands returned by one `handle` call costs at most one SimPy timeout
 (the sum of its durable writes); everything else the device is waiting for (timers, transfers,
 containers, the next poll) sits in a small per-device agenda and the device sleeps until the
-earliest entry. Engine calls are plain Python calls.
+earliest entry. Engine calls are plain Python calls, through `pvsim.engine_memo`: devices whose
+engines are equal share one.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ class SimDisk:
 
 
 class DeviceBrain:
-    """A live device between updates: its engine instance, its disk and what it is waiting for."""
+    """A live device between updates: its (shared) engine state, its disk and what it is waiting for."""
 
     __slots__ = ("engine", "disk", "booted", "agenda", "seq", "timers", "hub_progress", "hub_confirmed")
 
