@@ -23,6 +23,7 @@ engines are equal share one.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import math
 import os
@@ -43,6 +44,16 @@ from shared.engine.progress import Msg
 
 MB = 1_000_000
 APP_DEFECTS = ("container_crash", "never_ready", "breaks_network")
+# Events without fields, and a cache of the others (pvsim.model_pantavisor.PantavisorModel.event):
+# events are values, so devices can share them instead of building millions of equal ones.
+HUB_REACHED = E.HubReached()
+HUB_REQUEST_FAILED = E.HubRequestFailed()
+
+
+def _new_event(kind: type, *fields: Any) -> Any:
+    return kind(*fields)
+
+
 # A request to an unreachable Hub fails when it times out (PH_LIBEVENT_HTTP_TIMEOUT, 60 s);
 # requests to a reachable Hub are modelled as instantaneous.
 HTTP_TIMEOUT_S = 60.0
@@ -104,6 +115,8 @@ class PantavisorModel:
         overrides.setdefault("PVTWIN_ORDERING", Ordering.HARDENED.value if cfg.hardened else Ordering.FAITHFUL.value)
         self.config: Config = Config.from_mapping(overrides, source=f"{world.scenario.name}: update_model.engine")
         self.brains: dict[int, DeviceBrain] = {}
+        # one shared instance per distinct event (names and object ids are few)
+        self.event = functools.lru_cache(maxsize=None)(_new_event)
         self.pools: dict[frozenset, frozenset] = {}
         revs = world.revisions
         factory = revs[0]
@@ -263,15 +276,15 @@ class PantavisorModel:
             # the Hub client keeps talking to the Hub while a remote update is tried (§3.5)
             if self._hub_ok(run, brain):
                 brain.hub_confirmed = True
-                queue.append(E.HubReached())
+                queue.append(HUB_REACHED)
             else:
-                queue.append(E.HubRequestFailed())
+                queue.append(HUB_REQUEST_FAILED)
             return
         if not engine.accepts_remote_steps:
             return
         if not self._hub_ok(run, brain):
             if engine.watches_hub:
-                queue.append(E.HubRequestFailed())
+                queue.append(HUB_REQUEST_FAILED)
             return
         heard = brain.hub_progress.get(rev)
         if heard is not None and heard.is_final:
@@ -280,7 +293,8 @@ class PantavisorModel:
         signature_error = Msg.SIG_FAILED if self._defect(run.device, rev) == "bad_signature" else None
         if signature_error:
             self.world.count("bad_signature")
-        queue.append(E.PendingSteps((E.Step(rev, revision.state, None, heard, signature_error),)))
+        step = self.event(E.Step, rev, revision.state, None, heard, signature_error)
+        queue.append(self.event(E.PendingSteps, (step,)))
 
     def _hub_ok(self, run: DeviceRun, brain: DeviceBrain) -> bool:
         if self._defect(run.device, brain.booted) == "breaks_network":
@@ -352,7 +366,7 @@ class PantavisorModel:
             _, name, seq = item
             if brain.timers.get(name) == seq:
                 del brain.timers[name]
-                queue.append(E.TimerFired(name))
+                queue.append(self.event(E.TimerFired, name))
         elif kind == "fetch":
             _, event, mb = item
             self.world.egress.active -= 1
@@ -418,7 +432,7 @@ class PantavisorModel:
             elif kind is C.StartContainers:
                 self._start_containers(run, brain, command, t)
             elif kind is C.StopContainers:
-                self._push(brain, t + min(command.grace, 1.0), ("event", E.ContainersStopped(tuple(command.names))))
+                self._push(brain, t + min(command.grace, 1.0), ("event", self.event(E.ContainersStopped, tuple(command.names))))
             elif kind is C.SwitchRevision:
                 brain.booted = command.rev
                 world.set_running(run.device, int(command.rev))
@@ -521,7 +535,7 @@ class PantavisorModel:
             brain.hub_progress[command.rev] = command.record
         if brain.engine.watches_hub:
             brain.hub_confirmed = brain.hub_confirmed or ok
-            queue.append(E.HubReached() if ok else E.HubRequestFailed())
+            queue.append(HUB_REACHED if ok else HUB_REQUEST_FAILED)
 
     def _metadata(self, run: DeviceRun, brain: DeviceBrain, command: Any, t: float, queue: deque) -> None:
         if not self._hub_ok(run, brain):
@@ -564,7 +578,7 @@ class PantavisorModel:
             world.count("corrupt_object")
             self._push(brain, end, ("fetch", E.ObjectFetched(sha, ok=False, hash_mismatch=True), mb))
         else:
-            self._push(brain, end, ("fetch", E.ObjectFetched(sha), mb))
+            self._push(brain, end, ("fetch", self.event(E.ObjectFetched, sha), mb))
 
     def _start_containers(self, run: DeviceRun, brain: DeviceBrain, command: Any, t: float) -> None:
         world = self.world
@@ -578,10 +592,10 @@ class PantavisorModel:
         for name in command.names:
             goal = goals.get(name, "STARTED")
             if goal == "MOUNTED":
-                self._push(brain, t, ("event", E.ContainerMounted(name)))
+                self._push(brain, t, ("event", self.event(E.ContainerMounted, name)))
                 continue
             started = t + world.device_cfg.container_start_s.sample(rng)
-            self._push(brain, started, ("event", E.ContainerStarted(name)))
+            self._push(brain, started, ("event", self.event(E.ContainerStarted, name)))
             if name in hit and defect == "container_crash":
                 world.count("container_crash")
                 uptime = world.device_cfg.ready_s.sample(rng)
@@ -591,7 +605,7 @@ class PantavisorModel:
                 if name in hit and defect == "never_ready":
                     world.count("never_ready")
                     continue
-                self._push(brain, started + world.device_cfg.ready_s.sample(rng), ("event", E.ContainerReady(name)))
+                self._push(brain, started + world.device_cfg.ready_s.sample(rng), ("event", self.event(E.ContainerReady, name)))
         if defect == "breaks_network":
             world.count("breaks_network")
 
