@@ -235,11 +235,7 @@ class PantavisorModel:
                     yield env.timeout(wake - env._now)
                     self._woke(run, brain, rev, queue, poll_at)
                 except (PowerCut, DaemonCrash) as fault:
-                    self._lose_volatile(run, brain)
-                    if isinstance(fault, PowerCut):
-                        yield from run.power_restored()
-                    else:
-                        yield from self._crash_pause(run)
+                    yield from self._recover(run, brain, fault)
                     if brain.disk.torn:
                         return BRICKED_OUT, SILENT
                     yield from self._reboot_safely(run, brain, queue)
@@ -625,6 +621,14 @@ class PantavisorModel:
         brain.agenda.clear()
         brain.timers.clear()
 
+    def _recover(self, run: DeviceRun, brain: DeviceBrain, fault: Exception) -> Generator[Any, Any, None]:
+        """After a power cut (wait for power) or a daemon crash (the init stub's reboot delay)."""
+        self._lose_volatile(run, brain)
+        if isinstance(fault, PowerCut):
+            yield from run.power_restored()
+        else:
+            yield from self._crash_pause(run)
+
     def _crash_pause(self, run: DeviceRun) -> Generator[Any, Any, None]:
         try:
             yield from run.wait(CRASH_REBOOT_S)
@@ -638,11 +642,7 @@ class PantavisorModel:
                 yield from self._reboot(run, brain, queue)
                 return
             except (PowerCut, DaemonCrash) as fault:
-                self._lose_volatile(run, brain)
-                if isinstance(fault, PowerCut):
-                    yield from run.power_restored()
-                else:
-                    yield from self._crash_pause(run)
+                yield from self._recover(run, brain, fault)
 
     def _reboot(self, run: DeviceRun, brain: DeviceBrain, queue: deque) -> Generator[Any, Any, None]:
         """Boot until a revision comes up: bootloader latch, boot delay, kernel panics."""
