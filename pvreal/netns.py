@@ -157,6 +157,11 @@ class DeviceNetwork:
         self.prefix = prefix
         self.pool = AddressPool.of(subnet)
         self.device_netns = f"{prefix}-dev" if device_netns == "" else device_netns
+        # The device side by path when it is the daemon's own netns: pyroute2 opens a netlink
+        # socket per thread, in the netns the thread is in, and containers are wired from threads
+        # that have entered the container's netns (a plain IPRoute() there would add the bridge
+        # port inside the container: EOPNOTSUPP).
+        self._device_ns = self.device_netns or f"/proc/{os.getpid()}/ns/net"
         self.bridge = "br" + _short(prefix)
         self.attached: dict[str, ContainerNet] = {}
         self._lock = threading.Lock()
@@ -170,7 +175,7 @@ class DeviceNetwork:
         from a thread pool)."""
         with self._lock:
             if self._sock is None:
-                self._sock = NetNS(self.device_netns) if self.device_netns else IPRoute()
+                self._sock = NetNS(self._device_ns)
             yield self._sock
 
     def _close(self) -> None:
@@ -204,6 +209,7 @@ class DeviceNetwork:
             netns.remove(name)
         host_if = "ve" + _short(f"{self.prefix}/{container}")
         address = self.pool.allocate(container)
+        step = ["creating the netns"]  # what was being done, for the error
 
         def wire(inside: Any) -> None:
             """Runs in a thread that lives in the new netns; `inside` is its netlink socket."""
@@ -211,6 +217,7 @@ class DeviceNetwork:
             # a stale veth is only looked for when the add collides, and lo is index 1 in a
             # fresh netns.
             peer = {"ifname": "eth0", "net_ns_fd": name}
+            step[0] = f"adding veth {host_if} with its peer eth0 in netns {name}"
             with self._device() as ns:
                 try:
                     ns.link("add", ifname=host_if, kind="veth", peer=peer)
@@ -220,16 +227,19 @@ class DeviceNetwork:
                     for stale in ns.link_lookup(ifname=host_if):
                         ns.link("del", index=stale)
                     ns.link("add", ifname=host_if, kind="veth", peer=peer)
+                step[0] = f"attaching {host_if} to bridge {self.bridge}"
                 bridge = self._bridge_index
                 if bridge is None:
                     bridge = ns.link_lookup(ifname=self.bridge)[0]
                 ns.link("set", index=ns.link_lookup(ifname=host_if)[0], master=bridge, state="up")
+            step[0] = f"giving eth0 {address} in netns {name}"
             eth0 = inside.link_lookup(ifname="eth0")[0]
             inside.addr(
                 "add", index=eth0, address=str(address.ip), prefixlen=address.network.prefixlen
             )
             inside.link("set", index=eth0, state="up")
             inside.link("set", index=1, state="up")  # lo
+            step[0] = f"adding the default route via {self.pool.gateway.ip} in netns {name}"
             inside.route("add", dst="0.0.0.0/0", gateway=str(self.pool.gateway.ip))
 
         try:
@@ -239,7 +249,7 @@ class DeviceNetwork:
             if name in netns.listnetns():
                 netns.remove(name)
             raise NetworkError(
-                f"wiring the container network failed: {exc}", key=container
+                f"wiring the container network failed ({step[0]}): {exc}", key=container
             ) from exc
         net = ContainerNet(container, name, NETNS_DIR / name, address, host_if)
         self.attached[container] = net

@@ -13,7 +13,8 @@
   GRUB roll that try back on its first boot (grub-qemu.md §5);
 - Reboot = stop containers, sync, reboot(2) (POWEROFF_DEVICE = poweroff); GRUB then boots;
 - linking a trail also writes its kernel arguments for GRUB (pvreal.qemu.cmdline);
-- the device network lives in the root netns (`device_netns=None`);
+- the device's bridge lives in the machine's own netns (`device_netns=None`); each container
+  gets its own netns and a veth to it, as outside QEMU;
 - the pv-ctrl socket is reachable from the host through a TCP port (QEMU user networking with
   `restrict=on` and a hostfwd on 127.0.0.1): each TCP connection is spliced to /run/pv-ctrl.
 
@@ -49,7 +50,7 @@ CTRL_SOCKET = Path("/run/pv-ctrl")
 GUEST_CTRL_PORT = 7100  # the guest's TCP port spliced to CTRL_SOCKET (hostfwd target)
 GUEST_ADDRESS = "10.0.2.15"  # QEMU user networking's default guest address
 DEVICE_CONFIG = "pvtwin-device.json"  # on the storage: {"config": {...}} Pantavisor keys
-RUNTIME_MODULES = ("loop", "squashfs", "overlay", "dm_verity", "virtio_net")  # + veth, bridge with network
+RUNTIME_MODULES = ("loop", "squashfs", "overlay", "dm_verity", "virtio_net", "veth", "bridge")
 PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -296,9 +297,7 @@ def guest_main(boot: Boot) -> int:
         ordering="faithful",
         config=_device_config(storage),
         run_dir=Path("/run/pvtwin/device"),
-        # Containers share the machine's network for now: creating their veth pairs fails in
-        # the guest with EOPNOTSUPP (see docs/qemu.md); device_netns=None is ready for it.
-        network=False,
+        network=True,
         device_netns=None,
     )
     device = GuestDevice(options, boot)

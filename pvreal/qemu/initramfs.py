@@ -53,7 +53,7 @@ RUNTIME_MODULES = (
 # TCG: what a device never imports stays out (interactive tools, databases, GUIs, test suites).
 STDLIB_SKIP_DIRS = {
     "test", "tests", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3", "pydoc_data",
-    "distutils", "site-packages", "dist-packages", "__phello__", "msilib", "sqlite3",
+    "distutils", "site-packages", "dist-packages", "__phello__", "msilib",
     "curses", "dbm", "xmlrpc", "wsgiref", "venv",
 }  # fmt: skip
 STDLIB_SKIP_FILES = {
@@ -62,8 +62,8 @@ STDLIB_SKIP_FILES = {
     "cProfile.py", "profile.py", "trace.py", "idlelib.py", "_osx_support.py",
 }  # fmt: skip
 DYNLOAD_SKIP = re.compile(
-    r"^(_tkinter|_test|xxlimited|_ctypes_test|_xxtestfuzz|xxsubtype|_sqlite3|readline|_curses"
-    r"|_dbm|_gdbm|nis|_ssl|ossaudiodev|spwd|_crypt|audioop)"
+    r"^(_tkinter|_test|xxlimited|_ctypes_test|_xxtestfuzz|xxsubtype|readline|_curses"
+    r"|_dbm|_gdbm|nis|ossaudiodev|spwd|_crypt|audioop)"
 )
 
 DEVICES = {  # name: (major, minor); Python as PID 1 dies without /dev/urandom (platform notes 4b)

@@ -163,6 +163,9 @@ def factory(s: Session) -> None:
     app = status["containers"].get("app", {})
     if status["running"] != "0" or app.get("status") != "STARTED":
         raise ScenarioFailed(f"factory boot: {status}", source="0")
+    if not app.get("netns") or not app.get("address"):  # veth to the device's bridge (pyroute2)
+        raise ScenarioFailed(f"factory boot: app has no network namespace of its own: {app}", source="0")
+    s.note("app network", netns=app["netns"], address=app["address"])
 
 
 def app_update(s: Session, rev: str = "locals/app-2") -> None:
