@@ -39,7 +39,7 @@ from typing import Any, Protocol
 
 from pvreal.bootenv import FaithfulStore, grub
 from pvreal.device.daemon import Device, DeviceOptions
-from pvreal.device.latch import BootFiles
+from pvreal.device.latch import BootFiles, apply_set_env
 from pvreal.qemu.cmdline import write_cmdline_env
 from shared.engine.commands import LinkObjects, Reboot, SetBootEnv
 from shared.engine.events import Event
@@ -75,13 +75,7 @@ def set_grubenv(store: FaithfulStore, pv_rev: str | None, pv_try: str | None) ->
     """The engine's SetBootEnv on GRUB's env (None leaves a key, "" removes it), in place."""
     env = store.load()
     before_try = env.get("pv_try", "")
-    for key, value in (("pv_rev", pv_rev), ("pv_try", pv_try)):
-        if value is None:
-            continue
-        if value:
-            env[key] = value
-        else:
-            env.pop(key, None)
+    apply_set_env(env, pv_rev, pv_try)
     if env.get("pv_try", "") != before_try or not env.get("pv_try"):
         env.pop("pv_trying", None)  # GRUB's latch of another (or no) try: stale now
     store.save(env)

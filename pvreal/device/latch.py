@@ -88,9 +88,8 @@ def apply_latch(files: BootFiles, config: Config) -> tuple[BootChoice, dict[str,
     return choice, env
 
 
-def set_env(files: BootFiles, pv_rev: str | None, pv_try: str | None) -> None:
-    """The engine's SetBootEnv: None leaves a key, "" unsets it."""
-    env = files.env.load()
+def apply_set_env(env: dict[str, str], pv_rev: str | None, pv_try: str | None) -> None:
+    """The engine's SetBootEnv on a loaded env: None leaves a key, "" unsets it."""
     for key, value in (("pv_rev", pv_rev), ("pv_try", pv_try)):
         if value is None:
             continue
@@ -98,4 +97,10 @@ def set_env(files: BootFiles, pv_rev: str | None, pv_try: str | None) -> None:
             env[key] = value
         else:
             env.pop(key, None)
+
+
+def set_env(files: BootFiles, pv_rev: str | None, pv_try: str | None) -> None:
+    """The engine's SetBootEnv on the device's boot env files."""
+    env = files.env.load()
+    apply_set_env(env, pv_rev, pv_try)
     files.env.save(env)
