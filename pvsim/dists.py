@@ -34,7 +34,8 @@ class Dist:
         if kind == "constant":
             return self.a
         if kind == "lognormal":
-            return rng.lognormvariate(math.log(self.a), self.b)
+            # rng.lognormvariate, one call less (this is the hottest draw: every storage write)
+            return math.exp(rng.normalvariate(math.log(self.a), self.b))
         if kind == "uniform":
             return rng.uniform(self.a, self.b)
         return rng.expovariate(1.0 / self.a)

@@ -1,16 +1,35 @@
-"""The SimPy environment the twin runs in: stock SimPy that also counts every scheduled event.
+"""The SimPy environment the twin runs in: stock SimPy that also counts every scheduled event, and
+schedules plain calls.
 
 `pvsim bench` and results.json report `events`; counting inside `schedule` (the one place every
 timeout, process start and process end passes through) makes that number exact and cheap.
+
+`call_later` is how a device waits. A generator process that yields a Timeout costs SimPy a Timeout
+object, a bound-method lookup, `Process._resume` and a generator resume on every wake; a `Call`
+is a queue entry whose one callback is the device's next step, so the wake costs the heap and
+one call. It is still one SimPy event, scheduled and counted like any other, ordered with the
+same priority as a Timeout.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from heapq import heappush
 from typing import Any
 
 import simpy
 from simpy.core import NORMAL
+
+
+class Call:
+    """A SimPy queue entry that calls `fn(self)` when it comes up. `Environment.step` reads only
+    `callbacks` (and clears it) and `_ok` (a call never fails)."""
+
+    __slots__ = ("callbacks",)
+    _ok = True
+
+    def __init__(self, fn: Callable[[Any], None]) -> None:
+        self.callbacks = (fn,)
 
 
 class CountingEnvironment(simpy.Environment):
@@ -21,6 +40,11 @@ class CountingEnvironment(simpy.Environment):
     def schedule(self, event: simpy.Event, priority: int = NORMAL, delay: float = 0) -> None:
         self.events += 1
         heappush(self._queue, (self._now + delay, priority, next(self._eid), event))
+
+    def call_later(self, delay: float, fn: Callable[[Any], None]) -> None:
+        """Call `fn(call)` after `delay` simulated seconds: one event, timed as `timeout(delay)`."""
+        self.events += 1
+        heappush(self._queue, (self._now + delay, NORMAL, next(self._eid), Call(fn)))
 
     def run(self, until: Any = None) -> Any:
         """`Environment.run`, without counting its own bookkeeping: a time `until` schedules a stop

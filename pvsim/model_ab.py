@@ -27,7 +27,7 @@ recovered remotely: the device is counted bricked (the 2017 LockState case).
 from __future__ import annotations
 
 import random
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import Any
 
 from pvsim.device import DeviceRun, PowerCut, StorageWriteError
@@ -66,6 +66,14 @@ class ABModel:
         return 2 * self.cfg.image_mb  # two full slots, whatever changed
 
     # -- one device-update --------------------------------------------------------------------------
+    def begin(self, run: DeviceRun, target: int, done: Callable[[tuple[str, bool | None]], None]) -> None:
+        """Start one device-update as a SimPy process; `done((outcome, report))` when it is over."""
+
+        def process() -> Generator[Any, Any, None]:
+            done((yield from self.update(run, target)))
+
+        self.world.env.process(process())
+
     def update(self, run: DeviceRun, target: int) -> Generator[Any, Any, tuple[str, bool | None]]:
         world = self.world
         device = run.device

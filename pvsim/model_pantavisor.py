@@ -29,7 +29,7 @@ import math
 import os
 from bisect import bisect_right
 from collections import deque
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import Any
 
 from pvsim.device import INF, DeviceRun, PowerCut
@@ -40,7 +40,7 @@ from shared.engine import commands as C
 from shared.engine import events as E
 from shared.engine.bootloader import Latch, choose_boot
 from shared.engine.events import TrailView
-from shared.engine.progress import Msg
+from shared.engine.progress import FINAL_STATUSES, Msg
 
 MB = 1_000_000
 APP_DEFECTS = ("container_crash", "never_ready", "breaks_network")
@@ -52,6 +52,20 @@ HUB_REQUEST_FAILED = E.HubRequestFailed()
 
 def _new_event(kind: type, *fields: Any) -> Any:
     return kind(*fields)
+
+
+class _Made(dict):
+    """A dict that makes a missing value with `make(key)` and keeps it."""
+
+    __slots__ = ("make",)
+
+    def __init__(self, make: Callable[[Any], Any]) -> None:
+        super().__init__()
+        self.make = make
+
+    def __missing__(self, key: Any) -> Any:
+        value = self[key] = self.make(key)
+        return value
 
 
 # A request to an unreachable Hub fails when it times out (PH_LIBEVENT_HTTP_TIMEOUT, 60 s);
@@ -106,6 +120,146 @@ class DeviceBrain:
         self.hub_confirmed = False  # a Hub request succeeded since the network timer was armed
 
 
+class DeviceUpdate:
+    """One device-update, driven by calls from the SimPy queue rather than a generator process.
+
+    The common path (step the engine, wait for a batch of writes, sleep until the next agenda
+    entry or poll) schedules one `call_later` per wait and returns. Everything that can be
+    interrupted by a power cut or a daemon crash (a batch the cut or a failed write falls into,
+    reboots, the wait for power) runs as a SimPy process (`_slow`), the same generators as ever;
+    when it is over the device goes back to the common path. Idle devices still cost nothing:
+    a device-update that is over schedules nothing.
+    """
+
+    __slots__ = ("model", "run", "brain", "rev", "queue", "done", "writes", "poll_at")
+
+    def __init__(
+        self, model: PantavisorModel, run: DeviceRun, brain: DeviceBrain, rev: str, done: Callable[[Any], None]
+    ) -> None:
+        self.model = model
+        self.run = run
+        self.brain = brain
+        self.rev = rev
+        self.queue: deque[Any] = deque()
+        self.done = done
+        self.writes: list = []
+        self.poll_at = INF
+
+    def start(self) -> None:
+        self.brain.hub_progress.pop(self.rev, None)
+        self.model._poll(self.run, self.brain, self.rev, self.queue)
+        self.drain()
+
+    def drain(self) -> None:
+        """Feed the engine everything queued; stop at the first batch that takes time."""
+        model, run, brain, queue = self.model, self.run, self.brain, self.queue
+        now = run.env._now
+        step = model.memo.handle
+        while queue:
+            brain.engine, commands = step(brain.engine, queue.popleft())
+            if not commands:
+                continue  # most events change nothing outside the engine
+            writes, failed_at, rebooting = model._plan(run, brain, commands, queue)
+            if rebooting or failed_at < INF or (writes and writes[-1][1] >= run.cut_at):
+                # a reboot, a failed write or a power cut inside the batch
+                self._slow(model._finish_batch(run, brain, writes, failed_at, rebooting))
+                return
+            if writes:
+                end = writes[-1][1]
+                if end > now:
+                    self.writes = writes
+                    run.env.call_later(end - now, self._wrote)
+                    return
+                for _, _, command in writes:
+                    model._apply(run, brain, command)
+        self._rest()
+
+    def _wrote(self, _call: Any) -> None:
+        model, run, brain = self.model, self.run, self.brain
+        for _, _, command in self.writes:
+            model._apply(run, brain, command)
+        self.drain()
+
+    def _rest(self) -> None:
+        """Nothing queued: the update is over, or the device sleeps until the earliest agenda entry
+        or its next Hub request."""
+        model, run, brain = self.model, self.run, self.brain
+        if brain.disk.torn:
+            return self._end((BRICKED_OUT, SILENT))  # no readable boot env: nothing boots any more
+        heard = brain.hub_progress.get(self.rev)
+        if heard is not None and heard.status in FINAL_STATUSES:
+            outcome = model._outcome(brain, self.rev, heard)
+            if outcome is not None:
+                return self._end(outcome)
+        env = run.env
+        now = env._now
+        engine = brain.engine
+        poll_at = INF
+        if engine.watches_hub:
+            if brain.hub_confirmed:
+                poll_at = model._next_failed_contact(run, brain, now)
+            else:
+                poll_at = now + model.config.updater_interval
+        elif engine.accepts_remote_steps:
+            poll_at = now + model.world.poll_s
+        self.poll_at = poll_at
+        agenda = brain.agenda
+        wake = agenda[0][0] if agenda and agenda[0][0] < poll_at else poll_at
+        if wake == INF:
+            # nothing left to wait for and the Hub has not heard a final status: a device that is
+            # up but will not move (the step stays pending). Sleep to the end of the run.
+            wake = model.world.until_s + 1.0
+        if wake >= run.cut_at:  # as DeviceRun.wait: the power goes first
+            self._slow(run.wait(wake - now))
+            return
+        env.call_later(wake - now if wake > now else 0.0, self._woke)
+
+    def _woke(self, _call: Any) -> None:
+        """Queue what became due while the device slept, then carry on."""
+        model, run, brain, queue = self.model, self.run, self.brain, self.queue
+        now = run.env._now
+        agenda = brain.agenda
+        while agenda and agenda[0][0] <= now:
+            item = heapq.heappop(agenda)[2]
+            kind = item[0]
+            if kind == "event":
+                queue.append(item[1])
+            elif kind == "timer":
+                _, name, seq = item
+                if brain.timers.get(name) == seq:
+                    del brain.timers[name]
+                    queue.append(model.timer_fired[name])
+            else:
+                model._fetched(run, brain, item, queue)
+        if self.poll_at <= now:
+            model._poll(run, brain, self.rev, queue)
+        self.drain()
+
+    def _slow(self, first: Generator[Any, Any, Any]) -> None:
+        self.run.env.process(self._interruptible(first))
+
+    def _interruptible(self, first: Generator[Any, Any, Any]) -> Generator[Any, Any, None]:
+        """Run `first` (its result: whether a reboot follows), then recover from a power cut or a
+        crash in it as the board would, and go back to the common path."""
+        model, run, brain, queue = self.model, self.run, self.brain, self.queue
+        try:
+            if (yield from first):
+                yield from model._reboot_safely(run, brain, queue)
+        except (PowerCut, DaemonCrash) as fault:
+            yield from model._recover(run, brain, fault)
+            if not brain.disk.torn:
+                yield from model._reboot_safely(run, brain, queue)
+            if brain.disk.torn:
+                return self._end((BRICKED_OUT, SILENT))  # without feeding the engine what was queued
+        self.drain()
+
+    def _end(self, outcome: tuple[str, bool | None]) -> None:
+        # transfers still listed stop counting against the Hub's egress (the engine ignores late
+        # answers, R5) and a resting device's timers are not simulated (idle devices cost no events)
+        self.model._lose_volatile(self.run, self.brain)
+        self.done(outcome)
+
+
 class PantavisorModel:
     def __init__(self, world: World) -> None:
         self.world = world
@@ -117,6 +271,7 @@ class PantavisorModel:
         self.brains: dict[int, DeviceBrain] = {}
         # one shared instance per distinct event (names and object ids are few)
         self.event = functools.lru_cache(maxsize=None)(_new_event)
+        self.timer_fired = _Made(lambda name: self.event(E.TimerFired, name))
         self.pools: dict[frozenset, frozenset] = {}
         revs = world.revisions
         factory = revs[0]
@@ -185,73 +340,19 @@ class PantavisorModel:
             return "none"
         return hit[0] if self.world.table.defect_u[device] < hit[1] else "none"
 
-    # -- the device process -----------------------------------------------------------------------------
-    def update(self, run: DeviceRun, target: int) -> Generator[Any, Any, tuple[str, bool | None]]:
-        """The device process for one device-update. The hot loop: waiting and the common batch
-        of writes are inlined here (one generator frame less per resume, per active device)."""
+    # -- one device-update ------------------------------------------------------------------------------
+    def begin(self, run: DeviceRun, target: int, done: Callable[[tuple[str, bool | None]], None]) -> None:
+        """Start one device-update; `done((outcome, report))` is called when it is over."""
         device = run.device
         brain = self.brains.get(device)
         if brain is None:
             brain = self._wake_factory(run)
             self.brains[device] = brain
-        rev = str(target)
-        env = run.env
-        step = self.memo.handle
-        apply = self._apply
-        brain.hub_progress.pop(rev, None)
-        queue: deque[Any] = deque()
-        self._poll(run, brain, rev, queue)
-        try:
-            while True:
-                try:
-                    rebooting = False
-                    while queue and not rebooting:
-                        brain.engine, commands = step(brain.engine, queue.popleft())
-                        if not commands:
-                            continue  # most events change nothing outside the engine
-                        writes, failed_at, rebooting = self._plan(run, brain, commands, queue)
-                        if failed_at < INF or (writes and writes[-1][1] >= run.cut_at):
-                            # a failed write or a power cut inside the batch
-                            rebooting = yield from self._finish_batch(run, brain, writes, failed_at, rebooting)
-                        elif writes:
-                            end = writes[-1][1]
-                            if end > env._now:
-                                yield env.timeout(end - env._now)
-                            for _, _, command in writes:
-                                apply(run, brain, command)
-                    if rebooting:
-                        yield from self._reboot_safely(run, brain, queue)
-                        continue
-                    if brain.disk.torn:
-                        return BRICKED_OUT, SILENT  # no readable boot env: nothing boots any more
-                    outcome = self._outcome(brain, rev)
-                    if outcome is not None:
-                        return outcome
-                    # sleep until the earliest agenda entry or the next poll
-                    wake, poll_at = self._next_wake(run, brain)
-                    if wake >= run.cut_at:  # as DeviceRun.wait: the power goes first
-                        yield env.timeout(run.cut_at - env._now)
-                        raise PowerCut
-                    yield env.timeout(wake - env._now)
-                    self._woke(run, brain, rev, queue, poll_at)
-                except (PowerCut, DaemonCrash) as fault:
-                    yield from self._recover(run, brain, fault)
-                    if brain.disk.torn:
-                        return BRICKED_OUT, SILENT
-                    yield from self._reboot_safely(run, brain, queue)
-                    if brain.disk.torn:
-                        return BRICKED_OUT, SILENT
-        finally:
-            # the device-update is over: transfers still listed stop counting against the Hub's
-            # egress (the engine ignores late answers, R5) and a resting device's timers are not
-            # simulated (idle devices cost no events)
-            self._lose_volatile(run, brain)
+        DeviceUpdate(self, run, brain, str(target), done).start()
 
-    def _outcome(self, brain: DeviceBrain, rev: str) -> tuple[str, bool | None] | None:
-        """The device-update is over when the Hub holds a final status for the step."""
-        heard = brain.hub_progress.get(rev)
-        if heard is None or not heard.is_final:
-            return None
+    @staticmethod
+    def _outcome(brain: DeviceBrain, rev: str, heard: Progress) -> tuple[str, bool | None] | None:
+        """The device-update is over when the Hub holds a final status for the step (`heard`)."""
         if heard.status in (Status.DONE, Status.UPDATED):
             return COMMITTED, OK
         if heard.status is Status.WONTGO:
@@ -297,36 +398,6 @@ class PantavisorModel:
             return False
         return run.hub_reachable()
 
-    def _next_wake(self, run: DeviceRun, brain: DeviceBrain) -> tuple[float, float]:
-        """(when to wake, when the next Hub request is due or INF): the earliest agenda entry or
-        the next poll."""
-        now = run.env._now
-        poll_at = INF
-        engine = brain.engine
-        if engine.watches_hub:
-            if brain.hub_confirmed:
-                poll_at = self._next_failed_contact(run, brain, now)
-            else:
-                poll_at = now + self.config.updater_interval
-        elif engine.accepts_remote_steps:
-            poll_at = now + self.world.poll_s
-        agenda = brain.agenda
-        wake = agenda[0][0] if agenda and agenda[0][0] < poll_at else poll_at
-        if wake == INF:
-            # nothing left to wait for and the Hub has not heard a final status: a device that is
-            # up but will not move (the step stays pending). Sleep to the end of the run.
-            wake = self.world.until_s + 1.0
-        return (wake if wake > now else now), poll_at
-
-    def _woke(self, run: DeviceRun, brain: DeviceBrain, rev: str, queue: deque, poll_at: float) -> None:
-        """Queue what became due while the device slept."""
-        now = run.env._now
-        agenda = brain.agenda
-        while agenda and agenda[0][0] <= now:
-            self._due(run, brain, heapq.heappop(agenda)[2], queue)
-        if poll_at <= now:
-            self._poll(run, brain, rev, queue)
-
     def _next_failed_contact(self, run: DeviceRun, brain: DeviceBrain, now: float) -> float:
         """While the engine watches the Hub, the Hub client talks to it every PH_UPDATER_INTERVAL.
         Once a request succeeded, further successes change nothing, so only the first request that
@@ -356,25 +427,17 @@ class PantavisorModel:
             k += 1
         return best
 
-    def _due(self, run: DeviceRun, brain: DeviceBrain, item: Any, queue: deque) -> None:
-        kind = item[0]
-        if kind == "timer":
-            _, name, seq = item
-            if brain.timers.get(name) == seq:
-                del brain.timers[name]
-                queue.append(self.event(E.TimerFired, name))
-        elif kind == "fetch":
-            _, event, mb = item
-            self.world.egress.active -= 1
-            run.mb_downloaded += mb
-            if event.ok:
-                # renamed into place after its hash matched: the object is in the pool
-                run.mb_written += mb
-                disk = self._own_disk(brain)
-                disk.objects = self._intern(disk.objects | {event.sha})
-            queue.append(event)
-        else:
-            queue.append(item[1])
+    def _fetched(self, run: DeviceRun, brain: DeviceBrain, item: Any, queue: deque) -> None:
+        """A transfer ended (ok, failed or corrupt): it leaves the Hub's egress."""
+        _, event, mb = item
+        self.world.egress.active -= 1
+        run.mb_downloaded += mb
+        if event.ok:
+            # renamed into place after its hash matched: the object is in the pool
+            run.mb_written += mb
+            disk = self._own_disk(brain)
+            disk.objects = self._intern(disk.objects | {event.sha})
+        queue.append(event)
 
     # -- executing one batch of commands ---------------------------------------------------------------
     def _execute(self, run: DeviceRun, brain: DeviceBrain, commands: list, queue: deque) -> Generator[Any, Any, bool]:

@@ -183,15 +183,17 @@ class World:
         t0 = now + delay
         phase = self.table.phase[device]
         poll = phase + math.ceil((t0 - phase) / self.poll_s) * self.poll_s
-        self.env.process(self._device_update(device, rollout, poll - now))
+        self.env.call_later(poll - now, lambda _call: self._begin(device, rollout))
 
-    def _device_update(self, device: int, rollout: Rollout, delay: float) -> Generator[Any, Any, None]:
-        yield self.env.timeout(delay)
+    def _begin(self, device: int, rollout: Rollout) -> None:
         run = DeviceRun(self, device, rollout)
         self.active_runs[device] = run
-        outcome, report = yield from self.model.update(run, rollout.revision)
-        del self.active_runs[device]
-        self._finish(device, rollout, run, outcome, report)
+
+        def ended(outcome: tuple[str, bool | None]) -> None:
+            del self.active_runs[device]
+            self._finish(device, rollout, run, *outcome)
+
+        self.model.begin(run, rollout.revision, ended)
 
     def _finish(self, device: int, rollout: Rollout, run: DeviceRun, outcome: str, report: bool | None) -> None:
         rollout.mb_downloaded += run.mb_downloaded
