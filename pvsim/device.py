@@ -45,6 +45,7 @@ class DeviceRun:
         "reboots",
         "exposed",
         "first_boot",
+        "up_until",
     )
 
     def __init__(self, world: World, device: int, rollout: Rollout) -> None:
@@ -59,6 +60,7 @@ class DeviceRun:
         self.reboots = 0
         self.exposed = False
         self.first_boot = False
+        self.up_until = 0.0  # the Hub is known reachable before this time (hub_reachable)
         self.cut_at = world.draw_power_cut(self.env.now)
         self.net_start, self.net_end = world.draw_net_outage(self.env.now)
 
@@ -133,12 +135,17 @@ class DeviceRun:
     def hub_reachable(self) -> bool:
         """One Hub request now; a refusal is counted against the fault that caused it."""
         now = self.env._now
+        if now < self.up_until:
+            return True  # before the next outage of the link or the Hub found last time
         if self.net_down_until(now):
             self.world.count("network_outage_hits")
             return False
-        if self.world.hub_outages.down_until(now):
+        outages = self.world.hub_outages
+        if outages.down_until(now):
             self.world.count("hub_outage_hits")
             return False
+        # both are up now, so net_start is the link's next outage; the Hub's is next_start
+        self.up_until = min(self.net_start, outages.next_start(now))
         return True
 
     def download(self, mb: float) -> Generator[Any, Any, None]:

@@ -204,6 +204,9 @@ class DeviceUpdate:
             poll_at = now + model.world.poll_s
         self.poll_at = poll_at
         agenda = brain.agenda
+        timers = brain.timers
+        while agenda and agenda[0][2][0] == "timer" and timers.get(agenda[0][2][1]) != agenda[0][2][2]:
+            heapq.heappop(agenda)  # a cancelled or re-armed timer: nothing to wake up for
         wake = agenda[0][0] if agenda and agenda[0][0] < poll_at else poll_at
         if wake == INF:
             # nothing left to wait for and the Hub has not heard a final status: a device that is

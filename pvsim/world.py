@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from pvsim.device import INF, DeviceRun
+from pvsim.dists import SimRandom
 from pvsim.hub import Egress, HubOutages, Rollout
 from pvsim.kernel import CountingEnvironment
 from pvsim.revisions import RevisionSet
@@ -63,7 +64,7 @@ class World:
     def __init__(self, scenario: Scenario, model_factory: Any) -> None:
         self.scenario = scenario
         self.env = CountingEnvironment()
-        self.rng = random.Random(scenario.fleet.seed)
+        self.rng = SimRandom(scenario.fleet.seed)
         self.faults = scenario.faults
         self.device_cfg = scenario.device
         self.poll_s = scenario.fleet.poll_interval_s

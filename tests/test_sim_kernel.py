@@ -1,0 +1,133 @@
+"""The cheap paths the device-update runs on: plain SimPy calls, block-drawn normals, the Hub
+reachability window and stale timers. Each is checked against the slow way it replaces."""
+
+from __future__ import annotations
+
+import random
+import statistics
+
+import simpy
+
+from pvsim.device import DeviceRun
+from pvsim.dists import SimRandom
+from pvsim.kernel import CountingEnvironment
+from pvsim.model_pantavisor import PantavisorModel
+from pvsim.testing import scenario
+from pvsim.world import World
+
+
+def test_calls_run_in_time_order_with_timeouts_and_are_counted():
+    env = CountingEnvironment()
+    seen: list[tuple[float, str]] = []
+
+    def proc():
+        yield env.timeout(2.0)
+        seen.append((env.now, "timeout"))
+
+    env.process(proc())
+    env.call_later(3.0, lambda _call: seen.append((env.now, "call at 3")))
+    env.call_later(1.0, lambda _call: seen.append((env.now, "call at 1")))
+    env.run(until=10)
+    assert seen == [(1.0, "call at 1"), (2.0, "timeout"), (3.0, "call at 3")]
+    # process start, its timeout, its end, two calls: the run's own stop event is not counted
+    assert env.events == 5
+
+
+def test_calls_keep_simpy_order_for_equal_times():
+    env = CountingEnvironment()
+    seen: list[str] = []
+
+    def proc():
+        yield env.timeout(1.0)
+        seen.append("timeout")
+
+    env.call_later(1.0, lambda _call: seen.append("first call"))
+    env.process(proc())  # its Initialize runs at 0, so its timeout is scheduled after the call
+    env.call_later(1.0, lambda _call: seen.append("second call"))
+    env.run()
+    assert seen == ["first call", "second call", "timeout"]
+
+
+def test_sim_random_normals_are_standard_normal_and_reproducible():
+    a, b = SimRandom(7), SimRandom(7)
+    draws = [a.normalvariate(3.0, 2.0) for _ in range(3 * SimRandom.BLOCK + 5)]  # across blocks
+    assert draws == [b.normalvariate(3.0, 2.0) for _ in range(len(draws))]
+    assert abs(statistics.fmean(draws) - 3.0) < 0.1
+    assert abs(statistics.stdev(draws) - 2.0) < 0.1
+    assert draws != [SimRandom(8).normalvariate(3.0, 2.0) for _ in range(len(draws))]
+
+
+def test_sim_random_normals_leave_the_uniform_stream_alone():
+    # fault draws (uniform, exponential) do not shift when a scenario's latencies change
+    rng = SimRandom(3)
+    rng.normalvariate()
+    rng.lognormvariate(0.0, 1.0)
+    plain = random.Random(3)
+    assert [rng.random() for _ in range(5)] == [plain.random() for _ in range(5)]
+
+
+# a release far past the times these tests look at: the world stays quiet
+_QUIET = {"run.until_s": 100_000, "release": [{"name": "later", "at_s": 90_000, "parts": ["app:web"], "size_mb": 1}]}
+
+
+def _reference_reachable(run: DeviceRun, now: float) -> bool:
+    """Reachability from the outage intervals themselves, without the cached window."""
+    starts, ends = run.world.hub_outages.starts, run.world.hub_outages.ends
+    hub_down = any(s <= now < e for s, e in zip(starts, ends, strict=True))
+    return not hub_down and not (run.net_start <= now < run.net_end)
+
+
+def test_hub_reachability_window_agrees_with_the_intervals():
+    sc = scenario(
+        **{
+            "faults.network_outages_per_device_day": 300,
+            "faults.network_outage_s": 60,
+            "faults.hub_outages_per_day": 200,
+            "faults.hub_outage_s": 90,
+            **_QUIET,
+        }
+    )
+    world = World(sc, PantavisorModel)
+    runs = [DeviceRun(world, device, None) for device in range(20)]  # type: ignore[arg-type]
+    rng = random.Random(5)
+    t = 0.0
+    answers = set()
+    for _ in range(3000):
+        t += rng.expovariate(1 / 20.0)
+        world.env.run(until=t)
+        for run in runs:
+            got = run.hub_reachable()
+            assert got == _reference_reachable(run, t), (run.device, t)
+            answers.add(got)
+    assert answers == {True, False}  # both branches were exercised
+
+
+def test_a_cancelled_timer_wakes_nobody():
+    from collections import deque
+
+    from pvsim.model_pantavisor import DeviceBrain, DeviceUpdate
+
+    world = World(scenario(**_QUIET), PantavisorModel)
+    model = world.model
+    run = DeviceRun(world, 0, None)  # type: ignore[arg-type]
+    brain = model._wake_factory(run)
+    woken: list[float] = []
+
+    class Probe(DeviceUpdate):
+        __slots__ = ()
+
+        def _woke(self, _call: object) -> None:
+            woken.append(world.env.now)
+
+    update = Probe(model, run, brain, "1", lambda outcome: None)
+    brain.timers["goal:app"] = 99
+    brain.agenda[:] = [(5.0, 1, ("timer", "goal:app", 98)), (9.0, 2, ("event", object()))]  # 98: re-armed
+    assert isinstance(brain, DeviceBrain) and update.queue == deque()
+    update._rest()
+    world.env.run(until=20)
+    assert woken[0] == 9.0
+
+
+def test_simpy_is_what_the_calls_run_on():
+    # the twin's environment is stock SimPy plus counting: its queue takes SimPy's own events too
+    assert issubclass(CountingEnvironment, simpy.Environment)
