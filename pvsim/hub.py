@@ -1,6 +1,6 @@
 """The hub: offers releases, runs one rollout per release, shares its egress bandwidth, goes down.
 
-Idle devices cost nothing: a device only becomes a SimPy process when a strategy admits it, and its
+Idle devices cost nothing: a device only schedules SimPy events once a strategy admits it, and its
 first contact is its next poll, computed arithmetically from its poll phase. Outages are a sorted
 list of intervals fixed before the run (the scenario's explicit ones plus a Poisson process), so
 asking "is the hub up at t?" or "when does the next outage start?" costs a bisect, not an event.
