@@ -57,6 +57,17 @@ def test_sim_random_normals_are_standard_normal_and_reproducible():
     assert draws != [SimRandom(8).normalvariate(3.0, 2.0) for _ in range(len(draws))]
 
 
+def test_sim_random_reseeds_its_normals_too():
+    # shards reseed the world's generator: their normal draws must differ, and follow the seed
+    a, b = SimRandom(1), SimRandom(2)
+    a.seed(5)
+    b.seed(6)
+    assert a.normalvariate() != b.normalvariate()
+    b.seed(5)
+    c = SimRandom(5)
+    assert [b.normalvariate() for _ in range(3)] == [c.normalvariate() for _ in range(3)]
+
+
 def test_sim_random_normals_leave_the_uniform_stream_alone():
     # fault draws (uniform, exponential) do not shift when a scenario's latencies change
     rng = SimRandom(3)
