@@ -6,12 +6,10 @@ from __future__ import annotations
 import random
 import statistics
 
-import simpy
-
 from pvsim.device import DeviceRun
 from pvsim.dists import SimRandom
 from pvsim.kernel import CountingEnvironment
-from pvsim.model_pantavisor import PantavisorModel
+from pvsim.model_pantavisor import DeviceUpdate, PantavisorModel
 from pvsim.testing import scenario
 from pvsim.world import World
 
@@ -114,10 +112,6 @@ def test_hub_reachability_window_agrees_with_the_intervals():
 
 
 def test_a_cancelled_timer_wakes_nobody():
-    from collections import deque
-
-    from pvsim.model_pantavisor import DeviceBrain, DeviceUpdate
-
     world = World(scenario(**_QUIET), PantavisorModel)
     model = world.model
     run = DeviceRun(world, 0, None)  # type: ignore[arg-type]
@@ -133,12 +127,6 @@ def test_a_cancelled_timer_wakes_nobody():
     update = Probe(model, run, brain, "1", lambda outcome: None)
     brain.timers["goal:app"] = 99
     brain.agenda[:] = [(5.0, 1, ("timer", "goal:app", 98)), (9.0, 2, ("event", object()))]  # 98: re-armed
-    assert isinstance(brain, DeviceBrain) and update.queue == deque()
     update._rest()
     world.env.run(until=20)
     assert woken[0] == 9.0
-
-
-def test_simpy_is_what_the_calls_run_on():
-    # the twin's environment is stock SimPy plus counting: its queue takes SimPy's own events too
-    assert issubclass(CountingEnvironment, simpy.Environment)
