@@ -55,20 +55,6 @@ def _new_event(kind: type, *fields: Any) -> Any:
     return kind(*fields)
 
 
-class _Made(dict):
-    """A dict that makes a missing value with `make(key)` and keeps it."""
-
-    __slots__ = ("make",)
-
-    def __init__(self, make: Callable[[Any], Any]) -> None:
-        super().__init__()
-        self.make = make
-
-    def __missing__(self, key: Any) -> Any:
-        value = self[key] = self.make(key)
-        return value
-
-
 # A request to an unreachable Hub fails when it times out (PH_LIBEVENT_HTTP_TIMEOUT, 60 s);
 # requests to a reachable Hub are modelled as instantaneous.
 HTTP_TIMEOUT_S = 60.0
@@ -232,7 +218,7 @@ class DeviceUpdate:
                 _, name, seq = item
                 if brain.timers.get(name) == seq:
                     del brain.timers[name]
-                    queue.append(model.timer_fired[name])
+                    queue.append(model.event(E.TimerFired, name))
             else:
                 model._fetched(run, brain, item, queue)
         if self.poll_at <= now:
@@ -275,7 +261,6 @@ class PantavisorModel:
         self.brains: dict[int, DeviceBrain] = {}
         # one shared instance per distinct event (names and object ids are few)
         self.event = functools.lru_cache(maxsize=None)(_new_event)
-        self.timer_fired = _Made(lambda name: self.event(E.TimerFired, name))
         self.pools: dict[frozenset, frozenset] = {}
         revs = world.revisions
         factory = revs[0]
