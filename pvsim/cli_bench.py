@@ -6,6 +6,10 @@ speed drifts (a shared VM measured here varies by tens of percent within a minut
 is the mean of the runs before and after the twin, and both are reported. Reported: both
 event rates and their ratio, SimPy events per device-update, memory per device (peak RSS growth
 over the twin run divided by the fleet size), the twin's wall time and its peak RSS.
+
+The ratio of event rates says how much work a twin event carries next to an empty timeout; the
+per-device-update figures say what that means for a run: a twin at ratio 0.5 spends at most
+2 x (raw cost of an event) x (events per device-update) on one device-update.
 """
 
 from __future__ import annotations
@@ -84,6 +88,17 @@ def twin_run(devices: int, scenario_path: Path = QUICKSTART) -> dict[str, Any]:
     }
 
 
+def per_update_figures(twin_wall_s: float, device_updates: int, events_per_update: float, raw_events_per_s: float) -> dict[str, float]:
+    """Microseconds: the twin's wall time per device-update, the raw loop's per event, and the
+    per-device-update time at which the twin's event rate would be half the raw loop's."""
+    raw_us = 1e6 / raw_events_per_s
+    return {
+        "twin_us_per_device_update": round(1e6 * twin_wall_s / device_updates, 1),
+        "raw_simpy_us_per_event": round(raw_us, 3),
+        "us_per_device_update_at_ratio_0_5": round(2 * raw_us * events_per_update, 1),
+    }
+
+
 def bench(devices: int) -> dict[str, Any]:
     before = raw_simpy_rate()
     twin = twin_run(devices)
@@ -102,6 +117,7 @@ def bench(devices: int) -> dict[str, Any]:
         "twin_events_per_cpu_s": round(twin["events_per_cpu_s"] or 0),
         "twin_to_raw_cpu_ratio": round(cpu_ratio, 4) if cpu_ratio is not None else None,
         "events_per_device_update": twin["events_per_device_update"],
+        **per_update_figures(twin["wall_s"], twin["device_updates"], twin["events_per_device_update"], raw["events_per_s"]),
         "memory_per_device_kb": twin["memory_per_device_kb"],
         "quickstart_devices": devices,
         "quickstart_wall_s": twin["wall_s"],
