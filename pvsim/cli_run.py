@@ -52,6 +52,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     check.set_defaults(func=handle_shard_check)
 
 
+def _cell(key: str, value: object) -> str:
+    """A results.json value as a person reads it (results.json itself keeps the raw numbers)."""
+    if value is None and key.startswith("time_to_"):
+        return "not reached"
+    if key == "bytes_downloaded" and isinstance(value, int):
+        return f"{value} ({value / 1e9:.1f} GB)"
+    return str(value)
+
+
 def summary_table(result: RunResult) -> Table:
     r = result.results
     table = Table(title=f"{r['scenario']}: {r['devices']} devices, {r['strategy']}, {r['update_model']}")
@@ -72,7 +81,7 @@ def summary_table(result: RunResult) -> Table:
         "wall_s",
         "peak_rss_mb",
     ):
-        table.add_row(key, str(r[key]))
+        table.add_row(key, _cell(key, r[key]))
     table.add_row("final revisions", ", ".join(f"{k}: {v}" for k, v in r["final_revision_counts"].items()))
     fired = {k: v for k, v in r["faults"].items() if v}
     table.add_row("faults fired", ", ".join(f"{k}: {v}" for k, v in fired.items()) or "none")

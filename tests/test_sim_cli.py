@@ -105,3 +105,20 @@ def test_sweep_is_factorial_and_writes_csv(tmp_path, capsys):
     cut = doc["summary"]["rollout.strategy=all-at-once, faults.power_cuts_per_device_day=100"]["power_cuts"]["mean"]
     calm = doc["summary"]["rollout.strategy=all-at-once, faults.power_cuts_per_device_day=0"]["power_cuts"]["mean"]
     assert cut > calm == 0
+
+
+def test_summary_table_reads_as_a_person_would():
+    from rich.console import Console
+
+    from pvsim.cli_run import summary_table
+    from pvsim.runner import run_scenario
+    from pvsim.scenario import load_scenario
+
+    result = run_scenario(load_scenario(REPO / "scenarios" / "quickstart.toml", **{"fleet.devices": 300}))
+    console = Console(record=True, width=200)
+    console.print(summary_table(result))
+    text = console.export_text()
+    assert result.results["time_to_95pct_s"] is None  # the bad release was paused
+    assert "time_to_95pct_s  │" in text and "not reached" in text and "None" not in text
+    gigabytes = result.results["bytes_downloaded"] / 1e9
+    assert f"{result.results['bytes_downloaded']} ({gigabytes:.1f} GB)" in text
