@@ -127,7 +127,8 @@ def _commit(folder: TxFolder, args: argparse.Namespace) -> None:
 
 
 def _deploy(folder: TxFolder, args: argparse.Namespace) -> None:
-    folder.deploy(args.dir)
+    for warning in folder.deploy(args.dir):
+        print(f"WARN: {warning}")
 
 
 def _queue_usage(folder: TxFolder, args: argparse.Namespace) -> int:  # pragma: no cover

@@ -31,7 +31,7 @@ from pvreal.durable import atomic_write, fsync_dir
 from shared import canonical
 from shared.engine.gc import plan_gc
 from shared.errors import InvalidState, PvError
-from shared.state import check_path, is_unloaded
+from shared.state import BOOT_ASSET_NAMES, check_path, is_unloaded
 
 SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 _REV_PART_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
@@ -39,14 +39,6 @@ LOCAL_PREFIX = "locals/"
 LOCAL_NAME_MAX = 63  # Pantavisor: a local revision name is shorter than 64 characters
 DEFAULT_RESERVED_PERCENT = 5  # PV_STORAGE_GC_RESERVED
 _CHUNK = 1 << 20
-
-# bsp/run.json key → the file name Pantavisor links into trails/<rev>/.pv/ (§1.2).
-BOOT_ASSET_NAMES = {
-    "linux": "pv-kernel.img",
-    "initrd": "pv-initrd.img",
-    "fdt": "pv-fdt.dtb",
-    "fit": "pantavisor.fit",
-}
 
 
 class ObjectError(PvError):

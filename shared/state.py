@@ -58,6 +58,13 @@ _DURATION_RE = re.compile(r"[0-9]+(s|m|min|h)\Z")
 CONFIG_DIR = "_config"
 SIGS_DIR = "_sigs"
 BSP_DIR = "bsp"
+# bsp/run.json key -> the file Pantavisor links for it into a revision's `.pv/` (pantavisor.md §1.2).
+BOOT_ASSET_NAMES: Mapping[str, str] = MappingProxyType({
+    "linux": "pv-kernel.img",
+    "initrd": "pv-initrd.img",
+    "fdt": "pv-fdt.dtb",
+    "fit": "pantavisor.fit",
+})
 # Files the parser never loads: a change to them alone restarts nothing.
 _UNLOADED_BASENAMES = ("src.json", "build.json")
 # Paths whose presence marks a directory as a container's part (rule 7).

@@ -138,3 +138,20 @@ class CtrlClient:
                 return record
             time.sleep(poll)
         return record
+
+
+def first_listening(paths: tuple[str | Path, ...], timeout: float = 60.0) -> CtrlClient:
+    """A client for the first of `paths` where something accepts a connection (Pantavisor's
+    socket has lived at several paths). The probe connection is closed unused."""
+    tried = []
+    for path in paths:
+        probe = UnixHTTPConnection(path, timeout)
+        try:
+            probe.connect()
+        except OSError as exc:
+            tried.append(f"{path}: {exc.strerror or exc}")
+            continue
+        finally:
+            probe.close()
+        return CtrlClient(path, timeout)
+    raise CtrlError("nothing accepts connections; tried " + "; ".join(tried))
