@@ -24,7 +24,6 @@ import gzip
 import hashlib
 import io
 import os
-import re
 import shutil
 import tarfile
 import tempfile
@@ -37,10 +36,10 @@ from typing import BinaryIO, Literal
 from pvreal.durable import fsync_dir  # noqa: F401  (callers fsync objdir after install_object)
 from pvreal.storage import sha256_file
 from shared.errors import PvError
+from shared.state import is_sha256
 
 OBJECTS_PREFIX = "objects/"
 PACKAGE_MEMBER = "json"
-_SHA_RE = re.compile(r"[0-9a-f]{64}\Z")
 _CHUNK = 1 << 20
 _SNIFF_BYTES = 512
 
@@ -225,7 +224,7 @@ def _stage_object(archive: tarfile.TarFile, member: tarfile.TarInfo, source: str
                   staging: Path, limits: Limits) -> str:
     where = _member_label(source, member.name)
     sha = member.name[len(OBJECTS_PREFIX):]
-    if not _SHA_RE.match(sha):
+    if not is_sha256(sha):
         raise BadPackage("an object member must be named objects/<sha256 of its content>",
                          source=where)
     if member.size > limits.object_bytes:

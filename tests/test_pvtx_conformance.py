@@ -609,6 +609,19 @@ def test_deploy_links_boot_assets(px: Pvtx) -> None:
     assert px.run("show")[0] == 11
 
 
+def test_deploy_warns_about_a_missing_boot_asset(px: Pvtx) -> None:
+    """pvtx only warns; the warning comes back from the library and the command prints it."""
+    package = {"#spec": SPEC, "bsp/run.json": {"linux": "kernel.img"}}
+    path = px.root / "bsp.json"
+    path.write_text(json.dumps(package))
+    px.ok("begin", "empty", px.objects)
+    px.ok("add", path)
+    out = px.ok("deploy", px.deploy)
+    assert out.startswith("WARN: ") and "bsp/kernel.img" in out and "pv-kernel.img" in out
+    assert not any((px.deploy / ".pv").iterdir())
+    assert TxFolder(px.txdir).record().status is TxStatus.DEPLOYED
+
+
 def test_deploy_with_a_missing_object_changes_nothing(px: Pvtx) -> None:
     px.deploy.mkdir()
     (px.deploy / "keep").write_text("old revision")
