@@ -174,3 +174,26 @@ def test_unknown_endpoint_is_404(ctrl):
     _, client, _ = ctrl
     assert client.request("GET", "/nowhere").status == 404
     assert client.request("GET", "/steps/0/progress").status == 404
+
+
+def test_device_asks_its_engine(tmp_path):
+    """The daemon's configured reserve reaches its storage; a second queued command and a ready
+    signal are answered by the engine's own rule (inputs included: PV_CONTROL_REMOTE=0)."""
+    from concurrent.futures import Future
+
+    from enginekit import idle_engine
+
+    from pvreal.device.daemon import Device, DeviceOptions, _Item
+
+    config = {"PV_STORAGE_GC_RESERVED": "30", "PV_CONTROL_REMOTE": "0"}
+    device = Device(
+        DeviceOptions(storage=tmp_path / "s", network=False, run_dir=tmp_path / "run",
+                      config=config)
+    )
+    assert device.storage.reserved_percent == 30
+    device.updater = idle_engine(**config)
+    assert device._queued_decision("GO_REMOTE").status == 409  # not "queued": the rule first
+    assert device._queued_decision("RUN_GC").status == 503
+    reply: Future[CtrlReply] = Future()
+    device._handle_item(_Item(ContainerReady("nobody"), reply))
+    assert reply.result(0).status == 404
