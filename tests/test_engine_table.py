@@ -91,3 +91,9 @@ def test_go_remote_refused_when_control_remote_is_off():
 
 def test_signal_of_an_unknown_container_is_404():
     assert idle_engine().signal_decision("nobody").status == 404
+
+
+def test_only_signal_without_the_mgmt_role():
+    assert ctrl.endpoint_decision(["signal"], mgmt=False).accepted
+    assert ctrl.endpoint_decision(["commands"], mgmt=False).status == 403
+    assert ctrl.endpoint_decision(["steps", "locals", "x"], mgmt=True).accepted

@@ -103,7 +103,7 @@ class GuestDevice(Device):
 
     def _choose_boot(self) -> tuple[str, dict[str, str]]:
         env = self.grubenv.load()
-        rev = self.guest.pv_rev or env.get("pv_rev", "0") or "0"
+        rev = self.guest.pv_rev or env.get(bootloader.PV_REV, "") or bootloader.DEFAULT_REV
         return rev, env
 
     def _set_boot_env(self, cmd: SetBootEnv) -> list[Event]:

@@ -7,6 +7,7 @@ maps a `CtrlDecision` to a response. The engine is the caller (`Updater.ctrl_dec
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING
@@ -92,6 +93,18 @@ def ctrl_decision(
         return CtrlDecision(409, None, "device is in local mode")
     if command_queued:
         return CtrlDecision(503, 120, "another command is queued")
+    return ACCEPTED
+
+
+# The endpoints a container without the `mgmt` role may call on its own socket (§4.4, §5.1).
+UNPRIVILEGED_ENDPOINTS = frozenset({("signal",)})
+
+
+def endpoint_decision(path: Sequence[str], *, mgmt: bool) -> CtrlDecision:
+    """Whether a socket may call the endpoint at `path` (its segments): every endpoint with the
+    mgmt role (the device's own socket), only /signal without."""
+    if not mgmt and tuple(path) not in UNPRIVILEGED_ENDPOINTS:
+        return CtrlDecision(403, None, "only /signal is allowed without the mgmt role")
     return ACCEPTED
 
 
