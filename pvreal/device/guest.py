@@ -9,8 +9,8 @@
 - SetBootEnv writes `/storage/boot/grubenv`, the file GRUB reads, **in place** (1024 bytes,
   O_SYNC, never sparse: GRUB's save_env refuses sparse files and follows the file's block list,
   and Pantavisor's grub.c writes in place too). Whenever pv_try changes (a new try, a commit, a
-  rollback cleared), pv_trying goes too: a stale pv_trying equal to a later pv_try would make
-  GRUB roll that try back on its first boot (grub-qemu.md §5);
+  rollback cleared), pv_trying goes too (shared.engine.bootloader.latch_after_try_write decides
+  it; this only writes it);
 - Reboot = stop containers, sync, reboot(2) (POWEROFF_DEVICE = poweroff); GRUB then boots;
 - linking a trail also writes its kernel arguments for GRUB (pvreal.qemu.cmdline);
 - the device's bridge lives in the machine's own netns (`device_netns=None`); each container

@@ -3,8 +3,10 @@
 Outside QEMU no bootloader runs, so the daemon plays its part at every (re)boot: it reads
 `pv_rev` / `pv_try` from the Pantavisor env, reads its own latch (`pv_trying`, and the attempt
 count of the counter variant) from a separate bootloader-owned env, asks
-`shared.engine.bootloader.choose_boot` which revision to boot, and writes the latch back durably
-*before* booting, as U-Boot's boot.cmd does with `pv.env` (pantavisor.md §3.7).
+`shared.engine.bootloader.boot_from_env` which revision to boot and what the latch becomes, and
+writes that back durably *before* booting, as U-Boot's boot.cmd does with `pv.env`
+(pantavisor.md §3.7). Variable names, encoding and decisions are all in shared; this module only
+loads and saves.
 
 Files under `<storage>/boot/` (formats from pvreal.bootenv):
 
