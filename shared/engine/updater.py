@@ -30,6 +30,7 @@ Rules that do not fit the table, kept here:
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -1038,8 +1039,6 @@ def check_table(
 
 
 def _check_handler(where: str, name: str, event_class: type[Event]) -> None:
-    import inspect
-
     method = getattr(Updater, name, None)
     if not callable(method):
         raise TableError(f"{where}: Updater has no handler {name!r}")
