@@ -41,7 +41,10 @@ class Op(StrEnum):
     @classmethod
     def parse(cls, text: str) -> Op | None:
         """The op named `text`, or None for a name Pantavisor does not know."""
-        return cls._value2member_map_.get(text)  # type: ignore[return-value]
+        try:
+            return cls(text)
+        except ValueError:
+            return None
 
 
 OPS = tuple(Op)
