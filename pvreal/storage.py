@@ -29,7 +29,8 @@ from typing import Any, BinaryIO
 
 from pvreal.durable import atomic_write, fsync_dir
 from shared import canonical
-from shared.engine.gc import plan_gc
+from shared.engine.config import DEFAULT_CONFIG
+from shared.engine.gc import GcPlan, plan_gc, real_free, reserved_bytes
 from shared.errors import InvalidState, PvError
 from shared.state import BOOT_ASSET_NAMES, check_path, is_unloaded
 
@@ -37,7 +38,6 @@ SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 _REV_PART_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
 LOCAL_PREFIX = "locals/"
 LOCAL_NAME_MAX = 63  # Pantavisor: a local revision name is shorter than 64 characters
-DEFAULT_RESERVED_PERCENT = 5  # PV_STORAGE_GC_RESERVED
 _CHUNK = 1 << 20
 
 
@@ -195,7 +195,8 @@ class ObjectStore:
 
 @dataclass(frozen=True, slots=True)
 class StorageSpace:
-    """Pantavisor's device meta `storage`: reserved = total × PV_STORAGE_GC_RESERVED / 100."""
+    """Pantavisor's device meta `storage` (arithmetic: shared.engine.gc.reserved_bytes and
+    real_free, with the device's PV_STORAGE_GC_RESERVED)."""
 
     total: int
     free: int
@@ -209,17 +210,6 @@ class StorageSpace:
             "reserved": self.reserved,
             "real_free": self.real_free,
         }
-
-
-@dataclass(frozen=True, slots=True)
-class GcPlan:
-    """What the engine decided to collect: these revisions, then unreferenced objects.
-
-    Objects in `keep_objects` (the in-flight update's) survive even when no trail names them.
-    """
-
-    remove_revisions: tuple[str, ...] = ()
-    keep_objects: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,7 +257,7 @@ class Storage:
         self,
         root: Path,
         *,
-        reserved_percent: int = DEFAULT_RESERVED_PERCENT,
+        reserved_percent: int = DEFAULT_CONFIG.gc_reserved,  # PV_STORAGE_GC_RESERVED
         statfs: StatFs = _statvfs,
     ):
         self.root = Path(root)
@@ -456,8 +446,12 @@ class Storage:
     # -- space and GC ---------------------------------------------------------------------------
     def space(self) -> StorageSpace:
         total, free = self._statfs(self.root)
-        reserved = total * self.reserved_percent // 100
-        return StorageSpace(total, free, reserved, max(0, free - reserved))
+        return StorageSpace(
+            total,
+            free,
+            reserved_bytes(total, self.reserved_percent),
+            max(0, real_free(total, free, self.reserved_percent)),
+        )
 
     def remove_revision(self, rev: str) -> None:
         """Delete a revision's trail, its logs and its revision volumes."""
@@ -471,7 +465,8 @@ class Storage:
 
     def trail_objects(self) -> dict[str, frozenset[str]]:
         """rev -> the object shas its state references (an unreadable trail references none;
-        check() reports it)."""
+        check() reports it). A `*.bind` install is a copy, not a link, so trail states are read
+        rather than link counts."""
         found: dict[str, frozenset[str]] = {}
         for rev in self.revisions():
             try:
@@ -480,27 +475,29 @@ class Storage:
                 found[rev] = frozenset()
         return found
 
-    def unreferenced_objects(self, keep: Iterable[str] = ()) -> list[str]:
-        """Objects no remaining trail references, minus `keep`: the engine's own rule
-        (`shared.engine.gc.plan_gc`), so the simulator and this backend delete the same objects.
-        A `*.bind` install is a copy, not a link, so trail states are read rather than link counts.
-        """
-        trails = self.trail_objects()
-        plan = plan_gc(trails, frozenset(self.objects.names()), frozenset(trails), frozenset(keep))
-        return list(plan.objects)
+    def plan_gc(self, keep_revisions: Iterable[str], keep_objects: Iterable[str] = ()) -> GcPlan:
+        """The engine's GC rule (`shared.engine.gc.plan_gc`) applied to this tree: only the
+        inputs are gathered here, so the simulator and this backend delete the same things."""
+        return plan_gc(
+            self.trail_objects(),
+            frozenset(self.objects.names()),
+            frozenset(keep_revisions),
+            frozenset(keep_objects),
+        )
 
     def run_gc(self, plan: GcPlan) -> GcResult:
-        for rev in plan.remove_revisions:
+        """Perform a plan of `shared.engine.gc`: its trails first, then its objects."""
+        for rev in plan.revisions:
             self.remove_revision(rev)
         removed, reclaimed = [], 0
-        for sha in self.unreferenced_objects(plan.keep_objects):
+        for sha in plan.objects:
             path = self.objects.path(sha)
             reclaimed += path.stat().st_size
             path.unlink()
             removed.append(sha)
         if removed:
             fsync_dir(self.objects.dir)
-        return GcResult(tuple(plan.remove_revisions), tuple(removed), reclaimed)
+        return GcResult(tuple(plan.revisions), tuple(removed), reclaimed)
 
     # -- consistency ----------------------------------------------------------------------------
     def check(self, revs: Iterable[str] | None = None) -> CheckReport:

@@ -18,16 +18,22 @@ from pvreal.ctrl.server import serve
 from pvreal.storage import Storage
 from shared.engine.commands import CtrlReply
 from shared.engine.config import Config
-from shared.engine.events import CtrlCommand, LocalStepUploaded, ObjectPut
+from shared.engine.ctrl import signal_decision
+from shared.engine.events import ContainerReady, CtrlCommand, LocalStepUploaded, ObjectPut
+from shared.state import StatusGoal
 
 
 class StandInDevice:
     """What CtrlApi needs of a Device; answers like the engine for the events under test."""
 
-    def __init__(self, root: Path, free: int = 1 << 30, busy: bool = False):
-        self.storage = Storage(root, statfs=lambda _p: (1 << 31, free))
+    def __init__(
+        self, root: Path, free: int = 1 << 30, busy: bool = False, config: Config | None = None
+    ):
+        self.config = config or Config()
+        self.storage = Storage(
+            root, reserved_percent=self.config.gc_reserved, statfs=lambda _p: (1 << 31, free)
+        )
         self.storage.init_layout()
-        self.config = Config()
         self.options = SimpleNamespace(bootloader="uboot", ordering="hardened")
         self.executor = SimpleNamespace(forget_state=lambda rev: None)
         self.booted_rev = "0"
@@ -41,6 +47,10 @@ class StandInDevice:
             return CtrlReply(422, None, event.error)
         if isinstance(event, CtrlCommand) and self.busy:
             return CtrlReply(503, 600, "an update is in progress")
+        if isinstance(event, ContainerReady):  # the engine's rule (Updater.signal_decision)
+            goal = self.containers.get(event.name, {}).get("status_goal")
+            d = signal_decision(event.name, StatusGoal(goal) if goal else None)
+            return CtrlReply(d.status, d.retry_after, d.reason)
         return CtrlReply(200)
 
     def post(self, event):
@@ -105,6 +115,22 @@ def test_no_space_is_507(tmp_path):
         server.close()
 
 
+def test_507_uses_the_configured_reserve(tmp_path):
+    """1 GiB free of 2 GiB: fits with the default 5 % reserve, not with PV_STORAGE_GC_RESERVED=50
+    (the reserve then takes all the free space)."""
+    data = b"z" * 4096
+    path = f"/objects/{hashlib.sha256(data).hexdigest()}"
+    for reserved, status in ((None, 200), (50, 507)):
+        config = Config.from_mapping({"PV_STORAGE_GC_RESERVED": str(reserved)}) if reserved else None
+        device = StandInDevice(tmp_path / f"storage{reserved}", config=config)
+        server = serve(tmp_path / f"s{reserved}", CtrlApi(device))
+        try:
+            assert CtrlClient(tmp_path / f"s{reserved}").request("PUT", path, data).status == status
+        finally:
+            server.close()
+    assert device.storage.space().as_meta()["reserved"] == 1 << 30
+
+
 def test_bad_state_gets_422_with_the_key(ctrl):
     device, client, _ = ctrl
     answer = client.put_step("locals/x", json.dumps({"#spec": "pantavisor-service-system@1",
@@ -134,6 +160,11 @@ def test_container_socket_only_signals(tmp_path):
         assert client.request("POST", "/commands", b'{"op":"RUN_GC"}').status == 403
         ok = client.request("POST", "/signal", b'{"type":"ready","payload":""}')
         assert ok.status == 200
+        device.containers["app"]["status_goal"] = "STARTED"
+        refused = client.request("POST", "/signal", b'{"type":"ready","payload":""}')
+        assert refused.status == 403 and "not READY" in refused.error
+        device.containers.clear()
+        assert client.request("POST", "/signal", b'{"type":"ready"}').status == 404
         assert client.request("POST", "/signal", b'{"type":"alive"}').status == 400
     finally:
         server.close()
@@ -143,3 +174,26 @@ def test_unknown_endpoint_is_404(ctrl):
     _, client, _ = ctrl
     assert client.request("GET", "/nowhere").status == 404
     assert client.request("GET", "/steps/0/progress").status == 404
+
+
+def test_device_asks_its_engine(tmp_path):
+    """The daemon's configured reserve reaches its storage; a second queued command and a ready
+    signal are answered by the engine's own rule (inputs included: PV_CONTROL_REMOTE=0)."""
+    from concurrent.futures import Future
+
+    from enginekit import idle_engine
+
+    from pvreal.device.daemon import Device, DeviceOptions, _Item
+
+    config = {"PV_STORAGE_GC_RESERVED": "30", "PV_CONTROL_REMOTE": "0"}
+    device = Device(
+        DeviceOptions(storage=tmp_path / "s", network=False, run_dir=tmp_path / "run",
+                      config=config)
+    )
+    assert device.storage.reserved_percent == 30
+    device.updater = idle_engine(**config)
+    assert device._queued_decision("GO_REMOTE").status == 409  # not "queued": the rule first
+    assert device._queued_decision("RUN_GC").status == 503
+    reply: Future[CtrlReply] = Future()
+    device._handle_item(_Item(ContainerReady("nobody"), reply))
+    assert reply.result(0).status == 404

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from pvreal.storage import (
-    GcPlan,
     ObjectError,
     ObjectHashMismatch,
     ObjectStore,
@@ -237,7 +236,7 @@ def test_gc_removes_revisions_then_unreferenced_objects(storage: Storage):
         storage.link_trail(rev, state)
         storage.log_dir(rev, "app").mkdir(parents=True)
         storage.volume_dir("app", "v", "revision", rev).mkdir(parents=True)
-    result = storage.run_gc(GcPlan(("1",), frozenset({sha(inflight)})))
+    result = storage.run_gc(storage.plan_gc({"2"}, {sha(inflight)}))
     assert result.removed_revisions == ("1",)
     assert result.removed_objects == (sha(old_only),)
     assert result.reclaimed == len(old_only)

@@ -20,12 +20,15 @@ from pvreal import safetar
 from pvreal.device.secureboot import signature_problem
 from pvreal.storage import LOCAL_PREFIX, ObjectHashMismatch, check_revision_name, is_sha
 from shared import canonical
+from shared.engine.commands import CtrlReply
+from shared.engine.ctrl import OPS_WITH_REVISION, CtrlDecision, Op, object_put_decision
 from shared.engine.events import (
     ContainerReady,
     CtrlCommand,
     LocalStepStarted,
     LocalStepUploaded,
     ObjectPut,
+    StorageStats,
 )
 from shared.engine.progress import Msg
 from shared.errors import PvError
@@ -36,7 +39,6 @@ if TYPE_CHECKING:
 
 MAX_STATE_BYTES = 64 << 20
 _CHUNK = 1 << 20
-COMMANDS_WITH_REVISION = ("LOCAL_RUN", "LOCAL_RUN_COMMIT")
 
 
 @dataclass
@@ -48,6 +50,13 @@ class Response:
     @classmethod
     def error(cls, status: int, message: str, **headers: str) -> Response:
         return cls(status, {"Error": message}, dict(headers))
+
+    @classmethod
+    def decision(cls, answer: CtrlDecision | CtrlReply, default: str = "refused") -> Response:
+        """A refusal decided in shared.engine.ctrl (directly or as the engine's CtrlReply)."""
+        headers = {"Retry-After": str(answer.retry_after)} if answer.retry_after else {}
+        reason = answer.reason if isinstance(answer, CtrlDecision) else answer.body
+        return cls(answer.status, {"Error": reason or default}, headers)
 
 
 class Truncated(Exception):
@@ -83,9 +92,13 @@ class CtrlApi:
             _drain(stream, length)
             self.device.post(ObjectPut(sha))
             return Response(200, {"sha256": sha, "stored": False})
-        if length > self.storage.space().real_free:
+        space = self.storage.space()
+        fits = object_put_decision(
+            length, StorageStats(space.total, space.free), self.device.config.gc_reserved
+        )
+        if not fits.accepted:
             _drain(stream, length)
-            return Response.error(507, f"object of {length} B does not fit in free space")
+            return Response.decision(fits)
         tmp = objects.tmp_path(sha)
         digest = hashlib.sha256()
         try:
@@ -224,12 +237,13 @@ class CtrlApi:
         if not isinstance(op, str) or not isinstance(payload, str):
             return Response.error(400, 'expected {"op": "<COMMAND>", "payload": "<string>"}')
         state = error = None
-        if op in COMMANDS_WITH_REVISION:
+        known = Op.parse(op)
+        if known in OPS_WITH_REVISION:
             state, error = self._load_revision(payload)
-        reply = self.device.submit(CtrlCommand(op, payload, state, error))
-        headers = {"Retry-After": str(reply.retry_after)} if reply.retry_after else {}
+        # An unknown op still goes to the engine: its refusal (400) is decided in shared/ too.
+        reply = self.device.submit(CtrlCommand(known or op, payload, state, error))
         if reply.status != 200:
-            return Response(reply.status, {"Error": reply.body or "refused"}, headers)
+            return Response.decision(reply)
         return Response(200, {"op": op, "payload": payload})
 
     def _load_revision(self, rev: str) -> tuple[State | None, str | None]:
@@ -255,12 +269,10 @@ class CtrlApi:
             return Response.error(400, 'expected {"type": "ready", "payload": ""}')
         if container is None:
             return Response.error(400, "the ready signal comes from a container's own socket")
-        info = self.device.status().get("containers", {}).get(container)
-        if info is None:
-            return Response.error(404, f"container {container} is not running")
-        if info.get("status_goal") != "READY":
-            return Response.error(403, f"container {container}: status goal is not READY")
-        self.device.submit(ContainerReady(container))
+        # 404 / 403 are the engine's answer (shared.engine.ctrl.signal_decision).
+        reply = self.device.submit(ContainerReady(container))
+        if reply.status != 200:
+            return Response.decision(reply)
         return Response(200, {"container": container, "signal": "ready"})
 
     # ------------------------------------------------------------------ reading

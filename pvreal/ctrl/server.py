@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 from pvreal.ctrl.api import CtrlApi, Response
+from shared.engine.ctrl import endpoint_decision
 
 if TYPE_CHECKING:
     from pvreal.device.daemon import Device
@@ -128,8 +129,9 @@ class CtrlHandler(BaseHTTPRequestHandler):
             if length is None:
                 return
             body = _Body(self.rfile, length)
-            if not self.server.mgmt and parts != ["signal"]:
-                response = Response.error(403, "only /signal is allowed without the mgmt role")
+            allowed = endpoint_decision(parts, mgmt=self.server.mgmt)
+            if not allowed.accepted:
+                response = Response.decision(allowed)
             else:
                 response = self._route(method, parts, body, length)
             body.drain()  # whatever the handler did not read: the client may still be sending

@@ -37,7 +37,7 @@ from pvreal.device.secureboot import TrustOptions, with_verifier
 from pvreal.storage import Storage
 from shared.engine.commands import Command, CtrlReply, Reboot
 from shared.engine.config import Config, Ordering
-from shared.engine.ctrl import ctrl_decision
+from shared.engine.ctrl import CtrlDecision, ctrl_decision
 from shared.engine.events import (
     ContainerExited,
     ContainerMounted,
@@ -86,16 +86,16 @@ class Device:
 
     def __init__(self, options: DeviceOptions):
         self.options = options
-        self.storage = Storage(options.storage)
-        self.prefix = storage_prefix(options.storage)
-        self.run_dir = Path(options.run_dir or RUN_ROOT / self.prefix)
-        # Container sockets: a short path of their own (AF_UNIX paths stop at 107 bytes).
-        self.ctrl_dir = RUN_ROOT / self.prefix / "ctrl"
         config = Config.from_mapping(
             {**options.config, "PVTWIN_ORDERING": options.ordering,
              "PV_BOOTLOADER_TYPE": options.bootloader},
             source="device config",
         )
+        self.storage = Storage(options.storage, reserved_percent=config.gc_reserved)
+        self.prefix = storage_prefix(options.storage)
+        self.run_dir = Path(options.run_dir or RUN_ROOT / self.prefix)
+        # Container sockets: a short path of their own (AF_UNIX paths stop at 107 bytes).
+        self.ctrl_dir = RUN_ROOT / self.prefix / "ctrl"
         # Signatures are checked for real: at boot by the engine, on intake and LOCAL_RUN by
         # pv-ctrl, all through this one verifier (trust read once, certificates at wall time).
         self.config = with_verifier(config, options.trust.load())
@@ -166,10 +166,7 @@ class Device:
                 if not busy:
                     self._queued_commands += 1
             if busy:
-                decision = ctrl_decision(
-                    event.op, update_active=self.status().get("update") is not None,
-                    command_queued=True,
-                )
+                decision = self._queued_decision(event.op)
                 return CtrlReply(decision.status, decision.retry_after, decision.reason)
         reply: Future[CtrlReply] = Future()
         self._queue.put(_Item(event, reply))
@@ -177,6 +174,15 @@ class Device:
             return reply.result(timeout)
         except TimeoutError:
             return CtrlReply(503, 10, "the device did not answer in time")
+
+    def _queued_decision(self, op: str) -> CtrlDecision:
+        """The answer to a command while another is queued: asked of the engine itself, with the
+        inputs it decides every command with (read from this request thread: a stale answer is
+        what a queued command would have got a moment earlier anyway)."""
+        updater = self.updater
+        if updater is None:  # not booted yet: no update, no local mode
+            return ctrl_decision(op, update_active=False, command_queued=True)
+        return updater.ctrl_decision(op, command_queued=True)
 
     def post(self, event: Event) -> None:
         """Queue an event without waiting (the ready signal, container exits)."""
@@ -232,6 +238,15 @@ class Device:
         assert event is not None
         if isinstance(event, _CONTAINER_EVENTS) and item.reply is None and item.boot != self.boots:
             return  # from a boot that is over
+        if isinstance(event, ContainerReady) and item.reply is not None:
+            # pv-ctrl's /signal: the engine says whether this container may signal ready
+            assert self.updater is not None
+            decision = self.updater.signal_decision(event.name)
+            if not decision.accepted:
+                item.reply.set_result(
+                    CtrlReply(decision.status, decision.retry_after, decision.reason)
+                )
+                return
         try:
             self._run(self.updater_handle(event), item.reply)
         finally:

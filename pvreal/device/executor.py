@@ -16,7 +16,7 @@ from pvreal.device.clock import Timers
 from pvreal.device.containers import ContainerRunner
 from pvreal.device.latch import BootFiles, set_env
 from pvreal.device.secureboot import valid_pool
-from pvreal.storage import GcPlan, Storage
+from pvreal.storage import Storage
 from shared.engine.commands import (
     ArmTimer,
     CancelTimer,
@@ -170,8 +170,8 @@ class Executor:
         return []
 
     def _run_gc(self, cmd: RunGc) -> list[Event]:
-        doomed = tuple(r for r in self.storage.revisions() if r not in cmd.keep_revisions)
-        result = self.storage.run_gc(GcPlan(doomed, frozenset(cmd.keep_objects)))
+        plan = self.storage.plan_gc(cmd.keep_revisions, cmd.keep_objects)  # shared.engine.gc
+        result = self.storage.run_gc(plan)
         for rev in result.removed_revisions:
             self.forget_state(rev)
         return [

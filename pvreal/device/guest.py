@@ -9,8 +9,8 @@
 - SetBootEnv writes `/storage/boot/grubenv`, the file GRUB reads, **in place** (1024 bytes,
   O_SYNC, never sparse: GRUB's save_env refuses sparse files and follows the file's block list,
   and Pantavisor's grub.c writes in place too). Whenever pv_try changes (a new try, a commit, a
-  rollback cleared), pv_trying goes too: a stale pv_trying equal to a later pv_try would make
-  GRUB roll that try back on its first boot (grub-qemu.md §5);
+  rollback cleared), pv_trying goes too (shared.engine.bootloader.latch_after_try_write decides
+  it; this only writes it);
 - Reboot = stop containers, sync, reboot(2) (POWEROFF_DEVICE = poweroff); GRUB then boots;
 - linking a trail also writes its kernel arguments for GRUB (pvreal.qemu.cmdline);
 - the device's bridge lives in the machine's own netns (`device_netns=None`); each container
@@ -39,8 +39,9 @@ from typing import Any, Protocol
 
 from pvreal.bootenv import FaithfulStore, grub
 from pvreal.device.daemon import Device, DeviceOptions
-from pvreal.device.latch import BootFiles, apply_set_env
+from pvreal.device.latch import BootFiles
 from pvreal.qemu.cmdline import write_cmdline_env
+from shared.engine import bootloader
 from shared.engine.commands import LinkObjects, Reboot, SetBootEnv
 from shared.engine.events import Event
 
@@ -72,12 +73,16 @@ def say(text: str) -> None:
 
 
 def set_grubenv(store: FaithfulStore, pv_rev: str | None, pv_try: str | None) -> dict[str, str]:
-    """The engine's SetBootEnv on GRUB's env (None leaves a key, "" removes it), in place."""
-    env = store.load()
-    before_try = env.get("pv_try", "")
-    apply_set_env(env, pv_rev, pv_try)
-    if env.get("pv_try", "") != before_try or not env.get("pv_try"):
-        env.pop("pv_trying", None)  # GRUB's latch of another (or no) try: stale now
+    """The engine's SetBootEnv on GRUB's env, in place; GRUB's latch shares that file, so what
+    it becomes is written too (both decided in shared.engine.bootloader)."""
+    before = store.load()
+    env = bootloader.env_after_set(before, pv_rev, pv_try)
+    latch = bootloader.latch_after_try_write(
+        bootloader.latch_from_env(before),
+        before.get(bootloader.PV_TRY, ""),
+        env.get(bootloader.PV_TRY, ""),
+    )
+    env = bootloader.latch_to_env(env, latch)
     store.save(env)
     return env
 
@@ -98,7 +103,7 @@ class GuestDevice(Device):
 
     def _choose_boot(self) -> tuple[str, dict[str, str]]:
         env = self.grubenv.load()
-        rev = self.guest.pv_rev or env.get("pv_rev", "0") or "0"
+        rev = self.guest.pv_rev or env.get(bootloader.PV_REV, "") or bootloader.DEFAULT_REV
         return rev, env
 
     def _set_boot_env(self, cmd: SetBootEnv) -> list[Event]:

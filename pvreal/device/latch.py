@@ -3,8 +3,10 @@
 Outside QEMU no bootloader runs, so the daemon plays its part at every (re)boot: it reads
 `pv_rev` / `pv_try` from the Pantavisor env, reads its own latch (`pv_trying`, and the attempt
 count of the counter variant) from a separate bootloader-owned env, asks
-`shared.engine.bootloader.choose_boot` which revision to boot, and writes the latch back durably
-*before* booting, as U-Boot's boot.cmd does with `pv.env` (pantavisor.md §3.7).
+`shared.engine.bootloader.boot_from_env` which revision to boot and what the latch becomes, and
+writes that back durably *before* booting, as U-Boot's boot.cmd does with `pv.env`
+(pantavisor.md §3.7). Variable names, encoding and decisions are all in shared; this module only
+loads and saves.
 
 Files under `<storage>/boot/` (formats from pvreal.bootenv):
 
@@ -17,16 +19,14 @@ Files under `<storage>/boot/` (formats from pvreal.bootenv):
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from pvreal.bootenv import EnvStore, grub, open_store, uboot, uboot_txt
-from shared.engine.bootloader import BootChoice, Latch, choose_boot
+from shared.engine.bootloader import BootChoice, boot_from_env, env_after_set
 from shared.engine.config import BootLatch, Config
 
 BOOTLOADERS = ("uboot", "grub")
-LATCH_KEY, ATTEMPTS_KEY = "pv_trying", "pv_trying_attempts"
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,52 +55,19 @@ def boot_files(boot_dir: Path, bootloader: str, ordering: str) -> BootFiles:
     )
 
 
-def read_latch(values: Mapping[str, str]) -> Latch:
-    try:
-        attempts = int(values.get(ATTEMPTS_KEY, "0") or 0)
-    except ValueError:
-        attempts = 0
-    return Latch(values.get(LATCH_KEY, ""), attempts)
-
-
 def apply_latch(files: BootFiles, config: Config) -> tuple[BootChoice, dict[str, str]]:
-    """One boot's bootloader step: choose the revision and persist the latch first.
+    """One boot's bootloader step: `shared.engine.bootloader` decides, this only loads the two
+    envs and stores the latch it returns (before booting).
 
     Returns the choice (its `rev` is the kernel cmdline pv_rev) and the Pantavisor env read."""
     env = files.env.load()
     before = files.latch.load()
-    latch = read_latch(before)
-    choice = choose_boot(
-        env.get("pv_rev", "0") or "0",
-        env.get("pv_try", ""),
-        latch,
-        BootLatch(config.boot_latch),
-        config.boot_attempts,
-    )
-    after = dict(before)
-    for key, value in ((LATCH_KEY, choice.latch.pv_trying), (ATTEMPTS_KEY, str(choice.latch.attempts))):
-        if value and value != "0":
-            after[key] = value
-        else:
-            after.pop(key, None)
+    choice, after = boot_from_env(env, before, BootLatch(config.boot_latch), config.boot_attempts)
     if after != before:
         files.latch.save(after)
     return choice, env
 
 
-def apply_set_env(env: dict[str, str], pv_rev: str | None, pv_try: str | None) -> None:
-    """The engine's SetBootEnv on a loaded env: None leaves a key, "" unsets it."""
-    for key, value in (("pv_rev", pv_rev), ("pv_try", pv_try)):
-        if value is None:
-            continue
-        if value:
-            env[key] = value
-        else:
-            env.pop(key, None)
-
-
 def set_env(files: BootFiles, pv_rev: str | None, pv_try: str | None) -> None:
     """The engine's SetBootEnv on the device's boot env files."""
-    env = files.env.load()
-    apply_set_env(env, pv_rev, pv_try)
-    files.env.save(env)
+    files.env.save(env_after_set(files.env.load(), pv_rev, pv_try))

@@ -28,7 +28,8 @@ What a backend provides
   * Timers: `TimerFired(name)` for each `ArmTimer` that ran out and was not cancelled or re-armed.
   * Storage: `GcDone` for `RunGc`; optionally `WaitTick` (storage figures) for threshold GC.
   * pv-ctrl: `ObjectPut`, `LocalStepStarted`, `LocalStepUploaded`, `CtrlCommand`; answer with the `CtrlReply`
-    the engine returns (`ctrl.ctrl_decision` is the pure 503/409 rule if a backend queues).
+    the engine returns (a backend that answers a second, queued command asks
+    `updater.ctrl_decision(op, command_queued=True)`; a ready signal, `updater.signal_decision`).
 
 Durable commands (`command.durable` is True): PersistProgress, WriteTrail, LinkObjects, SetBootEnv,
 WriteDoneMarker, DeleteRevision, RunGc. Execute them in order, each synced before the next.

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from shared.engine import gc
 from shared.engine.progress import Progress
 
 if TYPE_CHECKING:
@@ -35,10 +36,10 @@ class StorageStats:
     free: int
 
     def reserved(self, percent: int) -> int:
-        return self.total * percent // 100
+        return gc.reserved_bytes(self.total, percent)
 
     def real_free(self, percent: int) -> int:
-        return self.free - self.reserved(percent)
+        return gc.real_free(self.total, self.free, percent)
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +150,17 @@ class WaitTick(Event):
     since_object_put: float | None = None  # seconds since the last pv-ctrl object PUT
 
 
+# The kinds of timer the engine arms: a timer's name is `<kind>` or `<kind>:<what>`.
+TIMER_KINDS = ("commit", "network", "goal", "recovery", "stable", "backoff")
+
+
+def timer_key(kind: str) -> str:
+    """The dispatch key of a TimerFired of this kind (see TimerFired.key)."""
+    if kind not in TIMER_KINDS:
+        raise ValueError(f"unknown timer kind {kind!r}; expected one of {TIMER_KINDS}")
+    return "timer:" + kind
+
+
 @dataclass(frozen=True, slots=True)
 class TimerFired(Event):
     """An armed timer ran out. Names: commit, network, goal:<group>, recovery:<container>,
@@ -157,7 +169,7 @@ class TimerFired(Event):
     name: str
 
     @property
-    def key(self) -> str:
+    def key(self) -> str:  # kept inline (no timer_key call): read once per event handled
         return "timer:" + self.name.split(":", 1)[0]
 
 
@@ -217,7 +229,7 @@ class CtrlCommand(Event):
     revision: `state` parsed, or `state_error` = "State JSON not found" / a signature message /
     "State JSON has bad format"."""
 
-    op: str
+    op: str  # a shared.engine.ctrl.Op (a str); any other text is refused with 400 by the engine
     payload: str = ""
     state: State | None = None
     state_error: str | None = None

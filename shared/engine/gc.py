@@ -1,8 +1,10 @@
 """Garbage collection (§2.3): which revisions GC keeps, and what it removes.
 
 The engine decides the keep set (`keep_revisions`) and emits one durable `RunGc`; the backend
-computes the deletions with `plan_gc` and performs them (trails first, then unreferenced objects),
-so both backends delete exactly the same things.
+gathers its disk (trail -> linked object shas, the pool's object names), computes the deletions
+with `plan_gc` and performs that `GcPlan` (trails first, then objects), so every backend deletes
+exactly the same things. The free-space arithmetic (`reserved_bytes`, `real_free`) is here too:
+the engine's space check, threshold GC, pv-ctrl's 507 and the storage meta all use it.
 """
 
 from __future__ import annotations
@@ -14,6 +16,17 @@ from dataclasses import dataclass
 from shared.engine.config import Config, Ordering
 
 FACTORY_REV = "0"
+
+
+def reserved_bytes(total: int, percent: int) -> int:
+    """The share of the storage partition GC keeps free (PV_STORAGE_GC_RESERVED, percent)."""
+    return total * percent // 100
+
+
+def real_free(total: int, free: int, percent: int) -> int:
+    """Free bytes beyond the reserve: what a download or an upload may use. Negative when the
+    reserve is already eaten into (callers that report it clamp it to 0)."""
+    return free - reserved_bytes(total, percent)
 
 
 def keep_revisions(

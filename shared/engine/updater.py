@@ -30,6 +30,7 @@ Rules that do not fit the table, kept here:
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -37,7 +38,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from shared.diff import StateDiff, Transition, diff_states
-from shared.engine import gc
+from shared.engine import ctrl, gc
 from shared.engine.commands import (
     ArmTimer,
     CancelTimer,
@@ -59,18 +60,24 @@ from shared.engine.commands import (
 )
 from shared.engine.config import DEFAULT_CONFIG, Config, Ordering
 from shared.engine.containers import Containers, CStatus, Verdict
-from shared.engine.ctrl import ctrl_decision
+from shared.engine.ctrl import CtrlDecision, Op
 from shared.engine.events import (
+    EVENT_TYPES,
+    TIMER_KINDS,
     ContainerExited,
     ContainerMounted,
     ContainerReady,
+    ContainersStopped,
     ContainerStarted,
     CtrlCommand,
     DiskView,
     Event,
     GcDone,
+    HubReached,
+    HubRequestFailed,
     LocalStepStarted,
     LocalStepUploaded,
+    MetadataFailed,
     MetadataReceived,
     ObjectFetched,
     ObjectPut,
@@ -78,6 +85,7 @@ from shared.engine.events import (
     StorageStats,
     TimerFired,
     WaitTick,
+    timer_key,
 )
 from shared.engine.progress import Msg, Progress, Status
 from shared.errors import PvError
@@ -127,30 +135,30 @@ _FAIL = (P.REBOOTING,)
 
 TABLE: Mapping[tuple[Phase, str], Rule] = {
     # remote intake (§3.3)
-    (P.IDLE, "PendingSteps"): Rule(
+    (P.IDLE, PendingSteps.key): Rule(
         "_on_pending_steps", (P.IDLE, P.QUEUED, *_INSTALL), "first pending step"
     ),
-    (P.QUEUED, "MetadataReceived"): Rule(
+    (P.QUEUED, MetadataReceived.key): Rule(
         "_on_metadata", (P.DOWNLOADING, P.GC_FOR_SPACE, P.IDLE), "space check"
     ),
-    (P.QUEUED, "MetadataFailed"): Rule("_on_metadata_failed", (P.QUEUED, P.IDLE), "retry / WONTGO"),
-    (P.GC_FOR_SPACE, "GcDone"): Rule("_on_space_gc_done", (P.DOWNLOADING, P.IDLE), "re-check"),
-    (P.DOWNLOADING, "ObjectFetched"): Rule(
+    (P.QUEUED, MetadataFailed.key): Rule("_on_metadata_failed", (P.QUEUED, P.IDLE), "retry / WONTGO"),
+    (P.GC_FOR_SPACE, GcDone.key): Rule("_on_space_gc_done", (P.DOWNLOADING, P.IDLE), "re-check"),
+    (P.DOWNLOADING, ObjectFetched.key): Rule(
         "_on_object_fetched", (P.DOWNLOADING, P.IDLE, *_INSTALL), "object in pool / retry"
     ),
     # non-reboot transition (§3.6)
-    (P.TRANSITIONING, "ContainersStopped"): Rule("_on_stopped", (P.INPROGRESS,), "merge, restart"),
+    (P.TRANSITIONING, ContainersStopped.key): Rule("_on_stopped", (P.INPROGRESS,), "merge, restart"),
     (P.TRANSITIONING, Verdict.FAILED): Rule("_on_container_failed", _FAIL, "ERROR, roll back"),
     # testing (§3.5)
-    (P.INPROGRESS, "HubReached"): Rule(
+    (P.INPROGRESS, HubReached.key): Rule(
         "_on_hub_reached", (P.INPROGRESS, P.TESTING, *_FAIL), "hub ok"
     ),
-    (P.INPROGRESS, "timer:network"): Rule("_on_network_timeout", _FAIL, "ERROR Hub not reachable"),
+    (P.INPROGRESS, timer_key("network")): Rule("_on_network_timeout", _FAIL, "ERROR Hub not reachable"),
     (P.INPROGRESS, Verdict.ACHIEVED): Rule("_on_goals", (P.INPROGRESS, P.TESTING), "goals met"),
     (P.INPROGRESS, Verdict.TIMEDOUT): Rule("_on_goals", (P.INPROGRESS, *_FAIL), "goal timeout"),
     (P.INPROGRESS, Verdict.FAILED): Rule("_on_container_failed", _FAIL, "ERROR, roll back"),
-    (P.TESTING, "HubRequestFailed"): Rule("_on_hub_failed", (P.TESTING, *_FAIL), "hub unstable"),
-    (P.TESTING, "timer:commit"): Rule("_on_commit_timer", (P.TESTING, P.IDLE), "commit"),
+    (P.TESTING, HubRequestFailed.key): Rule("_on_hub_failed", (P.TESTING, *_FAIL), "hub unstable"),
+    (P.TESTING, timer_key("commit")): Rule("_on_commit_timer", (P.TESTING, P.IDLE), "commit"),
     (P.TESTING, Verdict.STABLE): Rule("_on_stable", (P.TESTING, P.IDLE), "commit if due"),
     (P.TESTING, Verdict.FAILED): Rule("_on_container_failed", _FAIL, "ERROR, roll back"),
     # steady state (§4.3): a container that exits reboots the device
@@ -167,7 +175,7 @@ BESIDE_EDGES: tuple[tuple[Phase, Phase, str], ...] = (
     (P.IDLE, P.REBOOTING, "CtrlCommand LOCAL_RUN_COMMIT / REBOOT_DEVICE"),
 )
 
-_CONTAINER_TIMERS = frozenset({"timer:goal", "timer:recovery", "timer:stable", "timer:backoff"})
+_CONTAINER_TIMERS = frozenset(map(timer_key, ("goal", "recovery", "stable", "backoff")))
 
 
 class _Update:
@@ -369,6 +377,25 @@ class Updater:
     @property
     def update_active(self) -> bool:
         return self.phase in UPDATE_PHASES
+
+    def ctrl_decision(self, op: str, *, command_queued: bool = False) -> CtrlDecision:
+        """pv-ctrl's answer to `POST /commands {"op": op}` now, from this engine's state: the
+        one place that gives `shared.engine.ctrl.ctrl_decision` its inputs. A backend that
+        answers a second command while one is queued asks here with `command_queued`."""
+        return ctrl.ctrl_decision(
+            op,
+            update_active=self.update_active,
+            command_queued=command_queued,
+            control_remote=self.config.control_remote,
+            local_mode=self.local_mode,
+        )
+
+    def signal_decision(self, container: str) -> CtrlDecision:
+        """pv-ctrl's answer to a container's ready signal (`shared.engine.ctrl.signal_decision`):
+        the container must run in this revision with status goal READY. A backend asks before it
+        feeds ContainerReady."""
+        rec = self.containers.recs.get(container) if self.containers is not None else None
+        return ctrl.signal_decision(container, rec.spec.status_goal if rec is not None else None)
 
     @property
     def update_rev(self) -> str | None:
@@ -785,26 +812,21 @@ class Updater:
                 self.phase = getattr(self, rule.handler)(event)
 
     def _on_ctrl(self, event: CtrlCommand) -> None:  # R3
-        decision = ctrl_decision(
-            event.op,
-            update_active=self.update_active,
-            control_remote=self.config.control_remote,
-            local_mode=self.local_mode,
-        )
+        decision = self.ctrl_decision(event.op)
         if not decision.accepted:
             self._out.append(CtrlReply(decision.status, decision.retry_after, decision.reason))
             return
         self._out.append(CtrlReply(200))
         op = event.op
-        if op in ("REBOOT_DEVICE", "POWEROFF_DEVICE"):
-            self._out.append(Reboot(op, poweroff=op == "POWEROFF_DEVICE"))
+        if op in ctrl.REBOOTING_OPS:
+            self._out.append(Reboot(op, poweroff=op == Op.POWEROFF_DEVICE))
             self.phase = Phase.REBOOTING
-        elif op == "RUN_GC":
+        elif op == Op.RUN_GC:
             self._out.append(self._gc_command("command"))
-        elif op == "GO_REMOTE":
+        elif op == Op.GO_REMOTE:
             self.local_mode = False
-        elif op in ("LOCAL_RUN", "LOCAL_RUN_COMMIT"):
-            self.phase = self._local_run(event, force_reboot=op == "LOCAL_RUN_COMMIT")
+        elif op in ctrl.OPS_WITH_REVISION:
+            self.phase = self._local_run(event, force_reboot=op == Op.LOCAL_RUN_COMMIT)
 
     def _local_run(self, event: CtrlCommand, *, force_reboot: bool) -> Phase:
         """`pv_update_run` (§3.4.3): no object or space check."""
@@ -963,13 +985,68 @@ _STATUS_OF = {
     ContainerReady: CStatus.READY,
 }
 _CONTAINER_EVENT_KEYS = frozenset(
-    {"ContainerMounted", "ContainerStarted", "ContainerReady", "ContainerExited"}
+    c.key for c in (ContainerMounted, ContainerStarted, ContainerReady, ContainerExited)
 )
 _ANY_PHASE: Mapping[str, str] = {
-    "CtrlCommand": "_on_ctrl",
-    "LocalStepStarted": "_on_local_step_started",
-    "LocalStepUploaded": "_on_local_step_uploaded",
-    "WaitTick": "_on_wait_tick",
-    "GcDone": "_gc_done",
-    "ObjectPut": "_on_object_put",
+    CtrlCommand.key: "_on_ctrl",
+    LocalStepStarted.key: "_on_local_step_started",
+    LocalStepUploaded.key: "_on_local_step_uploaded",
+    WaitTick.key: "_on_wait_tick",
+    GcDone.key: "_gc_done",
+    ObjectPut.key: "_on_object_put",
 }
+
+
+# ================================================================== the table's own check
+
+
+class TableError(Exception):
+    """A TABLE rule that could never fire or names something that does not exist."""
+
+
+def _event_classes() -> Mapping[str, type[Event]]:
+    """Dispatch key → the event class it names (TimerFired: one key per timer kind)."""
+    keys: dict[str, type[Event]] = {c.key: c for c in EVENT_TYPES if c is not TimerFired}
+    keys.update((timer_key(kind), TimerFired) for kind in TIMER_KINDS)
+    return keys
+
+
+def check_table(
+    table: Mapping[tuple[Phase, str], Rule] = TABLE,
+    any_phase: Mapping[str, str] = _ANY_PHASE,
+) -> None:
+    """Raise TableError unless every rule can fire and is typed: its phase is a Phase the
+    engine handles events in (not REBOOTING, R1), its key names a real event class of
+    shared.engine.events, a timer kind or a container verdict, its handler is an Updater method
+    whose `event` parameter accepts that event, and its targets are Phases. Run at import, so a
+    misspelt key cannot become a silently dead rule."""
+    events = _event_classes()
+    verdicts = frozenset(v for k, v in vars(Verdict).items() if not k.startswith("_"))
+    for (phase, key), rule in table.items():
+        where = f"TABLE[{phase!r}, {key!r}]"
+        if not isinstance(phase, Phase) or phase is Phase.REBOOTING:
+            raise TableError(f"{where}: {phase!r} is not a phase that handles events")
+        if key not in events and key not in verdicts:
+            raise TableError(f"{where}: {key!r} is no event, timer kind or container verdict")
+        if not rule.targets or not all(isinstance(t, Phase) for t in rule.targets):
+            raise TableError(f"{where}: targets must be Phases, got {rule.targets!r}")
+        # a verdict's handler gets the container event that produced it: any Event
+        _check_handler(where, rule.handler, events.get(key, Event))
+    for key, handler in any_phase.items():
+        if key not in events:
+            raise TableError(f"_ANY_PHASE[{key!r}]: no such event")
+        _check_handler(f"_ANY_PHASE[{key!r}]", handler, events[key])
+
+
+def _check_handler(where: str, name: str, event_class: type[Event]) -> None:
+    method = getattr(Updater, name, None)
+    if not callable(method):
+        raise TableError(f"{where}: Updater has no handler {name!r}")
+    annotation = inspect.signature(method).parameters["event"].annotation
+    # annotations are strings here (postponed evaluation); handlers name one imported class
+    accepted = globals().get(annotation) if isinstance(annotation, str) else annotation
+    if not (isinstance(accepted, type) and issubclass(event_class, accepted)):
+        raise TableError(f"{where}: {name} takes {accepted!r}, not {event_class.__name__}")
+
+
+check_table()
