@@ -161,6 +161,18 @@ def test_cmdline_parse_and_harness_choice(tmp_path: Path) -> None:
     assert guest_init.harness_actions(boot("0", "", "pvtwin.harness=panic")) == ["panic"]
 
 
+def test_harness_commit_takes_pv_try_and_drops_the_latch(tmp_path: Path) -> None:
+    """The harness's commit writes what shared.engine.bootloader says: pv_rev=<try>, pv_try and
+    the latch gone (a stale pv_trying would roll a later try of the same number back)."""
+    env = tmp_path / "grubenv"
+    env.write_bytes(disk.encode_env({"pv_rev": "0", "pv_try": "1", "pv_trying": "1", "x": "y"}))
+    boot = guest_init.GuestBoot(
+        "1", "1", {}, str(tmp_path), str(env), guest_init.Modules("x")
+    )
+    guest_init.commit(boot)
+    assert guest_init.load_env(str(env)) == {"pv_rev": "1", "x": "y"}
+
+
 def test_minimal_grubenv_writer_matches_pvreal_bootenv(tmp_path: Path) -> None:
     path = tmp_path / "grubenv"
     path.write_bytes(disk.encode_env({"pv_rev": "0"}))

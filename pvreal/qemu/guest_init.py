@@ -251,10 +251,13 @@ def commit(boot: GuestBoot) -> None:
     if not boot.trying:
         say(f"PVTWIN COMMIT skipped: not trying (pv_rev={boot.pv_rev} pv_try={boot.pv_try})")
         return
-    env["pv_rev"] = boot.pv_try
-    env.pop("pv_try", None)
-    env.pop("pv_trying", None)
-    save_env(boot.env_path, env)
+    # What the commit writes, and that the latch goes with pv_try, are shared rules.
+    from shared.engine import bootloader
+
+    old_try = env.get(bootloader.PV_TRY, "")
+    env = bootloader.env_after_set(env, pv_rev=boot.pv_try, pv_try="")
+    latch = bootloader.latch_after_try_write(bootloader.latch_from_env(env), old_try, "")
+    save_env(boot.env_path, bootloader.latch_to_env(env, latch))
     say(f"PVTWIN COMMIT pv_rev={boot.pv_try}")
 
 
