@@ -1,10 +1,11 @@
 # The README's two commands: `make demo` and `make test`. Both create .venv when it is missing.
+# `make test-fast` is `make test` without the QEMU guests (the tests marked `qemu`).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench lint venv clean
+.PHONY: demo test test-fast bench lint venv clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,12 +21,16 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 --dist loadgroup --durations=15
 
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -n 2 --dist loadgroup --durations=15 -m 'not qemu'
+
 bench: $(STAMP)
 	$(BIN)/pvsim bench
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
+	$(BIN)/mypy shared/
 
 clean:
 	rm -rf $(VENV) results build *.egg-info

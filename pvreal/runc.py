@@ -337,10 +337,11 @@ class Runc:
         pid_file.unlink(missing_ok=True)
         runc_log = bundle / "runc.log"
         runc_log.unlink(missing_ok=True)
-        out = subprocess.DEVNULL
+        log_file = None
         if console_log is not None:
             console_log.parent.mkdir(parents=True, exist_ok=True)
-            out = open(console_log, "ab")  # noqa: SIM115 - handed to the child, closed below
+            log_file = open(console_log, "ab")  # noqa: SIM115 - handed to the child, closed below
+        out = log_file if log_file is not None else subprocess.DEVNULL
         argv = [self.binary, "--root", str(self.root), "--log", str(runc_log), "create"]
         try:
             done = subprocess.run(
@@ -352,8 +353,8 @@ class Runc:
                 check=False,
             )
         finally:
-            if out is not subprocess.DEVNULL:
-                out.close()
+            if log_file is not None:
+                log_file.close()
         if done.returncode != 0:
             raise RuncError(f"runc create failed: {_tail(runc_log)}", source=cid)
         init = InitProcess.of(int(pid_file.read_text().strip()))

@@ -86,7 +86,7 @@ class _Prefixed(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer) -> int:  # type: ignore[override]
+    def readinto(self, buffer) -> int:
         if self._head:
             count = min(len(buffer), len(self._head))
             buffer[:count] = self._head[:count]
@@ -177,7 +177,7 @@ def unpack_package(
 def _read_tar(stream: BinaryIO, *, source: str, kind: Kind, staging: Path,
               limits: Limits) -> Package:
     package = Package(source=source)
-    mode = "r|gz" if kind == "gzip" else "r|"
+    mode: Literal["r|gz", "r|"] = "r|gz" if kind == "gzip" else "r|"
     current = "(archive header)"
     total = members = 0
     try:

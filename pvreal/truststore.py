@@ -9,9 +9,13 @@ setups keep one certificate per file. The public key is a PEM file like `pvs/tru
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from shared.errors import PvError
 from shared.signatures import TrustConfig, Truststore
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 CERT_SUFFIXES = (".pem", ".crt", ".cer")
 
@@ -34,7 +38,7 @@ def load_truststore(path: str | Path, *, name: str | None = None) -> Truststore:
         files = [path]
     else:
         raise TrustError("truststore not found", source=str(path))
-    certificates = []
+    certificates: list[x509.Certificate] = []
     for file in files:
         try:
             blob = file.read_bytes()

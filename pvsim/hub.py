@@ -11,9 +11,13 @@ from __future__ import annotations
 import random
 from bisect import bisect_right
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from pvsim.scenario import Faults
 from pvsim.strategies import COMPLETED, RUNNING, Strategy, Tally
+
+if TYPE_CHECKING:
+    import numpy as np
 
 INF = float("inf")
 
@@ -63,7 +67,7 @@ class Rollout:
     name: str
     at_s: float
     strategy: Strategy
-    order: list[int]
+    order: np.ndarray  # device indices in admission order (a seeded permutation)
     tally: Tally
     cursor: int = 0
     next_wake: float | None = None

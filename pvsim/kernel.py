@@ -19,6 +19,7 @@ from typing import Any
 
 import simpy
 from simpy.core import NORMAL
+from simpy.events import EventPriority
 
 
 class Call:
@@ -37,14 +38,17 @@ class CountingEnvironment(simpy.Environment):
         super().__init__(initial_time)
         self.events = 0
 
-    def schedule(self, event: simpy.Event, priority: int = NORMAL, delay: float = 0) -> None:
+    def schedule(
+        self, event: simpy.Event, priority: EventPriority = NORMAL, delay: float = 0
+    ) -> None:
         self.events += 1
         heappush(self._queue, (self._now + delay, priority, next(self._eid), event))
 
     def call_later(self, delay: float, fn: Callable[[Any], None]) -> None:
         """Call `fn(call)` after `delay` simulated seconds: one event, timed as `timeout(delay)`."""
         self.events += 1
-        heappush(self._queue, (self._now + delay, NORMAL, next(self._eid), Call(fn)))
+        # a Call stands in for an Event (see Call), which the queue's element type cannot say
+        heappush(self._queue, (self._now + delay, NORMAL, next(self._eid), Call(fn)))  # type: ignore[misc]
 
     def run(self, until: Any = None) -> Any:
         """`Environment.run`, without counting its own bookkeeping: a time `until` schedules a stop

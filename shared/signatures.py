@@ -565,10 +565,10 @@ def _signing_key(
         )
         store = trust.oem_truststore if use_oem else trust.truststore
         verify_chain(sig.x5c, store, now=now, key=sig.key)
-        public_key = leaf.public_key()
-        if not isinstance(public_key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
+        leaf_key = leaf.public_key()
+        if not isinstance(leaf_key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
             raise SignatureError("signing certificate key is neither RSA nor EC", key=sig.key)
-        return public_key, cn or _describe(leaf), store.name
+        return leaf_key, cn or _describe(leaf), store.name
     public_key = trust.public_key()
     if public_key is None:
         raise SignatureError(
@@ -615,13 +615,13 @@ def jwk_of(public_key: PublicKey) -> dict[str, str]:
     if isinstance(public_key, rsa.RSAPublicKey):
         numbers = public_key.public_numbers()
         return {"kty": "RSA", "n": _b64_uint(numbers.n), "e": _b64_uint(numbers.e)}
-    numbers = public_key.public_numbers()
+    point = public_key.public_numbers()
     size = ALGORITHMS[_CURVE_ALG[public_key.curve.name]].size
     return {
         "kty": "EC",
         "crv": _JWK_CURVES[public_key.curve.name],
-        "x": b64url_encode(numbers.x.to_bytes(size, "big")),
-        "y": b64url_encode(numbers.y.to_bytes(size, "big")),
+        "x": b64url_encode(point.x.to_bytes(size, "big")),
+        "y": b64url_encode(point.y.to_bytes(size, "big")),
     }
 
 

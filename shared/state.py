@@ -39,7 +39,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar
 
 from shared import canonical
 from shared.default_groups import DEFAULT_GROUPS_JSON, DEFAULT_GROUPS_SOURCE, RUNLEVELS
@@ -54,6 +54,7 @@ SIGNATURE_SPEC = "pvs@2"
 _SHA_RE = re.compile(r"[0-9a-f]{64}\Z")
 _ANY_CASE_SHA_RE = re.compile(r"[0-9a-fA-F]{64}\Z")
 _DURATION_RE = re.compile(r"[0-9]+(s|m|min|h)\Z")
+_E = TypeVar("_E", bound=StrEnum)  # the enum a field is read as
 
 CONFIG_DIR = "_config"
 SIGS_DIR = "_sigs"
@@ -728,7 +729,9 @@ class _Parser:
             backoff_policy=backoff_policy,
         )
 
-    def number(self, obj: Mapping[str, Any], name: str, default: float, key: str, label: str):
+    def number(
+        self, obj: Mapping[str, Any], name: str, default: float, key: str, label: str
+    ) -> float:
         value = obj.get(name, default)
         if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
             raise self.fail(f"{label}.{name} must be a non-negative number", key)
@@ -760,7 +763,9 @@ class _Parser:
             raise self.fail(f"{what!r} must be an array of strings, found {_short(value)}", key)
         return tuple(value)
 
-    def enum(self, enum: type, obj: Mapping[str, Any], key: str, what: str, where: str | None):
+    def enum(
+        self, enum: type[_E], obj: Mapping[str, Any], key: str, what: str, where: str | None
+    ) -> _E | None:
         if what not in obj:
             return None
         label = f"{where}.{what}" if where else what

@@ -49,8 +49,10 @@ def test_faithful_reproduces_the_done_before_pv_rev_window(faithful):
     assert torn, "the in-place env rewrite should tear"
 
 
-def test_no_run_takes_long(hardened, faithful):
-    assert hardened.seconds < 60 and faithful.seconds < 60
+def test_the_enumeration_stays_small(hardened, faithful):
+    """Each crash point is one short device run, so their number is the check's cost (1331
+    hardened and 1182 faithful today): a change that multiplies it shows here, on any machine."""
+    assert hardened.total_crash_points < 2000 and faithful.total_crash_points < 2000
 
 
 def test_cli_writes_json_and_exit_codes(tmp_path, capsys):

@@ -9,10 +9,10 @@ the crash-check invariants that must hold at *any* moment, not only at quiescenc
 from __future__ import annotations
 
 import hypothesis.strategies as st
+from enginekit import build_state
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from pvsim.crashcheck import build_state
 from pvsim.memdevice import Behaviour, BootFailure, EnvStore, MemDevice, Storage, Trail
 from shared.engine.bootloader import Latch, choose_boot
 from shared.engine.commands import (

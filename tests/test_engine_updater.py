@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from enginekit import build_state
 
-from pvsim.crashcheck import build_state
 from shared.engine.commands import (
     ArmTimer,
     CtrlReply,

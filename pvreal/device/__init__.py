@@ -9,7 +9,7 @@ runc containers and network namespaces, with a pv-ctrl socket (pvreal.ctrl).
 """
 
 
-def guest_main(boot):  # type: ignore[no-untyped-def]
+def guest_main(boot):
     """PID 1 in the QEMU guest (pvreal.qemu.guest_init hands over here): see pvreal.device.guest.
     Imported lazily so that `import pvreal.device` stays cheap everywhere else."""
     from pvreal.device.guest import guest_main as run

@@ -126,8 +126,11 @@ def write_file_in_place(image: Path, path: str, data: bytes) -> None:
         raise ToolError(
             f"{image}: /{path} is not {len(data)} bytes long: {out[:200]!r}", source=str(image)
         )
-    block_size = int(re.search(r"Block size:\s*(\d+)", tools.run(
-        [tools.require("debugfs"), "-R", "stats", _fs(image)])).group(1))  # fmt: skip
+    stats = tools.run([tools.require("debugfs"), "-R", "stats", _fs(image)])
+    block_match = re.search(r"Block size:\s*(\d+)", stats)
+    if block_match is None:
+        raise ToolError(f"{image}: debugfs stats names no block size", source=str(image))
+    block_size = int(block_match.group(1))
     blocks_out = tools.run(
         [tools.require("debugfs"), "-R", f"blocks /{path.lstrip('/')}", _fs(image)]
     )

@@ -128,7 +128,8 @@ def plan(kern: kernel_mod.Kernel, repo: Path, cache: Path) -> Plan:
     result.symlinks["var/run"] = "../run"  # pyroute2 creates /var/run/netns
     result.generated["etc/passwd"] = b"root:x:0:0:root:/root:/bin/sh\n"
     result.generated["etc/group"] = b"root:x:0:\n"
-    _add_python(result, Path(sys._base_executable).resolve())
+    # CPython's interpreter behind any venv (undeclared in typeshed, hence getattr)
+    _add_python(result, Path(getattr(sys, "_base_executable", sys.executable)).resolve())
     _add_pvtwin(result, repo)
     _add_tools(result)
     _add_modules(result, kern)
@@ -208,9 +209,9 @@ def _add_pvtwin(result: Plan, repo: Path) -> None:
                 dest = f"{GUEST_PYTHON_PATH}/{path.relative_to(repo)}".lstrip("/")
                 result.files[dest] = path
     for dist in _distribution_closure(DISTRIBUTIONS):
-        base = Path(dist.locate_file("")).resolve()
+        base = Path(str(dist.locate_file(""))).resolve()
         for entry in dist.files or ():
-            path = Path(dist.locate_file(entry)).resolve()
+            path = Path(str(dist.locate_file(entry))).resolve()
             if not path.is_file() or not path.is_relative_to(base) or ".opt-" in path.name:
                 continue
             result.files[f"{GUEST_PYTHON_PATH}/{path.relative_to(base)}".lstrip("/")] = path

@@ -136,11 +136,13 @@ _CHOICES: Mapping[str, tuple[str, ...]] = {
     "bootloader_type": ("uboot", "uboot-ab", "uboot-pvk", "rpiab", "grub"),
     "secureboot_mode": ("disabled", "audit", "lenient", "strict"),
 }
-_FIELD_TYPES = {f.name: f.type for f in fields(Config)}
+# field annotations are strings here (`from __future__ import annotations`)
+_FIELD_TYPES: Mapping[str, str] = {f.name: str(f.type) for f in fields(Config)}
 
 
 def _convert(attr: str, raw: Any, source: str | None, key: str) -> Any:
     kind = _FIELD_TYPES[attr]
+    value: float  # the numeric kinds fall through to the sign check below
     try:
         if kind == "bool":
             if isinstance(raw, str):
@@ -163,10 +165,10 @@ def _convert(attr: str, raw: Any, source: str | None, key: str) -> Any:
         elif kind == "BootLatch":
             return BootLatch(raw)
         else:
-            value = str(raw)
-            if attr in _CHOICES and value not in _CHOICES[attr]:
+            text = str(raw)
+            if attr in _CHOICES and text not in _CHOICES[attr]:
                 raise ValueError(raw)
-            return value
+            return text
     except (TypeError, ValueError):
         expected = {
             "bool": "0 or 1",

@@ -98,8 +98,8 @@ class Msg:
 
 
 @lru_cache(maxsize=8192)
-def _make(cls: type[Progress], status: Status, msg: str, retries: int) -> Progress:
-    return cls(status, msg, PROGRESS_NUMBER[status], retries)
+def _make(status: Status, msg: str, retries: int) -> Progress:
+    return Progress(status, msg, PROGRESS_NUMBER[status], retries)
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +136,7 @@ class Progress:
     @classmethod
     def make(cls, status: Status, msg: str, retries: int = 0) -> Progress:
         """A record with the fixed progress number of `status` (shared: records are values)."""
-        return _make(cls, status, msg, retries)
+        return _make(status, msg, retries)
 
     @property
     def is_final(self) -> bool:
@@ -164,7 +164,7 @@ class Progress:
         """Read a stored record; a bad one raises InvalidJson naming `source` and the key."""
         if not isinstance(doc, Mapping):
             raise InvalidJson("progress must be a JSON object", source=source)
-        status_text = doc.get("status")
+        status_text: Any = doc.get("status")  # any JSON value: Status() rejects a non-member
         try:
             status = Status(status_text)
         except ValueError:

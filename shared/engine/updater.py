@@ -35,7 +35,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from shared.diff import StateDiff, Transition, diff_states
 from shared.engine import ctrl, gc
@@ -508,6 +508,7 @@ class Updater:
             if self.update is not None:
                 self.phase = self._fail(msg)
             return False
+        assert state is not None  # msg is NOT_FOUND whenever state is None
         self.running_state = state
         self.containers = Containers(rev, state, self.config.goals_timeout)
         return True
@@ -803,8 +804,9 @@ class Updater:
             out, verdict = c.on_exit(event.name, event.uptime, self.phase in TRYING_PHASES)
         elif isinstance(event, TimerFired):
             out, verdict = c.on_timer(event.name)
-        else:
-            out, verdict = c.on_status(event.name, _STATUS_OF[type(event)])
+        else:  # handle() sends only the keys of _CONTAINER_EVENT_KEYS here
+            status_event = cast("ContainerMounted | ContainerStarted | ContainerReady", event)
+            out, verdict = c.on_status(status_event.name, _STATUS_OF[type(event)])
         self._out.extend(out)
         if verdict is not None:
             rule = TABLE.get((self.phase, verdict))
