@@ -21,6 +21,7 @@ PLOTTED = ("bricked", "rolled_back", "exposed", "gb_downloaded", "time_to_95pct_
 
 def variants(strategies: str | None, models: str | None) -> dict[str, dict[str, Any]]:
     """label -> overrides, from comma-separated strategy names or else update-model names."""
+    allowed: tuple[str, ...]
     if strategies:
         names, key, allowed, flag = strategies, "rollout.strategy", STRATEGIES, "--strategies"
     else:

@@ -57,8 +57,7 @@ def register_groups(subparsers: argparse._SubParsersAction, groups: Sequence[str
 
 
 def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> int:
-    # pvsim and pvreal never import each other and shared/ does no I/O, so each CLI keeps these
-    # few lines of its own; the exit-code rule they share is shared.errors.run_command.
+    # each CLI has its own entry point: pvsim and pvreal stay independent, shared/ stays I/O-free
     args = parser.parse_args(argv)
     return run_command(parser.prog, lambda: args.func(args), _stderr)
 

@@ -17,7 +17,9 @@ def signature_rules(state: State, source: str | None = None) -> list[dict[str, A
     rules = []
     for key, sig in sorted(state.signatures.items()):
         header = _protected_header(key, sig, source)
-        pvs = header.get("pvs") if isinstance(header.get("pvs"), dict) else {}
+        pvs = header.get("pvs")
+        if not isinstance(pvs, dict):
+            pvs = {}
         rules.append(
             {
                 "name": key[len("_sigs/") : -len(".json")],

@@ -1,7 +1,8 @@
 """`pvsim`: fleet-scale failure scenarios, update-strategy benchmarks and crash-point checks.
 
 One module per command group in this package, each exposing `register(subparsers)` and storing
-its handler as the parser default `func`; the library code they call lives in pvsim/.
+its handler as the parser default `func`; the library code they call lives in pvsim/ under the
+same name (`run` says why its differs).
 """
 
 from __future__ import annotations
@@ -46,8 +47,7 @@ def build_parser(groups: Sequence[str] = GROUPS) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    # pvsim and pvreal never import each other and shared/ does no I/O, so each CLI keeps these
-    # few lines of its own; the exit-code rule they share is shared.errors.run_command.
+    # each CLI has its own entry point: pvsim and pvreal stay independent, shared/ stays I/O-free
     args = build_parser().parse_args(argv)
     return run_command("pvsim", lambda: args.func(args), _stderr)
 
