@@ -9,15 +9,17 @@ other runs go on. Means come with 95 % confidence intervals (Student t over the 
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
+import tomllib
 import traceback
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any
 
-from pvsim.scenario import Scenario, validate_scenario, with_overrides
+from pvsim.scenario import Scenario, ScenarioError, validate_scenario, with_overrides
 from pvsim.shard import stable_seed
 
 METRICS = (
@@ -43,6 +45,32 @@ _T95 = (
     2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
     2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
 )  # fmt: skip
+
+
+def parse_grid(items: list[str]) -> dict[str, list[Any]]:
+    grid: dict[str, list[Any]] = {}
+    for item in items:
+        key, sep, values = item.partition("=")
+        if not sep or not key.strip() or not values.strip():
+            raise ScenarioError(f"expected KEY=V1,V2,... got {item!r}", source="--grid")
+        parsed = []
+        for raw in values.split(","):
+            raw = raw.strip()
+            try:
+                parsed.append(tomllib.loads(f"v = {raw}")["v"])
+            except tomllib.TOMLDecodeError:
+                parsed.append(raw)
+        grid[key.strip()] = parsed
+    return grid
+
+
+def grid_variants(grid: dict[str, list[Any]]) -> dict[str, dict[str, Any]]:
+    """label -> overrides for every combination of the grid (factorial product, in grid order)."""
+    keys = list(grid)
+    return {
+        ", ".join(f"{k}={v}" for k, v in zip(keys, combo, strict=True)): dict(zip(keys, combo, strict=True))
+        for combo in itertools.product(*(grid[k] for k in keys))
+    }
 
 
 def mean_ci(values: Sequence[float]) -> tuple[float | None, float | None, int]:
@@ -198,6 +226,14 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, dict[str, tuple[float | N
     for row in rows:
         labels.setdefault(row["label"], []).append(row)
     return {label: {m: mean_ci([r[m] for r in group]) for m in METRICS} for label, group in labels.items()}
+
+
+def summary_json(summary: dict[str, dict[str, tuple[float | None, float | None, int]]]) -> dict[str, Any]:
+    """summarize()'s tuples as JSON objects: label -> metric -> mean, ci95, n."""
+    return {
+        label: {m: {"mean": v[0], "ci95": v[1], "n": v[2]} for m, v in metrics.items()}
+        for label, metrics in summary.items()
+    }
 
 
 def run_with_progress(jobs: list[Job], workers: int, dask: Any, console: Any) -> list[dict[str, Any]]:

@@ -272,14 +272,14 @@ def test_mkenvimage_pair_loads_in_our_store(tmp_path, mkenvimage):
 
 
 def test_cli_hardened_pair_is_read_and_edited_by_fw_tools(tmp_path, fw_tools, capsys):
-    from shared.cli_support import build_parser
-    from shared.cli_support import run as run_cli
+    from pvreal.cli import build_parser
+    from pvreal.cli import run as run_cli
 
     fw_printenv, fw_setenv = fw_tools
     primary, second = tmp_path / "uboot.env", tmp_path / "uboot-redund.env"
 
     def pvreal(*argv: str | Path) -> str:
-        parser = build_parser("pvreal", "", ("pvreal.cli_env",))
+        parser = build_parser("pvreal", "", ("pvreal.cli.env",))
         assert run_cli(parser, ["env", *map(str, argv)]) == 0
         return capsys.readouterr().out
 

@@ -9,9 +9,9 @@ import sys
 import pytest
 
 from pvreal.bootenv import grubenv, ubootenv
-from shared.cli_support import build_parser, run
+from pvreal.cli import build_parser, run
 
-ONLY_ENV = ("pvreal.cli_env",)
+ONLY_ENV = ("pvreal.cli.env",)
 
 
 def pvreal(*argv, capsys):

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from pvreal import cli, cli_rev_show
+from pvreal import cli
+from pvreal.cli import run
+from pvreal.cli.rev import show as cli_rev_show
 from pvreal.examples import example
 from shared import canonical
-from shared.cli_support import run
 
 REPO = Path(__file__).resolve().parent.parent
 

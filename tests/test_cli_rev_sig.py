@@ -13,10 +13,10 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from pki import NOW, chain, issue, key
 
-from pvreal import cli_rev_sig
+from pvreal.cli import run
+from pvreal.cli.rev import sig as cli_rev_sig
 from pvreal.truststore import TrustError, load_truststore
 from shared import canonical
-from shared.cli_support import run
 from shared.signatures import parse_signature
 
 REPO = Path(__file__).resolve().parent.parent

@@ -27,13 +27,13 @@ from pathlib import Path
 
 import pytest
 
+from pvreal.cli import build_parser, run
 from pvreal.tx import TxFolder, TxStatus
 from shared.canonical import is_canonical
-from shared.cli_support import build_parser, run
 
 # Only the tx group, built once: building pvreal's whole parser per command dominated the runtime.
 # test_console_script_exit_status goes through the real entry point.
-PARSER = build_parser("pvreal", "pvreal tx under test", ["pvreal.cli_tx"])
+PARSER = build_parser("pvreal", "pvreal tx under test", ["pvreal.cli.tx"])
 
 SPEC = "pantavisor-service-system@1"
 

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from pvreal.cli_rev_build import docker_volume_key
 from pvreal.mounts import (
     MountError,
     VolumeMount,
@@ -16,6 +15,7 @@ from pvreal.mounts import (
     volume_container_path,
 )
 from pvreal.netns import AddressPool, NetworkError
+from pvreal.rev.build import docker_volume_key
 from pvreal.runc import LxcSettings, RuncError, bundle_config, lxc_config_text
 from pvreal.storage import Storage
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from pvsim.bench import per_update_figures, raw_simpy_rate, twin_run
 from pvsim.cli import main
-from pvsim.cli_bench import per_update_figures, raw_simpy_rate, twin_run
 from pvsim.results import RESULT_KEYS
 
 REPO = Path(__file__).resolve().parent.parent
@@ -110,7 +110,7 @@ def test_sweep_is_factorial_and_writes_csv(tmp_path, capsys):
 def test_summary_table_reads_as_a_person_would():
     from rich.console import Console
 
-    from pvsim.cli_run import summary_table
+    from pvsim.cli.run import summary_table
     from pvsim.runner import run_scenario
     from pvsim.scenario import load_scenario
 

@@ -11,10 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from shared.engine.progress import FAILED_STATUSES, FINAL_STATUSES, Status
 from shared.errors import PvError
 
-FINAL = ("DONE", "UPDATED", "ERROR", "WONTGO")
-FAILED = ("ERROR", "WONTGO")
+# shared.engine.progress's sets as plain strings in Status's order: they meet JSON values and
+# appear in messages
+FINAL: tuple[str, ...] = tuple(s.value for s in Status if s in FINAL_STATUSES)
+FAILED: tuple[str, ...] = tuple(s.value for s in Status if s in FAILED_STATUSES)
 
 
 class CtrlError(PvError):

@@ -3,16 +3,11 @@
 
 import sys
 
-from pvreal import cli_device
-from shared.cli_support import run
+from pvreal.cli import build_parser, run
 
 
 def main() -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="pvreal")
-    cli_device.register(parser.add_subparsers(dest="command", required=True))
-    return run(parser, ["device", *sys.argv[1:]])
+    return run(build_parser(groups=("pvreal.cli.device",)), ["device", *sys.argv[1:]])
 
 
 if __name__ == "__main__":

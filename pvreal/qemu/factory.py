@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pvreal.cli_device import install_factory
-from pvreal.cli_rev_build import _replace_part, build_bsp, build_container, save_state
 from pvreal.device.guest import DEVICE_CONFIG
+from pvreal.device.install import install_factory
 from pvreal.qemu import disk
 from pvreal.qemu.cmdline import write_cmdline_env
+from pvreal.rev.build import build_bsp, build_container, replace_part, save_state
 from pvreal.rootfs import busybox_rootfs
 from pvreal.storage import ObjectStore
 from shared import canonical
@@ -50,7 +50,7 @@ class Revisions:
         entries = build_bsp(
             kernel=self.kernel, initrd=self.initrd, objects=self.objects, cmdline=cmdline
         )
-        return _replace_part(state, "bsp/", entries)
+        return replace_part(state, "bsp/", entries)
 
     def container(
         self,
@@ -70,7 +70,7 @@ class Revisions:
             restart_policy=restart_policy,
             verity=verity,
         )
-        return _replace_part(state, f"{name}/", entries)
+        return replace_part(state, f"{name}/", entries)
 
     def factory(self, cmdline: str | None = None) -> dict[str, Any]:
         # restart policy "container": updating it alone needs no reboot (a "system" one would)

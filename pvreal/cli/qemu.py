@@ -1,16 +1,16 @@
-"""`pvreal qemu build|run`: build the boot chain artifacts, boot them under QEMU (TCG)."""
+"""`pvreal qemu build|run`: build the boot chain artifacts, boot them under QEMU (TCG).
+
+The library is pvreal/qemu/ (`build` for build, `launch` for run).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
-from pvreal.cli_rev_build import load_state
 from pvreal.qemu import build as build_mod
-from pvreal.qemu import grub, runner, scenarios, timeline
+from pvreal.qemu import grub, launch, runner, scenarios, timeline
 from pvreal.tools import ToolError
 from shared.errors import PvError
 
@@ -125,73 +125,29 @@ def _run(args: argparse.Namespace) -> int:
             "qemu-system-x86_64 not found on PATH (install qemu-system-x86)",
             source="qemu-system-x86_64",
         )
-    if not args.harness:
-        return _run_device(args, image)
     log = args.log or image.out / "console.log"
-    with tempfile.TemporaryDirectory(prefix="pvtwin-qmp-") as scratch:
-        argv = runner.qemu_argv(
-            image.grub_lnx,
-            image.disk,
-            watchdog=args.watchdog,
-            qmp_socket=Path(scratch) / "qmp.sock",
-        )
-        with runner.QemuRun(argv, log, timeout=args.timeout) as vm:
-            try:
-                code: int | None = vm.wait_exit(timeout=args.timeout + 5)
-            except runner.QemuTimeout:
-                code = None
-    boots = timeline.boots(vm.lines)
-    print(timeline.render(boots) or "no boot reached GRUB")
-    outcome = "powered off" if code == 0 and not vm.timed_out else f"killed after {args.timeout} s"
+    if not args.harness:
+        return _run_device(args, image, log)
+    run = launch.run_harness(image, log, timeout=args.timeout, watchdog=args.watchdog)
+    print(timeline.render(run.boots) or "no boot reached GRUB")
+    outcome = "powered off" if run.powered_off else f"killed after {args.timeout} s"
     print(f"QEMU {outcome}; console: {log}")
     if args.json:
         report = {
-            "boots": [b.to_json() for b in boots],
-            "powered_off": code == 0 and not vm.timed_out,
-            "timed_out": vm.timed_out,
+            "boots": [b.to_json() for b in run.boots],
+            "powered_off": run.powered_off,
+            "timed_out": run.timed_out,
             "console_log": str(log),
         }
         args.json.write_text(json.dumps(report, indent=2) + "\n")
-    return 0 if code == 0 and not vm.timed_out else 1
+    return 0 if run.powered_off else 1
 
 
-def _run_device(args: argparse.Namespace, image: build_mod.Image) -> int:
-    if not image.device_disk.exists():
-        raise PvError("no device.img; rebuild with `pvreal qemu build`", source=str(image.out))
-    log = args.log or image.out / "console.log"
-    with tempfile.TemporaryDirectory(prefix="pvtwin-qemu-run-") as scratch:
-        session = scenarios.Session(
-            image, Path(scratch), timeout=args.timeout,
-            watchdog=args.watchdog or any(n in scenarios.NEEDS_WATCHDOG for n in args.scenario),
-        )  # fmt: skip
-        failure: str | None = None
-        try:
-            with session.running():
-                session.wait_up()
-                for source in args.update:
-                    session.revisions = scenarios.Revisions(
-                        source.resolve().parent, image.kernel, image.initrd
-                    )
-                    rev = f"locals/{source.stem}"
-                    session.push_and_run(rev, load_state(source))
-                    session.wait_status(rev, ("DONE", "ERROR", "WONTGO"))
-                    session.wait_idle()
-                for name in args.scenario:
-                    run = scenarios.SCENARIOS[name]
-                    if name == "hard-reset":
-                        run(session, points=args.points, seed=args.seed)
-                    else:
-                        run(session)
-                    session.note(f"scenario {name} passed")
-                status = session.wait_idle()
-                session.note("final", running=status["running"], pv_rev=status["pv_rev"])
-                report = session.report()
-        except PvError as error:
-            failure = str(error)
-            report = session.report()
-        finally:
-            if (Path(scratch) / "console.log").exists():
-                shutil.copyfile(Path(scratch) / "console.log", log)
+def _run_device(args: argparse.Namespace, image: build_mod.Image, log: Path) -> int:
+    report, failure = launch.run_device(
+        image, log, updates=args.update, scenario_names=args.scenario, points=args.points,
+        seed=args.seed, timeout=args.timeout, watchdog=args.watchdog,
+    )  # fmt: skip
     for boot in report["boots"]:
         print(timeline.render([timeline.Boot(**boot)]))
         for event in boot["events"]:  # what the daemon reported during that boot

@@ -1,21 +1,19 @@
-"""`pvreal device init|run`: install a factory revision, run the device daemon (docs/device.md)."""
+"""`pvreal device init|run`: install a factory revision, run the device daemon (docs/device.md).
+
+The library is pvreal/device/ (`install` for init, `service` for run).
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import os
-import signal
-import threading
 from pathlib import Path
 
-from pvreal.device.latch import BOOTLOADERS, boot_files, set_env
-from pvreal.storage import ObjectError, ObjectStore, Storage
+from pvreal.device.install import install_factory
+from pvreal.device.latch import BOOTLOADERS
 from shared.errors import InvalidState, PvError
 from shared.signatures import SecurebootMode
-from shared.state import parse_state
-
-FACTORY = "0"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -59,34 +57,6 @@ def _boot_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ordering", choices=("hardened", "faithful"), default="hardened")
 
 
-def install_factory(
-    storage_root: Path, state_path: Path, objects_dir: Path, bootloader: str, ordering: str
-) -> Storage:
-    """Check everything first (state parses, every object present and hashing to its name),
-    then write: objects, trail 0, `pv_rev=0` in the boot env."""
-    try:
-        data = state_path.read_bytes()
-    except OSError as exc:
-        raise InvalidState(f"cannot read: {exc.strerror}", source=str(state_path)) from None
-    state = parse_state(data, source=str(state_path))
-    source = ObjectStore(objects_dir)
-    for sha in sorted(state.object_shas()):
-        if not source.is_valid(sha):
-            raise ObjectError("object missing or corrupt", source=str(source.dir), key=sha)
-    storage = Storage(storage_root)
-    if storage.revisions():
-        raise InvalidState("storage already holds revisions", source=str(storage_root))
-    storage.init_layout()
-    (storage.trails_dir / "locals").mkdir(exist_ok=True)
-    for sha in sorted(state.object_shas()):
-        storage.objects.add_file(source.path(sha))
-    storage.write_state(FACTORY, state.entries)
-    storage.link_trail(FACTORY, state.entries)
-    storage.set_current(FACTORY)
-    set_env(boot_files(storage.root / "boot", bootloader, ordering), FACTORY, "")
-    return storage
-
-
 def init_command(args: argparse.Namespace) -> int:
     objects = args.objects or args.state.resolve().parent / "objects"
     install_factory(args.storage, args.state, objects, args.bootloader, args.ordering)
@@ -105,10 +75,9 @@ def parse_overrides(items: list[str]) -> dict[str, str]:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from pvreal.ctrl.server import serve_device
-    from pvreal.device.daemon import Device, DeviceOptions
+    from pvreal.device.daemon import DeviceOptions
     from pvreal.device.secureboot import TrustOptions
-    from pvreal.mounts import enter_private_mount_namespace
+    from pvreal.device.service import serve
 
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
@@ -119,33 +88,14 @@ def run_command(args: argparse.Namespace) -> int:
     overrides = parse_overrides(args.config)
     if args.secureboot_mode:
         overrides["PV_SECUREBOOT_MODE"] = args.secureboot_mode
-    # Before any thread exists: our mounts stay ours and vanish with us, even on kill -9.
-    enter_private_mount_namespace()
-    device = Device(
-        DeviceOptions(
-            storage=args.storage,
-            bootloader=args.bootloader,
-            ordering=args.ordering,
-            config=overrides,
-            run_dir=args.run_dir,
-            network=not args.no_network,
-            trust=TrustOptions(args.truststore, args.oem_truststore, args.oem_name, args.pubkey),
-        )
+    options = DeviceOptions(
+        storage=args.storage,
+        bootloader=args.bootloader,
+        ordering=args.ordering,
+        config=overrides,
+        run_dir=args.run_dir,
+        network=not args.no_network,
+        trust=TrustOptions(args.truststore, args.oem_truststore, args.oem_name, args.pubkey),
     )
-    socket_path = args.socket or device.run_dir / "pv-ctrl"
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    server = serve_device(device, socket_path)
-    logging.info("pv-ctrl on %s", socket_path)
-    device.start()
-    try:
-        while not stop.wait(0.2):
-            if not device.running:
-                break
-    finally:
-        device.stop()
-        server.close()
-    if device.error is not None:
-        raise PvError(f"device stopped: {device.error}")
+    serve(options, args.socket)
     return 0

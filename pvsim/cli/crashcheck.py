@@ -10,9 +10,8 @@ from rich.console import Console
 from rich.table import Table
 
 from pvsim.crashcheck import CrashReport, crashcheck, kinds
-from shared.cli_support import EXIT_INVALID, EXIT_OK
 from shared.engine.config import BootLatch, Config, Ordering
-from shared.errors import PvError
+from shared.errors import EXIT_INVALID, EXIT_OK, PvError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

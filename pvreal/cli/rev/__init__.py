@@ -1,15 +1,15 @@
-"""`pvreal rev ...`: revision tools. Each family of verbs lives in its own module."""
+"""`pvreal rev ...`: revision tools, one module per family of verbs; the library is pvreal/rev/."""
 
 from __future__ import annotations
 
 import argparse
 
-from shared.cli_support import register_groups
+from pvreal.cli import register_groups
 
 VERB_MODULES = (
-    "pvreal.cli_rev_show",  # show, diff
-    "pvreal.cli_rev_sig",  # sign, verify
-    "pvreal.cli_rev_build",  # add-container, add-bsp
+    "pvreal.cli.rev.show",  # show, diff
+    "pvreal.cli.rev.sig",  # sign, verify
+    "pvreal.cli.rev.build",  # add-container, add-bsp
 )
 
 

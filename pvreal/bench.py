@@ -1,4 +1,4 @@
-"""`pvreal bench`: what a container-only update costs on the real device (as root).
+"""What a container-only update costs on the real device (`pvreal bench`, as root).
 
 1. LOCAL_RUN latency: from `POST /commands LOCAL_RUN` to the changed container STARTED again
    (a new init pid), objects and state already uploaded; median over `--runs` updates.
@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -24,10 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from pvreal import tools
-from pvreal.cli_rev_build import build_bsp, build_container, load_state, save_state
 from pvreal.ctrl.client import CtrlClient, CtrlError
+from pvreal.device.install import install_factory
+from pvreal.rev.build import build_bsp, build_container, load_state, save_state
 from pvreal.rootfs import busybox_rootfs
 from pvreal.storage import ObjectStore, is_sha
+from shared.engine.progress import Status
 from shared.errors import PvError
 
 TARGET_RUN_S = 1.0
@@ -39,15 +40,6 @@ while :; do sleep 1 & wait $!; done
 GROUPS = [
     {"name": "app", "status_goal": "STARTED", "restart_policy": "container", "timeout": 10},
 ]
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    bench = subparsers.add_parser("bench", help="measure a container-only update on this machine")
-    bench.add_argument("--runs", type=int, default=5, metavar="N")
-    bench.add_argument("--json", type=Path, metavar="PATH", help="write the figures as JSON")
-    bench.add_argument("--workdir", type=Path, metavar="DIR", help="default: a folder in /var/tmp")
-    bench.add_argument("--keep", action="store_true", help="keep the work folder")
-    bench.set_defaults(func=bench_command)
 
 
 def _rootfs(dest: Path, tag: str) -> Path:
@@ -126,8 +118,6 @@ def run_bench(work: Path, runs: int) -> dict[str, Any]:
     base = _state(work, objects, "base", "v0")
     updates = [_state(work, objects, f"u{i}", f"v{i}") for i in range(1, runs + 2)]
     storage, socket = work / "storage", work / "pv-ctrl"
-    from pvreal.cli_device import install_factory
-
     install_factory(storage, base, objects.dir, "uboot", "hardened")
     argv = [sys.executable, "-m", "pvreal.device", "run", "--storage", str(storage),
             "--socket", str(socket), "--run-dir", str(work / "run"),
@@ -144,8 +134,8 @@ def run_bench(work: Path, runs: int) -> dict[str, Any]:
         _upload(client, objects, updates[0], "locals/u1")
         if not client.command("LOCAL_RUN", "locals/u1").ok:
             raise PvError("LOCAL_RUN refused")
-        record = client.wait("locals/u1", ("UPDATED",), 60)
-        if not record or record["status"] != "UPDATED":
+        record = client.wait("locals/u1", (Status.UPDATED,), 60)
+        if not record or record["status"] != Status.UPDATED:
             raise PvError(f"update did not finish: {record}")
         os.sync()
         written = _write_bytes(proc.pid) - written0
@@ -167,7 +157,7 @@ def run_bench(work: Path, runs: int) -> dict[str, Any]:
                     raise PvError("the new container never started")
                 time.sleep(0.002)
             latencies.append(time.monotonic() - began)
-            client.wait(rev, ("UPDATED",), 60)
+            client.wait(rev, (Status.UPDATED,), 60)
     finally:
         proc.terminate()
         proc.wait(60)
@@ -190,36 +180,19 @@ def run_bench(work: Path, runs: int) -> dict[str, Any]:
     }
 
 
-def bench_command(args: argparse.Namespace) -> int:
+def bench(runs: int, workdir: Path | None = None, *, keep: bool = False) -> dict[str, Any]:
+    """run_bench in `workdir` (default: a new folder in /var/tmp, on a block device), removed
+    afterwards unless `keep`; needs root and runc, mksquashfs and busybox."""
     if os.geteuid() != 0:
         raise PvError("pvreal bench needs root (mounts, runc)")
     for tool in ("runc", "mksquashfs", "busybox"):
         tools.require(tool)
-    if args.runs < 1:
+    if runs < 1:
         raise PvError("--runs must be at least 1", key="--runs")
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="pvreal-bench-", dir="/var/tmp"))
+    work = workdir or Path(tempfile.mkdtemp(prefix="pvreal-bench-", dir="/var/tmp"))
     work.mkdir(parents=True, exist_ok=True)
     try:
-        result = run_bench(work, args.runs)
+        return run_bench(work, runs)
     finally:
-        if not args.keep:
+        if not keep:
             shutil.rmtree(work, ignore_errors=True)
-    lat, wr = result["local_run_to_started_s"], result["app_only_update_writes"]
-    rows = [
-        ("LOCAL_RUN → container STARTED (median)", f"{lat['median']:.3f} s",
-         f"≤ {TARGET_RUN_S} s", lat["median"] <= TARGET_RUN_S),
-        (f"  min / max over {lat['runs']} runs", f"{lat['min']:.3f} / {lat['max']:.3f} s", "", None),
-        ("bytes written, app-only update", f"{wr['bytes_written']:,} B", "", None),
-        ("size of the changed objects", f"{wr['changed_objects_bytes']:,} B", "", None),
-        ("write amplification", f"{wr['ratio']:.3f}×", f"≤ {TARGET_AMPLIFICATION}×",
-         wr["ratio"] <= TARGET_AMPLIFICATION),
-    ]
-    width = max(len(r[0]) for r in rows)
-    print(f"{'measure':<{width}}  {'value':>22}  {'target':>8}  ok")
-    for name, value, target, ok in rows:
-        mark = "" if ok is None else ("yes" if ok else "NO")
-        print(f"{name:<{width}}  {value:>22}  {target:>8}  {mark}")
-    print(f"writes measured by {wr['measured_by']}")
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
-    return 0

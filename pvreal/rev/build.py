@@ -1,22 +1,21 @@
-"""`pvreal rev add-container` and `pvreal rev add-bsp`: build revision parts from files.
+"""Revision parts built from files (`pvreal rev add-container`, `pvreal rev add-bsp`).
 
-add-container packs a root filesystem (a folder, or an OCI / `docker save` image) into a
+A container build packs a root filesystem (a folder, or an OCI / `docker save` image) into a
 reproducible squashfs object and writes the container's part into the state the way pvr's docker
 template does: `NAME/root.squashfs`, `NAME/lxc.container.conf`, `NAME/run.json`
 (`service-manifest-run@1`), `NAME/src.json` (provenance) and, with `--verity`,
 `NAME/root.squashfs.hash` + `NAME/_dm/root.squashfs.json` with root-volume `dm:root.squashfs`.
 
-add-bsp adds kernel, initrd (`bsp/pantavisor`), optional modules squashfs and fdt, and
+A BSP build adds kernel, initrd (`bsp/pantavisor`), optional modules squashfs and fdt, and
 `bsp/run.json`. `cmdline` in bsp/run.json is a pvtwin extension (Pantavisor keeps the kernel
 command line in the bootloader); pvtwin's QEMU runner appends it.
 
-Objects go to `--objects DIR` (default: `objects/` beside the state file). The state is written
-once, canonical and atomically, after every object is in place; bad input changes nothing.
+A build writes its objects first and returns the state entries; the caller writes the state
+(`save_state`: canonical and atomic) once every object is in place.
 """
 
 from __future__ import annotations
 
-import argparse
 import re
 import shlex
 import tempfile
@@ -30,7 +29,6 @@ from pvreal.runc import DEFAULT_PATH, LxcSettings, lxc_config_text
 from pvreal.storage import ObjectStore
 from shared import canonical
 from shared.errors import InvalidJson, InvalidState
-from shared.state import RestartPolicy, StatusGoal
 
 SERVICE_SYSTEM_SPEC = "pantavisor-service-system@1"
 RUN_SPEC = "service-manifest-run@1"
@@ -38,57 +36,6 @@ SRC_SPEC = "service-manifest-src@1"
 BSP_SRC_SPEC = "bsp-manifest-src@1"
 ROOT_VOLUME = "root.squashfs"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-
-
-def register(verbs: argparse._SubParsersAction) -> None:
-    add = verbs.add_parser(
-        "add-container",
-        help="add or replace a container built from a rootfs folder or an OCI image",
-        description="Pack a root filesystem into a squashfs object and add the container's part "
-        "(run.json, lxc.container.conf, src.json) to STATE.",
-    )
-    add.add_argument(
-        "state", metavar="STATE", type=Path, help="state JSON file (created if missing)"
-    )
-    add.add_argument("name", metavar="NAME", help="container name")
-    source = add.add_mutually_exclusive_group(required=True)
-    source.add_argument("--rootfs", metavar="DIR", type=Path, help="root filesystem folder")
-    source.add_argument("--oci", metavar="TARBALL", type=Path, help="OCI layout or docker save tar")
-    add.add_argument("--group", metavar="G", help="group (data, root, platform, app, ...)")
-    add.add_argument("--status-goal", metavar="G", choices=[g.value for g in StatusGoal])
-    add.add_argument("--restart-policy", metavar="P", choices=[p.value for p in RestartPolicy])
-    add.add_argument(
-        "--init", metavar="CMD", help="init command (default: the image's, else /sbin/init)"
-    )
-    add.add_argument(
-        "--persistence",
-        choices=["boot", "revision", "permanent"],
-        default="boot",
-        help="where the rootfs overlay's upper dir lives (default boot: a tmpfs)",
-    )
-    add.add_argument("--memory-limit", metavar="BYTES", type=int, help="cgroup memory limit")
-    add.add_argument("--pids-limit", metavar="N", type=int, help="cgroup pids limit")
-    add.add_argument("--verity", action="store_true", help="add a dm-verity hash tree (dm: volume)")
-    add.add_argument("--objects", metavar="DIR", type=Path, help="objects folder")
-    add.set_defaults(func=add_container_command)
-
-    bsp = verbs.add_parser(
-        "add-bsp",
-        help="add or replace the BSP: kernel, initrd, modules, fdt",
-        description="Add kernel, initrd (pantavisor), modules and fdt objects and bsp/run.json.",
-    )
-    bsp.add_argument(
-        "state", metavar="STATE", type=Path, help="state JSON file (created if missing)"
-    )
-    bsp.add_argument("--kernel", metavar="F", type=Path, required=True)
-    bsp.add_argument("--initrd", metavar="F", type=Path, required=True)
-    bsp.add_argument("--modules", metavar="DIR|SQUASHFS", type=Path)
-    bsp.add_argument("--fdt", metavar="F", type=Path)
-    bsp.add_argument(
-        "--cmdline", metavar="ARGS", help="extra kernel command line (pvtwin extension)"
-    )
-    bsp.add_argument("--objects", metavar="DIR", type=Path, help="objects folder")
-    bsp.set_defaults(func=add_bsp_command)
 
 
 # --------------------------------------------------------------------------------------------
@@ -110,11 +57,7 @@ def save_state(path: Path, state: dict[str, Any]) -> None:
     atomic_write(path, canonical.dump_bytes(state))
 
 
-def _objects(args: argparse.Namespace) -> ObjectStore:
-    return ObjectStore(args.objects or args.state.resolve().parent / "objects")
-
-
-def _replace_part(state: dict[str, Any], prefix: str, entries: dict[str, Any]) -> dict[str, Any]:
+def replace_part(state: dict[str, Any], prefix: str, entries: dict[str, Any]) -> dict[str, Any]:
     """Drop every key under `prefix` (an old version of the part), then add `entries`."""
     kept = {k: v for k, v in state.items() if not k.startswith(prefix)}
     kept.update(entries)
@@ -230,27 +173,6 @@ def build_container(
     return entries
 
 
-def add_container_command(args: argparse.Namespace) -> int:
-    state = load_state(args.state)  # read first: a bad state file stops us before any build
-    entries = build_container(
-        args.name,
-        rootfs=args.rootfs,
-        oci_image=args.oci,
-        objects=_objects(args),
-        group=args.group,
-        status_goal=args.status_goal,
-        restart_policy=args.restart_policy,
-        init=args.init,
-        persistence=args.persistence,
-        memory_limit=args.memory_limit,
-        pids_limit=args.pids_limit,
-        verity=args.verity,
-    )
-    save_state(args.state, _replace_part(state, f"{args.name}/", entries))
-    print(f"{args.name}: root.squashfs {entries[f'{args.name}/{ROOT_VOLUME}']}")
-    return 0
-
-
 # --------------------------------------------------------------------------------------------
 # add-bsp
 
@@ -294,18 +216,3 @@ def build_bsp(
     entries["bsp/run.json"] = run
     entries["bsp/src.json"] = {"#spec": BSP_SRC_SPEC, "pvtwin": "pvreal rev add-bsp"}
     return entries
-
-
-def add_bsp_command(args: argparse.Namespace) -> int:
-    state = load_state(args.state)
-    entries = build_bsp(
-        kernel=args.kernel,
-        initrd=args.initrd,
-        objects=_objects(args),
-        modules=args.modules,
-        fdt=args.fdt,
-        cmdline=args.cmdline,
-    )
-    save_state(args.state, _replace_part(state, "bsp/", entries))
-    print(f"bsp: kernel.img {entries['bsp/kernel.img']}")
-    return 0

@@ -9,7 +9,8 @@ verify STATE [--truststore DIR] [--mode M] [--oem-truststore DIR --oem-name N] [
        device would accept the state under --mode. `--json` prints `ok`, `message` (the
        Pantavisor outcome string or null), `protected`, `excluded`, `notseen` and `signatures`.
 
-Exit codes (shared.cli_support): 0 ok, 1 invalid input or failed check, 2 usage.
+The signing is pvreal.rev.sign's, the checks shared.signatures'.
+Exit codes (shared.errors): 0 ok, 1 invalid input or failed check, 2 usage.
 """
 
 from __future__ import annotations
@@ -18,22 +19,12 @@ import argparse
 import datetime as dt
 import json
 from pathlib import Path
-from typing import Any
 
-from pvreal.cli_rev_show import read_state_bytes
-from pvreal.durable import atomic_write
+from pvreal.rev.read import read_state_json
+from pvreal.rev.sign import sign_state_file
 from pvreal.truststore import load_trust_config
-from shared import canonical
-from shared.cli_support import EXIT_INVALID, EXIT_OK
-from shared.errors import PvError
-from shared.signatures import (
-    SecurebootMode,
-    Signer,
-    VerifyResult,
-    add_signature,
-    default_rules,
-    verify_state,
-)
+from shared.errors import EXIT_INVALID, EXIT_OK
+from shared.signatures import SecurebootMode, VerifyResult, verify_state
 
 
 def register(verbs: argparse._SubParsersAction) -> None:
@@ -120,38 +111,24 @@ def sign_command(args: argparse.Namespace) -> int:
     if args.chain and not args.cert:
         parser.error("--chain needs --cert")
 
-    path: Path = args.state
-    state = canonical.loads_object(_read(path), source=str(path))
-    cert_blobs = [_read(p) for p in ([args.cert] if args.cert else []) + list(args.chain)]
-    try:
-        signer = Signer.from_pem(_read(args.key), cert_blobs)
-    except PvError as exc:
-        exc.source = exc.source or str(args.key)
-        raise
-    include, exclude = default_rules(
-        name, part=args.part, include=args.include, exclude=args.exclude, config=not args.noconfig
+    signed = sign_state_file(
+        args.state,
+        args.key,
+        ([args.cert] if args.cert else []) + list(args.chain),
+        name,
+        part=args.part,
+        include=args.include,
+        exclude=args.exclude,
+        config=not args.noconfig,
+        embed_jwk=not args.no_jwk,
     )
-    try:
-        new_state = add_signature(
-            state, signer, name=name, include=include, exclude=exclude, embed_jwk=not args.no_jwk
-        )
-    except PvError as exc:
-        exc.source = exc.source or str(path)
-        raise
-    atomic_write(path, canonical.dump_bytes(new_state))
-    key = f"_sigs/{name}.json"
+    signer = signed.signer
     print(
-        f"{path}: wrote {key} ({signer.alg}, {len(include)} include / {len(exclude)} exclude globs"
+        f"{args.state}: wrote {signed.key} ({signer.alg}, {len(signed.include)} include / "
+        f"{len(signed.exclude)} exclude globs"
         + (f", x5c of {len(signer.chain)} certificates)" if signer.chain else ", no x5c)")
     )
     return EXIT_OK
-
-
-def _read(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise PvError(f"cannot read: {exc.strerror}", source=str(path)) from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -162,7 +139,7 @@ def verify_command(args: argparse.Namespace) -> int:
     parser: argparse.ArgumentParser = args.parser
     if args.oem_truststore and not args.oem_name:
         parser.error("--oem-truststore needs --oem-name")
-    state, source = _read_state(args.state)
+    state, source = read_state_json(args.state)
     trust = load_trust_config(
         args.truststore,
         oem_truststore=args.oem_truststore,
@@ -176,12 +153,6 @@ def verify_command(args: argparse.Namespace) -> int:
     else:
         _print_result(source, result)
     return EXIT_OK if result.ok else EXIT_INVALID
-
-
-def _read_state(spec: str) -> tuple[dict[str, Any], str]:
-    """The raw state JSON of a file, a trail directory (.pvr/json) or `-` (stdin)."""
-    data, source = read_state_bytes(spec)
-    return canonical.loads_object(data, source=source), source
 
 
 def _parse_time(text: str) -> dt.datetime:

@@ -1,4 +1,4 @@
-"""`pvsim bench`: measured, not guessed — event rates, events per device-update, memory per device.
+"""What `pvsim bench` measures: measured, not guessed — event rates, events per device-update, memory per device.
 
 In one process: a raw SimPy loop (processes that only yield timeouts) to calibrate this machine, the
 twin running scenarios/quickstart.toml at the requested size, and the raw loop again. The machine's
@@ -14,16 +14,12 @@ per-device-update figures say what that means for a run: a twin at ratio 0.5 spe
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
 import simpy
-from rich.console import Console
-from rich.table import Table
 
 from pvsim.results import peak_rss_mb
 
@@ -127,29 +123,3 @@ def bench(devices: int) -> dict[str, Any]:
         "peak_rss_mb": twin["peak_rss_mb"],
         "rollout_state": twin["rollout_state"],
     }
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "bench",
-        help="event rate, events per device-update, memory per device",
-        description="Measure the twin against a raw SimPy timeout loop in the same process, and "
-        "time the quickstart rollout at --devices.",
-    )
-    parser.add_argument("--devices", type=int, default=20_000, help="fleet size for the quickstart run (default 20000)")
-    parser.add_argument("--json", type=Path, help="write the figures to this JSON file")
-    parser.set_defaults(func=handle)
-
-
-def handle(args: argparse.Namespace) -> int:
-    figures = bench(args.devices)
-    table = Table(title=f"pvsim bench ({args.devices} devices, scenarios/quickstart.toml)")
-    table.add_column("figure")
-    table.add_column("value", justify="right")
-    for key, value in figures.items():
-        table.add_row(key, f"{value:,}" if isinstance(value, int | float) else str(value))
-    Console().print(table)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
-    return 0

@@ -1,4 +1,7 @@
-"""`pvsim run SCENARIO`: simulate one scenario, show progress and a summary, write the outputs."""
+"""`pvsim run SCENARIO`: simulate one scenario, show progress and a summary, write the outputs.
+
+The command `run` fronts pvsim/runner.py (`run_scenario`; pvsim.shard with --shards).
+"""
 
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "run",
         help="simulate a fleet rollout; write results, plots and a report",
         description="Simulate one scenario file and write results.json, timeline.csv, "
-        "adoption.png and report.html into --out.",
+        "adoption.png and report.html into --out. (The simulation is pvsim/runner.py.)",
     )
     parser.add_argument("scenario", help="scenario TOML file (see docs/scenarios.md)")
     parser.add_argument("--seed", type=int, help="override fleet.seed")
@@ -36,20 +39,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--dask", metavar="ADDRESS", help="with --shards: run the shards as Dask actors on this scheduler")
     parser.add_argument("--epoch-s", type=float, default=DEFAULT_EPOCH_S, help="with --shards: seconds between rollout decisions")
     parser.set_defaults(func=handle)
-    check = subparsers.add_parser(
-        "shard-check",
-        help="measure how far a sharded run is from the unsharded one",
-        description="Run a scenario sharded and unsharded; print the largest gap in adoption (share of the "
-        "fleet per revision at every hour, percentage points) and the pause/abort time gaps in epochs.",
-    )
-    check.add_argument("scenario", help="scenario TOML file")
-    check.add_argument("--devices", type=int, help="override fleet.devices")
-    check.add_argument("--shards", type=int, default=2, help="shards (default 2)")
-    check.add_argument("--workers", type=int, default=0, help="worker processes (default: one per CPU)")
-    check.add_argument("--dask", metavar="ADDRESS", help="run the shards as Dask actors on this scheduler")
-    check.add_argument("--epoch-s", type=float, default=DEFAULT_EPOCH_S, help="seconds between rollout decisions")
-    check.add_argument("--json", type=Path, help="write the figures to this path")
-    check.set_defaults(func=handle_shard_check)
 
 
 def _cell(key: str, value: object) -> str:
@@ -142,33 +131,3 @@ def _run_sharded(scenario: Scenario, args: argparse.Namespace, console: Console)
             scenario, args.shards, args.workers, args.dask, args.epoch_s,
             progress=lambda now, until: bar.update(task, completed=now),
         )  # fmt: skip
-
-
-def handle_shard_check(args: argparse.Namespace) -> int:
-    import time
-
-    from pvsim.shard import compare_runs, run_sharded
-
-    scenario = load_scenario(args.scenario, **{"fleet.devices": args.devices})
-    if args.shards < 2:
-        raise ScenarioError("must be at least 2", source="--shards")
-    console = Console(stderr=True)
-    # sharded first: its forked workers must not inherit the unsharded run's memory
-    console.print(f"sharded run: {scenario.fleet.devices} devices, {args.shards} shards ...")
-    start = time.perf_counter()
-    sharded = run_sharded(scenario, args.shards, args.workers, args.dask, args.epoch_s)
-    sharded_wall = time.perf_counter() - start
-    console.print(f"  {sharded_wall:.1f} s; unsharded run ...")
-    start = time.perf_counter()
-    unsharded = run_scenario(scenario)
-    unsharded_wall = time.perf_counter() - start
-    report = compare_runs(unsharded, sharded, args.epoch_s)
-    report["unsharded_wall_s"] = round(unsharded_wall, 3)  # world building included on both sides
-    report["sharded_wall_s"] = round(sharded_wall, 3)
-    report["wall_ratio"] = round(sharded_wall / unsharded_wall, 3)
-    text = json.dumps(report, indent=2)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text + "\n", encoding="utf-8")
-    print(text)
-    return 0

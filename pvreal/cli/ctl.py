@@ -1,5 +1,7 @@
 """`pvreal ctl`: talk to a running device over its pv-ctrl socket (like Pantavisor's pvcontrol).
 
+The command `ctl` (pvcontrol's verb) fronts pvreal/ctrl/, the pv-ctrl protocol: server and client.
+
     put STATE REV [--objects DIR]   upload missing objects, then the state as REV (locals/<name>)
     run REV | run-commit REV        LOCAL_RUN / LOCAL_RUN_COMMIT
     status | containers             what runs (pvtwin's /status; pv-ctrl's /containers)
@@ -16,13 +18,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pvreal.ctrl.client import CtrlClient, CtrlError
-from pvreal.storage import ObjectStore, is_sha
-from shared import canonical
+from pvreal.ctrl.client import FINAL, CtrlClient, CtrlError
+from pvreal.ctrl.upload import upload_revision
+from pvreal.storage import ObjectStore
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    ctl = subparsers.add_parser("ctl", help="talk to a running device over its control socket")
+    ctl = subparsers.add_parser(
+        "ctl",
+        help="talk to a running device over its control socket",
+        description="Talk to a running device over its pv-ctrl socket (the library is pvreal/ctrl/).",
+    )
     ctl.add_argument("--socket", type=Path, required=True, metavar="PATH")
     ctl.add_argument("--json", action="store_true", help="print JSON")
     verbs = ctl.add_subparsers(dest="verb", metavar="VERB", required=True)
@@ -50,7 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     prog.set_defaults(func=progress_command)
     wait = verbs.add_parser("wait", help="wait until a revision reaches a status")
     wait.add_argument("rev", metavar="REV")
-    wait.add_argument("--until", required=True, choices=("DONE", "UPDATED", "ERROR", "WONTGO"))
+    wait.add_argument("--until", required=True, choices=FINAL)  # every final status
     wait.add_argument("--timeout", type=float, default=120.0, metavar="S")
     wait.set_defaults(func=wait_command)
 
@@ -64,20 +70,9 @@ def _print(args: argparse.Namespace, doc: Any, text: str) -> None:
 
 
 def put_command(args: argparse.Namespace) -> int:
-    client = _client(args)
-    data = args.state.read_bytes()
-    state = canonical.loads_object(data, source=str(args.state))
     objects = ObjectStore(args.objects or args.state.resolve().parent / "objects")
-    present = {o["sha256"] for o in client.checked("GET", "/objects").json()}
-    uploaded = 0
-    for sha in sorted({v for k, v in state.items() if k != "#spec" and is_sha(v)} - present):
-        answer = client.put_object(sha, objects.path(sha))
-        if not answer.ok:
-            raise CtrlError(f"object {sha}: {answer.status} {answer.error}", source=str(args.socket))
-        uploaded += 1
-    answer = client.put_step(args.rev, data)
-    if not answer.ok:
-        raise CtrlError(f"{args.rev}: {answer.status} {answer.error}", source=str(args.state))
+    data = args.state.read_bytes()
+    uploaded = upload_revision(_client(args), args.rev, data, objects, str(args.state))
     _print(args, {"rev": args.rev, "uploaded": uploaded}, f"{args.rev}: {uploaded} objects sent")
     return 0
 

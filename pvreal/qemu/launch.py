@@ -1,0 +1,100 @@
+"""Boot a built image and report what happened (`pvreal qemu run`).
+
+Two runs: the device run boots `device.img` (a copy: the image stays factory-fresh) with the real
+daemon as PID 1, pushes updates over pv-ctrl and runs end-to-end scenarios (pvreal.qemu.scenarios);
+the harness run boots `storage.img` with the boot chain test harness until it powers off.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pvreal.ctrl.client import FINAL
+from pvreal.qemu import runner, scenarios, timeline
+from pvreal.qemu.build import Image
+from pvreal.qemu.factory import Revisions
+from pvreal.rev.build import load_state
+from shared.errors import PvError
+
+
+@dataclass(frozen=True)
+class HarnessRun:
+    boots: list[timeline.Boot]
+    powered_off: bool
+    timed_out: bool
+
+
+def run_harness(image: Image, log: Path, *, timeout: float, watchdog: bool) -> HarnessRun:
+    with tempfile.TemporaryDirectory(prefix="pvtwin-qmp-") as scratch:
+        argv = runner.qemu_argv(
+            image.grub_lnx,
+            image.disk,
+            watchdog=watchdog,
+            qmp_socket=Path(scratch) / "qmp.sock",
+        )
+        with runner.QemuRun(argv, log, timeout=timeout) as vm:
+            try:
+                code: int | None = vm.wait_exit(timeout=timeout + 5)
+            except runner.QemuTimeout:
+                code = None
+    return HarnessRun(timeline.boots(vm.lines), code == 0 and not vm.timed_out, vm.timed_out)
+
+
+def run_device(
+    image: Image,
+    log: Path,
+    *,
+    updates: Sequence[Path] = (),
+    scenario_names: Sequence[str] = (),
+    points: int = 5,
+    seed: int = 1,
+    timeout: float = 900.0,
+    watchdog: bool = False,
+) -> tuple[dict[str, Any], str | None]:
+    """The session's report (boots and steps) and the failure that ended it, if any; the serial
+    console is copied to `log` either way."""
+    if not image.device_disk.exists():
+        raise PvError("no device.img; rebuild with `pvreal qemu build`", source=str(image.out))
+    with tempfile.TemporaryDirectory(prefix="pvtwin-qemu-run-") as scratch:
+        session = scenarios.Session(
+            image, Path(scratch), timeout=timeout,
+            watchdog=watchdog or any(n in scenarios.NEEDS_WATCHDOG for n in scenario_names),
+        )  # fmt: skip
+        failure: str | None = None
+        try:
+            with session.running():
+                session.wait_up()
+                push_updates(session, image, updates)
+                for name in scenario_names:
+                    run = scenarios.SCENARIOS[name]
+                    if name == "hard-reset":
+                        run(session, points=points, seed=seed)
+                    else:
+                        run(session)
+                    session.note(f"scenario {name} passed")
+                status = session.wait_idle()
+                session.note("final", running=status["running"], pv_rev=status["pv_rev"])
+                report = session.report()
+        except PvError as error:
+            failure = str(error)
+            report = session.report()
+        finally:
+            if (Path(scratch) / "console.log").exists():
+                shutil.copyfile(Path(scratch) / "console.log", log)
+    return report, failure
+
+
+def push_updates(session: scenarios.Session, image: Image, sources: Sequence[Path]) -> None:
+    """Each state in turn (objects in objects/ beside it) with LOCAL_RUN, until it ends: UPDATED
+    for one that needed no reboot, DONE for one that did, or a failure."""
+    for source in sources:
+        session.revisions = Revisions(source.resolve().parent, image.kernel, image.initrd)
+        rev = f"locals/{source.stem}"
+        session.push_and_run(rev, load_state(source))
+        session.wait_status(rev, FINAL)
+        session.wait_idle()
