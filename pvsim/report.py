@@ -19,6 +19,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from pvsim.outputs import RUN_FILES  # noqa: E402
 from pvsim.results import RunResult  # noqa: E402
 
 
@@ -105,12 +106,7 @@ td,th{{border:1px solid #ccc;padding:3px 8px;font-size:13px;text-align:left}}img
 
 def write_run_outputs(result: RunResult, out: Path) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
-    paths = {
-        "results": out / "results.json",
-        "timeline": out / "timeline.csv",
-        "adoption": out / "adoption.png",
-        "report": out / "report.html",
-    }
+    paths = {role: out / name for role, name in RUN_FILES.items()}
     write_results_json(result, paths["results"])
     write_timeline_csv(result, paths["timeline"])
     png = figure_png(adoption_figure(result))
