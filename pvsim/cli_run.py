@@ -152,6 +152,7 @@ def handle_shard_check(args: argparse.Namespace) -> int:
 
     from pvsim.shard import compare_runs, run_sharded
 
+    check_output_paths(None, args.json)
     scenario = load_scenario(args.scenario, **{"fleet.devices": args.devices})
     if args.shards < 2:
         raise ScenarioError("must be at least 2", source="--shards")

@@ -156,3 +156,9 @@ def test_sweep_help_shows_a_single_percent_sign(capsys):
         main(["sweep", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "95 % confidence" in text and "%%" not in text
+
+
+def test_shard_check_json_pointing_at_a_folder(tmp_path, capsys, no_simulation):
+    path = scenario_file(tmp_path, SMALL + RELEASE)
+    assert main(["shard-check", str(path), "--json", str(tmp_path)]) == 1
+    assert capsys.readouterr().err.splitlines() == [f"pvsim: error: --json: {tmp_path} is a folder, not a file"]
