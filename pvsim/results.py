@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import resource
 import sys
+from array import array
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,7 +62,8 @@ def _time_to(commit_times: list[float], fraction: float, fleet: int, start: floa
 class RunResult:
     results: dict[str, Any]
     releases: list[dict[str, Any]] = field(default_factory=list)
-    timeline: dict[str, Any] = field(default_factory=dict)  # t (list), counts per revision name
+    # t (list), names and counts per revision, rolled_back and bricked so far (one per t)
+    timeline: dict[str, Any] = field(default_factory=dict)
     marks: list[tuple[float, str]] = field(default_factory=list)
     extras: dict[str, Any] = field(default_factory=dict)
 
@@ -84,7 +86,19 @@ def build_timeline(world: World, step: float) -> dict[str, Any]:
         np.add.at(delta, (slot, dst), 1)
         counts += np.cumsum(delta[:-1], axis=0)
     names = [r.name for r in world.revisions.revisions]
-    return {"t": times.tolist(), "names": names, "counts": counts.tolist()}
+    return {
+        "t": times.tolist(),
+        "names": names,
+        "counts": counts.tolist(),
+        "rolled_back": _so_far(times, world.rolled_back_t),
+        "bricked": _so_far(times, world.bricked_t),
+    }
+
+
+def _so_far(times: np.ndarray, moments: array) -> list[int]:
+    """How many of `moments` fall at or before each of `times` (the revision counts' convention)."""
+    ordered = np.sort(np.frombuffer(moments, dtype=np.float64))
+    return np.searchsorted(ordered, times, side="right").tolist()
 
 
 def collect(world: World, wall_s: float, events: int) -> RunResult:

@@ -51,7 +51,7 @@ def _fraction(value: float) -> float:
 
 class Fleet(_Table):
     devices: int = Field(1000, ge=1, le=10_000_000)
-    seed: int = 1
+    seed: int = Field(1, ge=0)  # numpy's generators take only non-negative seeds
     poll_interval_s: float = Field(60.0, gt=0)
     hub_egress_mbit_s: float = Field(10_000.0, ge=0)  # 0: unlimited
 
@@ -145,6 +145,16 @@ class Rollout(_Table):
 
     _fractions = field_validator("success_threshold", "error_threshold", "abort_threshold")(_fraction)
 
+    @field_validator("timezones_h")
+    @classmethod
+    def _zones_west_to_east(cls, zones: tuple[float, float]) -> tuple[float, float]:
+        low, high = zones
+        if not -12 <= low <= 14 or not -12 <= high <= 14:
+            raise ValueError("UTC offsets must lie between -12 and 14 hours")
+        if low > high:
+            raise ValueError(f"must be [westmost, eastmost]: {low:g} is east of {high:g}")
+        return zones
+
     @field_validator("group_percent")
     @classmethod
     def _groups_increase(cls, groups: tuple[float, ...]) -> tuple[float, ...]:
@@ -204,12 +214,19 @@ class Scenario(_Table):
 
     @model_validator(mode="after")
     def _releases_ordered(self) -> Scenario:
+        # model-level errors start with the dotted key they are about; validate_scenario splits it off
         names = [r.name for r in self.release]
-        if len(set(names)) != len(names):
-            raise ValueError("release.name: release names must be unique")
-        times = [r.at_s for r in self.release]
-        if times != sorted(times):
-            raise ValueError("release.at_s: releases must be listed in time order")
+        for index, name in enumerate(names):
+            if name in names[:index]:
+                raise ValueError(f"release[{index}].name: {name!r} is already the name of an earlier release")
+        for index, release in enumerate(self.release):
+            if index and release.at_s < self.release[index - 1].at_s:
+                raise ValueError(f"release[{index}].at_s: releases must be listed in time order")
+            if release.at_s >= self.run.until_s:
+                raise ValueError(
+                    f"release[{index}].at_s: {release.at_s:g} s is not before run.until_s ({self.run.until_s:g} s), "
+                    "so the run ends before the Hub offers it"
+                )
         return self
 
 
@@ -243,22 +260,34 @@ def validate_scenario(data: dict[str, Any], source: str) -> Scenario:
         return Scenario.model_validate(data)
     except ValidationError as exc:
         errors = exc.errors()
-        first = errors[0]
-        key = _dotted(first["loc"]) or "(top level)"
-        message = _message(first)
+        key, message = _keyed(errors[0])
         if len(errors) > 1:
-            rest = "; ".join(f"{_dotted(e['loc'])}: {_message(e)}" for e in errors[1:4])
+            rest = "; ".join("{}: {}".format(*_keyed(e)) for e in errors[1:4])
             message += f" (also: {rest})"
         raise ScenarioError(message, source=source, key=key) from None
+
+
+_MODEL_KEY = re.compile(r"^([A-Za-z_][\w.\[\]]*): (.*)$", re.DOTALL)
+
+
+def _keyed(error: dict[str, Any]) -> tuple[str, str]:
+    """(dotted key, message) of one pydantic error; a whole-scenario check names its key in front."""
+    key, message = _dotted(error["loc"]), _message(error)
+    if not key:
+        match = _MODEL_KEY.match(message)
+        if match:
+            return match[1], match[2]
+    return key or "(top level)", message
 
 
 def load_scenario(path: str | Path, **overrides: Any) -> Scenario:
     """Read and validate a scenario file. `overrides` are dotted keys, e.g. {"fleet.devices": 500}."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except OSError as exc:
         raise ScenarioError(f"cannot read: {exc.strerror}", source=str(path)) from None
+    text = _toml_text(raw, str(path))
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -268,6 +297,22 @@ def load_scenario(path: str | Path, **overrides: Any) -> Scenario:
         if value is not None:
             set_dotted(data, dotted, value, str(path))
     return validate_scenario(data, str(path))
+
+
+def _toml_text(raw: bytes, source: str) -> str:
+    """The file's text; TOML is UTF-8, and a NUL byte means a binary file was given by mistake."""
+    if b"\0" in raw:
+        raise _not_text("a binary file, not TOML text", raw, raw.index(b"\0"), source)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _not_text(f"not UTF-8 text (byte 0x{raw[exc.start]:02x})", raw, exc.start, source) from None
+
+
+def _not_text(what: str, raw: bytes, offset: int, source: str) -> ScenarioError:
+    line = raw.count(b"\n", 0, offset) + 1
+    column = offset - (raw.rfind(b"\n", 0, offset) + 1) + 1
+    return ScenarioError(f"{what} at line {line}, column {column}", source=source)
 
 
 _INDEXED = re.compile(r"^([A-Za-z_]+)\[(\d+)\]$")
@@ -294,6 +339,20 @@ def set_dotted(data: dict[str, Any], dotted: str, value: Any, source: str) -> No
     target[leaf] = value
 
 
+def check_option(option: str, dotted: str, value: Any) -> None:
+    """A command-line value for a scenario key (`--seed` for fleet.seed), checked by that key's
+    own rule so the error names the option typed, not the file it overrides. None: not given."""
+    if value is None:
+        return
+    table, key = dotted.split(".")
+    model = Scenario.model_fields[table].annotation
+    assert isinstance(model, type) and issubclass(model, _Table), dotted
+    try:
+        model.model_validate({key: value})
+    except ValidationError as exc:
+        raise ScenarioError(_message(exc.errors()[0]), source=option) from None
+
+
 def with_overrides(scenario: Scenario, **dotted: Any) -> Scenario:
     """A copy of a validated scenario with some dotted keys changed (validated again)."""
     data = scenario.model_dump()
@@ -310,6 +369,7 @@ __all__ = [
     "Dist",
     "Scenario",
     "ScenarioError",
+    "check_option",
     "load_scenario",
     "parse_dist",
     "validate_scenario",

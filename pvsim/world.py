@@ -81,6 +81,9 @@ class World:
         self.moves_t = array("d")
         self.moves_from = array("i")
         self.moves_to = array("i")
+        # when device-updates ended rolled back or bricked: drawn over time in adoption.png
+        self.rolled_back_t = array("d")
+        self.bricked_t = array("d")
         self.cut_rate = scenario.faults.power_cuts_per_device_day / 86400.0
         self.net_rate = scenario.faults.network_outages_per_device_day / 86400.0
         self.model = model_factory(self)
@@ -206,10 +209,12 @@ class World:
             rollout.commit_times.append(self.env._now)
         elif outcome == ROLLED_BACK:
             rollout.rolled_back += 1
+            self.rolled_back_t.append(self.env._now)
         elif outcome == WONTGO:
             rollout.wontgo += 1
         elif outcome == BRICKED_OUT:
             rollout.bricked += 1
+            self.bricked_t.append(self.env._now)
         self.table.status[device] = BRICKED if outcome == BRICKED_OUT else IDLE
         if report is OK:
             rollout.tally.succeeded += 1

@@ -13,9 +13,10 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from pvsim.outputs import check_output_paths
 from pvsim.results import RunResult
 from pvsim.runner import run_scenario
-from pvsim.scenario import Scenario, ScenarioError, load_scenario
+from pvsim.scenario import Scenario, ScenarioError, check_option, load_scenario
 from pvsim.shard import DEFAULT_EPOCH_S
 
 
@@ -90,6 +91,8 @@ def handle(args: argparse.Namespace) -> int:
         "rollout.strategy": args.strategy,
         "update_model.kind": args.model,
     }
+    check_option("--seed", "fleet.seed", args.seed)
+    check_output_paths(args.out, args.json)  # before minutes of simulation, not after
     scenario = load_scenario(args.scenario, **overrides)
     console = Console(stderr=True)
     if args.shards < 1:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from pvsim.outputs import check_output_paths
 from pvsim.scenario import ScenarioError, load_scenario
 from pvsim.shard import DEFAULT_EPOCH_S
 
@@ -32,6 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def handle(args: argparse.Namespace) -> int:
     from pvsim.shard_check import check_sharding
 
+    check_output_paths(None, args.json)  # before two long runs, not after
     scenario = load_scenario(args.scenario, **{"fleet.devices": args.devices})
     if args.shards < 2:
         raise ScenarioError("must be at least 2", source="--shards")

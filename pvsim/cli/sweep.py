@@ -31,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "sweep",
         help="factorial parameter sweeps (process pool or Dask)",
         description="Run every combination of --grid values over --seeds seeds; print means with "
-        "95 %% confidence intervals and write sweep.csv (one row per run), summary.csv, sweep.json "
+        "95 % confidence intervals and write sweep.csv (one row per run), summary.csv, sweep.json "
         "and plot-<key>.png. Exit code 1 when any run failed (each is reported with its traceback).",
     )
     parser.add_argument("scenario", help="scenario TOML file")
