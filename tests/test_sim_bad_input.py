@@ -162,3 +162,24 @@ def test_shard_check_json_pointing_at_a_folder(tmp_path, capsys, no_simulation):
     path = scenario_file(tmp_path, SMALL + RELEASE)
     assert main(["shard-check", str(path), "--json", str(tmp_path)]) == 1
     assert capsys.readouterr().err.splitlines() == [f"pvsim: error: --json: {tmp_path} is a folder, not a file"]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["compare", "--strategies", "all-at-once,canary"], ["sweep", "--grid", "fleet.devices=10,20"]],
+    ids=["compare", "sweep"],
+)
+def test_compare_and_sweep_out_pointing_at_a_file(tmp_path, capsys, monkeypatch, command):
+    """--out is checked before the runs (which may take hours), not after them."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("runs started despite an unusable --out")
+
+    monkeypatch.setattr(f"pvsim.cli.{command[0]}.run_with_progress", refuse)
+    path = scenario_file(tmp_path, SMALL + RELEASE)
+    target = tmp_path / "taken"
+    target.write_text("keep me\n")
+    code = main([command[0], str(path), *command[1:], "--seeds", "1", "--out", str(target)])
+    assert code == 1
+    assert capsys.readouterr().err.splitlines() == [f"pvsim: error: --out: {target} is a file, not a folder"]
+    assert target.read_text() == "keep me\n"

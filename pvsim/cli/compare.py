@@ -11,6 +11,7 @@ from pathlib import Path
 from rich.console import Console
 
 from pvsim.compare import comparison_table, variants, write_outputs
+from pvsim.outputs import check_folder
 from pvsim.scenario import STRATEGIES, UPDATE_MODELS, ScenarioError, load_scenario
 from pvsim.sweep import make_jobs, report_failures, run_with_progress, summarize
 
@@ -40,12 +41,13 @@ def handle(args: argparse.Namespace) -> int:
     if args.seeds < 1:
         raise ScenarioError("must be at least 1", source="--seeds")
     jobs = make_jobs(scenario, chosen, args.seeds, common_random_numbers=True)
+    out = args.out or Path("results") / f"compare-{scenario.name}"
+    check_folder(out, "--out")  # before every run, not after them
     console = Console(stderr=True)
     rows = run_with_progress(jobs, args.workers, args.dask, console)
     summary = summarize(rows)
     title = f"{scenario.name}: {scenario.fleet.devices} devices, {args.seeds} seeds"
     Console().print(comparison_table(title, summary))
-    out = args.out or Path("results") / f"compare-{scenario.name}"
     paths = write_outputs(out, scenario.name, args.seeds, list(chosen), summary, rows, title)
     console.print(f"wrote {', '.join(str(p) for p in paths)}")
     return report_failures(rows, console)

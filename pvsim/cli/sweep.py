@@ -14,6 +14,7 @@ from pathlib import Path
 from rich.console import Console
 
 from pvsim.compare import comparison_table
+from pvsim.outputs import check_folder
 from pvsim.scenario import ScenarioError, load_scenario
 from pvsim.sweep import (
     grid_variants,
@@ -51,11 +52,12 @@ def handle(args: argparse.Namespace) -> int:
         raise ScenarioError("must be at least 1", source="--seeds")
     variants = grid_variants(grid)
     jobs = make_jobs(scenario, variants, args.seeds)  # validates every combination first
+    out = args.out or Path("results") / f"sweep-{scenario.name}"
+    check_folder(out, "--out")  # before every run, not after them
     console = Console(stderr=True)
     rows = run_with_progress(jobs, args.workers, args.dask, console)
     summary = summarize(rows)
     Console().print(comparison_table(f"{scenario.name}: sweep over {', '.join(grid)}", summary))
-    out = args.out or Path("results") / f"sweep-{scenario.name}"
     written = write_outputs(out, scenario.name, grid, args.seeds, summary, rows)
     console.print(f"wrote {', '.join(str(out / w) for w in written)}")
     return report_failures(rows, console)
