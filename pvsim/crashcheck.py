@@ -34,16 +34,13 @@ from pvsim.memdevice import (
     Behaviour,
     BootFailure,
     CutPoint,
-    EnvStore,
     HubStep,
     MemDevice,
+    MemDisk,
     PowerCut,
-    Storage,
-    Trail,
 )
-from shared.engine.bootloader import Latch
 from shared.engine.config import Config, Ordering
-from shared.engine.events import CtrlCommand, Event, LocalStepStarted, LocalStepUploaded
+from shared.engine.events import CtrlCommand, Event, LocalStepStarted, LocalStepUploaded, TrailView
 from shared.engine.progress import Msg, Progress, Status
 from shared.state import State, parse_state
 
@@ -238,36 +235,31 @@ def kinds() -> dict[str, Kind]:
 # ----------------------------------------------------------------------------- base device
 
 
-def base_storage(kind: Kind, config: Config) -> tuple[Storage, str]:
-    """A settled device running its committed revision; returns (storage, old revision)."""
-    redundant = config.ordering is Ordering.HARDENED
+def base_storage(kind: Kind, config: Config) -> tuple[MemDisk, str]:
+    """A settled device running its committed revision; returns (disk, old revision)."""
     old_state = build_state()
-    objects = {sha: kind.behaviour.object_sizes.get(sha, 1000) for sha in old_state.object_shas()}
-    trails = {"0": Trail(old_state, None, False, old_state.object_shas())}
+    objects = set(old_state.object_shas())
+    trails = {"0": TrailView(old_state)}
     old = "0"
     total = 1 << 30
     if kind.gc_base:
         older = build_state(kernel="k2")
-        for sha in older.object_shas():
-            objects.setdefault(sha, kind.behaviour.object_sizes.get(sha, 1000))
+        objects |= older.object_shas()
         trails = {
-            "0": Trail(older, Progress.make(Status.DONE, Msg.FACTORY), True, older.object_shas()),
-            "1": Trail(
-                old_state, Progress.make(Status.DONE, Msg.DONE), True, old_state.object_shas()
-            ),
+            "0": TrailView(older, Progress.make(Status.DONE, Msg.FACTORY), True),
+            "1": TrailView(old_state, Progress.make(Status.DONE, Msg.DONE), True),
         }
         old = "1"
         # Room for the update only once GC removed revision 0's kernel and pantavisor.
-        total = int((sum(objects.values()) + 300_000) / 0.95) + 1
+        used = sum(kind.behaviour.object_sizes.get(sha, 1000) for sha in objects)
+        total = int((used + 300_000) / 0.95) + 1
     if kind.local:
-        state = kind.new_state
-        for sha in state.object_shas():  # objects uploaded with PUT /objects before the step
-            objects.setdefault(sha, 1000)
-    storage = Storage(EnvStore.create({"pv_rev": old}, redundant), Latch(), trails, objects, total)
-    device = MemDevice(storage, config, kind.behaviour, [])
+        objects |= kind.new_state.object_shas()  # objects uploaded with PUT /objects before the step
+    disk = MemDisk.settled(trails, objects, old, total=total)
+    device = MemDevice(disk, config, kind.behaviour, [])
     outcome = device.run_boot()
     assert outcome == "quiet", f"base device for {kind.name} did not settle"
-    return storage, old
+    return disk, old
 
 
 def _operator(kind: Kind) -> Callable[[MemDevice], list[Event]] | None:
@@ -286,7 +278,7 @@ def _operator(kind: Kind) -> Callable[[MemDevice], list[Event]] | None:
             return []
         if trail is None or trail.state is None:
             # The PUT writes .pvr/json itself (backend I/O), then tells the engine.
-            device.storage.trails.setdefault(rev, Trail()).state = state
+            device.storage.write_trail(rev, state)
             return [
                 LocalStepStarted(rev),
                 LocalStepUploaded(rev, state),
@@ -313,7 +305,7 @@ class RunResult:
 def run_once(
     kind: Kind,
     config: Config,
-    base: Storage,
+    base: MemDisk,
     old: str,
     cuts: tuple[CutPoint, ...] = (),
 ) -> RunResult:
@@ -364,7 +356,7 @@ def run_once(
     return RunResult(outcome, violations, device.steps, device.tearable, first_cut_at, record)
 
 
-def _failure_on_disk(storage: Storage, rev: str) -> Progress | None:
+def _failure_on_disk(storage: MemDisk, rev: str) -> Progress | None:
     trail = storage.trails.get(rev)
     if trail is not None and trail.progress is not None and trail.progress.is_failed:
         return trail.progress
@@ -381,7 +373,7 @@ def _check(
     violations: list[str],
 ) -> str:
     new = kind.new_rev
-    env = device.storage.env.read() or {}
+    env = device.storage.env() or {}
     pv_rev, pv_try = env.get("pv_rev", ""), env.get("pv_try", "")
     running = device.running
     # I2
