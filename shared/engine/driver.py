@@ -102,8 +102,8 @@ class TimerGenerations(dict[str, int]):
 
     __slots__ = ()
 
-    def arm(self, name: str, generation: int) -> None:
-        self[name] = generation
+    # arm(name, generation): dict.__setitem__ itself, without a Python frame (pvsim's hot path)
+    arm = dict.__setitem__
 
     def cancel(self, name: str) -> None:
         self.pop(name, None)
