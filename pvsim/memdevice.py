@@ -265,6 +265,23 @@ class MemDevice:
             return event
         return None
 
+    def take_answers(self, *, pass_time: bool = False) -> list[Event]:
+        """What the device feeds back without an engine (the conformance test's view): the queued
+        events, then the scheduled ones in time order; armed timers only when time passes."""
+        answers = list(self._queue)
+        self._queue.clear()
+        kept = []
+        for at, seq, event in sorted(self._heap, key=lambda e: (e[0], e[1])):
+            if isinstance(event, _Armed):
+                if not pass_time:
+                    kept.append((at, seq, event))
+                elif self._timers.fire(event.name, event.generation):
+                    answers.append(TimerFired(event.name))
+            elif not isinstance(event, HubTick):
+                answers.append(event)
+        self._heap[:] = kept
+        return answers
+
     def _schedule(self, delay: float, event: Event) -> None:
         self._seq += 1
         heapq.heappush(self._heap, (self.now + delay, self._seq, event))

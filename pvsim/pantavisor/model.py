@@ -13,12 +13,12 @@ import math
 import os
 from collections import deque
 from collections.abc import Callable, Generator
-from heapq import heappush
+from heapq import heapify, heappop, heappush
 from typing import Any
 
 from pvsim.device import INF, DeviceRun
 from pvsim.engine_memo import EngineMemo
-from pvsim.pantavisor.agenda import DeviceBrain
+from pvsim.pantavisor.agenda import DeviceBrain, TransferDue
 from pvsim.pantavisor.containers import Containers
 from pvsim.pantavisor.network import Network
 from pvsim.pantavisor.power import Power
@@ -191,4 +191,33 @@ class PantavisorModel(Network, Storage, Containers, Power):
                 break
             # CtrlReply: no pv-ctrl client in the fleet simulation
         return writes, failed_at, rebooting
+
+    # -- without the clock ------------------------------------------------------------------------------
+    def interpret(self, run: DeviceRun, brain: DeviceBrain, commands: list[C.Command]) -> list[E.Event]:
+        """The batch's effects and answers with the timing left out (the conformance test's view
+        of this backend): durable writes land at once, then everything the batch put in the
+        agenda is answered in time order, except armed timers (`pass_time`)."""
+        queue: deque[E.Event] = deque()
+        writes, _, _ = self._plan(run, brain, commands, queue)
+        for _, _, command in writes:
+            self._apply(run, brain, command)
+        timers = [entry for entry in brain.agenda if type(entry[2]) is E.TimerFired]
+        answers = [entry for entry in brain.agenda if type(entry[2]) is not E.TimerFired]
+        brain.agenda[:] = timers
+        heapify(brain.agenda)
+        for _, _, entry in sorted(answers, key=lambda e: (e[0], e[1])):
+            if type(entry) is TransferDue:
+                self._fetched(run, brain, entry, queue)
+            else:
+                queue.append(entry)  # type: ignore[arg-type]
+        return list(queue)
+
+    def pass_time(self, brain: DeviceBrain) -> list[E.Event]:
+        """The armed timers run out: the ones still armed fire, in deadline order (D4)."""
+        fired = []
+        while brain.agenda:
+            _, seq, entry = heappop(brain.agenda)
+            if type(entry) is E.TimerFired and brain.timers.fire(entry.name, seq):
+                fired.append(entry)
+        return fired
 
