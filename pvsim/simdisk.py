@@ -110,7 +110,8 @@ class SimDisk:
         elif kind is C.SetBootEnv:
             self.set_env(command, torn=torn)  # type: ignore[arg-type]
         elif kind is C.LinkObjects:
-            self.link(command.rev, command.state, torn=torn)  # type: ignore[attr-defined]
+            if self.links is not None:  # else links follow the state
+                self.link(command.rev, command.state, torn=torn)  # type: ignore[attr-defined]
         elif kind is C.WriteDoneMarker:
             rev = command.rev  # type: ignore[attr-defined]
             old = trails.get(rev)

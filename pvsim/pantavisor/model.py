@@ -50,6 +50,7 @@ class PantavisorModel(Network, Storage, Containers, Power):
         # so devices share them instead of building millions of equal ones
         self.event = functools.lru_cache(maxsize=None)(_new_event)
         self.pools: dict[frozenset[str], frozenset[str]] = {}
+        self._timer_fired: dict[str, E.TimerFired] = {}
         revs = world.revisions
         factory = revs[0]
         self.factory_disk = SimDisk(
@@ -170,10 +171,13 @@ class PantavisorModel(Network, Storage, Containers, Power):
                 if name == "network":
                     brain.hub_confirmed = False
                 brain.seq += 1  # the generation of this arming (D4)
-                brain.timers.arm(name, brain.seq)
-                heappush(brain.agenda, (t + command.delay, brain.seq, self.event(E.TimerFired, name)))  # type: ignore[attr-defined]
+                brain.timers[name] = brain.seq  # TimerGenerations.arm, inlined (hot path)
+                fired = self._timer_fired.get(name)  # the entry: the (shared) event it fires
+                if fired is None:
+                    fired = self._timer_fired[name] = self.event(E.TimerFired, name)
+                heappush(brain.agenda, (t + command.delay, brain.seq, fired))  # type: ignore[attr-defined]
             elif kind is C.CancelTimer:
-                brain.timers.cancel(command.name)  # type: ignore[attr-defined]
+                brain.timers.pop(command.name, None)  # type: ignore[attr-defined]  # TimerGenerations.cancel
             elif kind is C.FetchMetadata:
                 self._metadata(run, brain, command, t, queue)  # type: ignore[arg-type]
             elif kind is C.FetchObject:
@@ -199,8 +203,7 @@ class PantavisorModel(Network, Storage, Containers, Power):
         agenda is answered in time order, except armed timers (`pass_time`)."""
         queue: deque[E.Event] = deque()
         writes, _, _ = self._plan(run, brain, commands, queue)
-        for _, _, command in writes:
-            self._apply(run, brain, command)
+        self._apply_writes(run, brain, writes)
         timers = [entry for entry in brain.agenda if type(entry[2]) is E.TimerFired]
         answers = [entry for entry in brain.agenda if type(entry[2]) is not E.TimerFired]
         brain.agenda[:] = timers

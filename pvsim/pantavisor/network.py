@@ -40,6 +40,7 @@ class Network:
     config: Config
     size_mb: dict[str, float]
     corrupt: dict[str, int]
+    defects: dict[str, tuple[str, float]]
     _sizes: dict[frozenset[str], dict[str, int]]
     event: Any  # the model's event cache
 
@@ -76,7 +77,8 @@ class Network:
         queue.append(self.event(E.PendingSteps, (step,)))
 
     def _hub_ok(self, run: DeviceRun, brain: DeviceBrain) -> bool:
-        if self._defect(run.device, brain.booted) == "breaks_network":
+        hit = self.defects.get(brain.booted)  # _defect(...) == "breaks_network", inlined: hot
+        if hit is not None and hit[0] == "breaks_network" and self.world.table.defect_u[run.device] < hit[1]:
             return False
         return run.hub_reachable()
 

@@ -12,7 +12,7 @@ disk) and gets its own copy at its first write; object pools are interned frozen
 from __future__ import annotations
 
 import math
-from collections.abc import Generator
+from collections.abc import Generator, Iterable
 from typing import TYPE_CHECKING, Any
 
 from pvsim.device import INF, DeviceRun, PowerCut
@@ -77,14 +77,16 @@ class Storage:
         return rebooting
 
     def _apply_until(self, run: DeviceRun, brain: DeviceBrain, writes: list[Write], cut: float) -> None:
-        for start, end, command in writes:
-            if end <= cut:
-                self._apply(run, brain, command)
-            else:
-                if type(command) is C.SetBootEnv and start < cut and not command.redundant:
-                    self.world.count("torn_env_writes")
-                    self._own_disk(brain).set_env(command, torn=True)
-                break
+        done = 0
+        while done < len(writes) and writes[done][1] <= cut:
+            done += 1
+        if done:
+            self._apply_writes(run, brain, writes[:done])
+        if done < len(writes):
+            start, _, command = writes[done]
+            if type(command) is C.SetBootEnv and start < cut and not command.redundant:
+                self.world.count("torn_env_writes")
+                self._own_disk(brain).set_env(command, torn=True)
 
     def _intern(self, objects: frozenset[str]) -> frozenset[str]:
         """Devices with the same object pool share one frozenset (flyweight, ~1 KB a device)."""
@@ -98,14 +100,19 @@ class Storage:
         return brain.disk
 
     def _apply(self, run: DeviceRun, brain: DeviceBrain, command: C.Command) -> None:
-        """One durable write completed (LinkObjects: hard links cost metadata writes only)."""
+        """One durable write completed."""
+        self._apply_writes(run, brain, ((0.0, 0.0, command),))
+
+    def _apply_writes(self, run: DeviceRun, brain: DeviceBrain, writes: Iterable[Write]) -> None:
+        """Durable writes completed, in order (LinkObjects: hard links cost metadata writes only)."""
         disk = brain.disk
         if disk is self.factory_disk or disk is self.settled_disk:  # _own_disk, inlined: hot
             disk = brain.disk = disk.copy()
-        run.mb_written += 0.004
-        plan = disk.apply(command)
-        if plan is not None:
-            self._gc_done(run, brain, disk, plan)
+        for _, _, command in writes:
+            run.mb_written += 0.004
+            plan = disk.apply(command)
+            if plan is not None:
+                self._gc_done(run, brain, disk, plan)
 
     def _gc_done(self, run: DeviceRun, brain: DeviceBrain, disk: SimDisk, plan: GcPlan) -> None:
         disk.objects = self._intern(disk.objects)

@@ -70,14 +70,11 @@ class DeviceUpdate:
                     self.writes = writes
                     run.env.call_later(end - now, self._wrote)
                     return
-                for _, _, command in writes:
-                    model._apply(run, brain, command)
+                model._apply_writes(run, brain, writes)
         self._rest()
 
     def _wrote(self, _call: Any) -> None:
-        model, run, brain = self.model, self.run, self.brain
-        for _, _, command in self.writes:
-            model._apply(run, brain, command)
+        self.model._apply_writes(self.run, self.brain, self.writes)
         self.drain()
 
     def _rest(self) -> None:
@@ -107,7 +104,7 @@ class DeviceUpdate:
         timers = brain.timers
         while agenda:
             _, seq, head = agenda[0]
-            if type(head) is not TimerFired or timers.live(head.name, seq):
+            if type(head) is not TimerFired or timers.get(head.name) == seq:  # TimerGenerations.live
                 break
             heapq.heappop(agenda)  # a cancelled or re-armed timer: nothing to wake up for
         wake = agenda[0][0] if agenda and agenda[0][0] < poll_at else poll_at
@@ -129,7 +126,9 @@ class DeviceUpdate:
             _, seq, entry = heapq.heappop(agenda)
             kind = type(entry)
             if kind is TimerFired:
-                if brain.timers.fire(entry.name, seq):  # type: ignore[union-attr]
+                timers = brain.timers
+                if timers.get(entry.name) == seq:  # TimerGenerations.fire, inlined (hot path)
+                    del timers[entry.name]  # type: ignore[union-attr]
                     queue.append(entry)  # type: ignore[arg-type]
             elif kind is TransferDue:
                 model._fetched(run, brain, entry, queue)  # type: ignore[arg-type]
