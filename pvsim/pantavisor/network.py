@@ -1,10 +1,9 @@
 """The pantavisor model's Hub and network: polls, reports, metadata, object transfers, reachability.
 
 A request to a reachable Hub is instantaneous; one to an unreachable Hub (the device's link or the
-Hub is out, or the running revision broke the network) fails when it times out. An object streams
-over the device's link and its share of the Hub's egress into `objects/<sha>.tmp`, so the slower of
-the link and the storage sets its pace; it ends early at an outage or a dropped connection, and a
-corrupt release object fails its hash.
+Hub is out, or the running revision broke the network) fails when it times out. An object is one
+transfer attempt of `pvsim.transfer` (the network every update model shares) into
+`objects/<sha>.tmp`; a corrupt release object fails its hash.
 """
 
 from __future__ import annotations
@@ -17,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from pvsim.device import INF, DeviceRun
 from pvsim.pantavisor.agenda import DeviceBrain, TransferDue
 from pvsim.pantavisor.storage import MB
+from pvsim.transfer import HTTP_TIMEOUT_S, attempt
 from shared.engine import commands as C
 from shared.engine import events as E
 from shared.engine.progress import Msg
@@ -26,8 +26,6 @@ if TYPE_CHECKING:
     from pvsim.world import World
     from shared.engine.config import Config
 
-# PH_LIBEVENT_HTTP_TIMEOUT: when a request to an unreachable Hub fails
-HTTP_TIMEOUT_S = 60.0
 # events without fields: one instance for every device
 HUB_REACHED = E.HubReached()
 HUB_REQUEST_FAILED = E.HubRequestFailed()
@@ -143,26 +141,14 @@ class Network:
         if not self._hub_ok(run, brain):
             brain.push(start + HTTP_TIMEOUT_S, E.ObjectFetched(sha, ok=False))
             return
-        rate = world.egress.share(run.link_mb_s)
-        world.egress.active += 1
-        # the object streams to `objects/<sha>.tmp`: the slower of link and storage sets the pace
-        end = start + max(mb / rate, mb / run.write_mb_s)
-        stop = min(run.net_start if run.net_start > start else INF, world.hub_outages.next_start(start))
-        p = world.faults.network_loss_probability
-        if end > stop:
-            world.count("transfers_cut_by_outage")
-            # the connection stalls at the outage and fails when the request times out
-            failed = stop + HTTP_TIMEOUT_S
-            brain.push(failed, TransferDue(E.ObjectFetched(sha, ok=False), (stop - start) * rate))
-        elif p > 0 and world.rng.random() < p:
-            world.count("network_losses")
-            drop = start + (end - start) * world.rng.random()
-            brain.push(drop, TransferDue(E.ObjectFetched(sha, ok=False), (drop - start) * rate))
+        leg = attempt(run, start, mb)
+        if not leg.ok:
+            brain.push(leg.end, TransferDue(E.ObjectFetched(sha, ok=False), leg.moved_mb))
         elif sha in self.corrupt and self._defect(run.device, str(self.corrupt[sha])) == "corrupt_object":
             world.count("corrupt_object")
-            brain.push(end, TransferDue(E.ObjectFetched(sha, ok=False, hash_mismatch=True), mb))
+            brain.push(leg.end, TransferDue(E.ObjectFetched(sha, ok=False, hash_mismatch=True), mb))
         else:
-            brain.push(end, TransferDue(self.event(E.ObjectFetched, sha), mb))
+            brain.push(leg.end, TransferDue(self.event(E.ObjectFetched, sha), mb))
 
     def _fetched(self, run: DeviceRun, brain: DeviceBrain, due: TransferDue, queue: deque[E.Event]) -> None:
         """A transfer ended (ok, failed or corrupt): it leaves the Hub's egress."""
