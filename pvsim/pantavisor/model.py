@@ -217,7 +217,7 @@ class PantavisorModel(Network, Storage, Containers, Power):
 
     def pass_time(self, brain: DeviceBrain) -> list[E.Event]:
         """The armed timers run out: the ones still armed fire, in deadline order (D4)."""
-        fired = []
+        fired: list[E.Event] = []
         while brain.agenda:
             _, seq, entry = heappop(brain.agenda)
             if type(entry) is E.TimerFired and brain.timers.fire(entry.name, seq):

@@ -104,7 +104,7 @@ class DeviceUpdate:
         timers = brain.timers
         while agenda:
             _, seq, head = agenda[0]
-            if type(head) is not TimerFired or timers.get(head.name) == seq:  # TimerGenerations.live
+            if type(head) is not TimerFired or timers.get(head.name) == seq:  # type: ignore[union-attr]  # TimerGenerations.live
                 break
             heapq.heappop(agenda)  # a cancelled or re-armed timer: nothing to wake up for
         wake = agenda[0][0] if agenda and agenda[0][0] < poll_at else poll_at
@@ -127,7 +127,7 @@ class DeviceUpdate:
             kind = type(entry)
             if kind is TimerFired:
                 timers = brain.timers
-                if timers.get(entry.name) == seq:  # TimerGenerations.fire, inlined (hot path)
+                if timers.get(entry.name) == seq:  # type: ignore[union-attr]  # TimerGenerations.fire, inlined (hot path)
                     del timers[entry.name]  # type: ignore[union-attr]
                     queue.append(entry)  # type: ignore[arg-type]
             elif kind is TransferDue:

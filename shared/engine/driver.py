@@ -69,14 +69,17 @@ class StartOutcome(Enum):
     FAILS = "fails"  # cannot be mounted or started (or is not in the revision)
 
 
-_MOUNTED_ONLY = (E.ContainerMounted,)
-_FAILED = (E.ContainerExited,)
-_STARTED = (E.ContainerStarted,)
-_CRASHED = (E.ContainerStarted, E.ContainerExited)
-_READY = (E.ContainerStarted, E.ContainerReady)
+ContainerEventType = (
+    type[E.ContainerMounted] | type[E.ContainerStarted] | type[E.ContainerReady] | type[E.ContainerExited]
+)
+_MOUNTED_ONLY: tuple[ContainerEventType, ...] = (E.ContainerMounted,)
+_FAILED: tuple[ContainerEventType, ...] = (E.ContainerExited,)
+_STARTED: tuple[ContainerEventType, ...] = (E.ContainerStarted,)
+_CRASHED: tuple[ContainerEventType, ...] = (E.ContainerStarted, E.ContainerExited)
+_READY: tuple[ContainerEventType, ...] = (E.ContainerStarted, E.ContainerReady)
 
 
-def container_events(goal: str, outcome: StartOutcome) -> tuple[type[E.Event], ...]:
+def container_events(goal: str, outcome: StartOutcome) -> tuple[ContainerEventType, ...]:
     """D3: the events one started container feeds back, in order (`goal`: its status goal).
 
     As Pantavisor (§4.2): the volumes are mounted first; a MOUNTED goal stops there and the
