@@ -1,6 +1,6 @@
 """One command script, three interpreters: the crashcheck device (pvsim.memdevice), the fleet
-model (pvsim.pantavisor) and the real executor (pvreal.device.executor, on a temp dir, with a
-container runtime that answers as the real one does but runs nothing). They must feed back the
+model (pvsim.pantavisor) and the real executor (pvreal.device.executor with its container runner,
+on a temp dir, with mounts and runc that do nothing). They must feed back the
 same events and leave the same disk (shared.engine.driver states the contract).
 
 Timing is each backend's own, so answers are compared per command, and within a StartContainers
@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Protocol
 
 import pytest
 
 from pvreal.device.clock import Timers
+from pvreal.device.containers import ContainerRunner
 from pvreal.device.executor import Executor
 from pvreal.device.latch import boot_files, set_env
 from pvreal.storage import Storage
@@ -174,24 +176,44 @@ class FleetModel:
         return _disk(d.pv_rev, d.pv_try, d.trails, d.objects)
 
 
-class ScriptedRunner:
-    """pvreal.device.containers.ContainerRunner's interface without runc: `start` answers with
-    the first event of a container's script, and the rest come later, as its watcher and the
-    container's pv-ctrl /signal would send them."""
+class MountsOnPaper:
+    """pvreal.mounts.MountOps that mounts nothing (as tests/test_real_runtime_plan.py does)."""
+
+    def mount(self, source: str, target: Path, fstype: str | None, flags: int, data: str) -> None:
+        pass
+
+    def loop_mount(self, image: Path, target: Path, fstype: str) -> None:
+        pass
+
+    def umount(self, target: Path, *, lazy: bool = False) -> None:
+        pass
+
+
+class NoRunc:
+    """pvreal.runc.Runc's interface, running nothing: every init stays up."""
 
     def __init__(self) -> None:
-        self.later: list[E.Event] = []
+        self.started: dict[str, Any] = {}
 
-    def start(self, rev: str, spec: Any) -> E.Event:
-        first, *rest = container_events(str(spec.status_goal), StartOutcome.OK)
-        self.later.extend(kind(spec.name) for kind in rest)
-        return first(spec.name)
+    def create(self, cid: str, bundle: Path, *, console_log: Path | None = None) -> Any:
+        self.started[cid] = init = SimpleNamespace(pid=0, alive=lambda: True)
+        return init
 
-    def stop(self, names: Any, grace: float) -> tuple[str, ...]:
-        return tuple(names)
+    def start(self, cid: str) -> None:
+        pass
+
+    def stop(self, cid: str, *, grace: float) -> None:
+        self.started.pop(cid, None)
+
+    def delete(self, cid: str, *, force: bool = False) -> None:
+        self.started.pop(cid, None)
 
 
 class RealExecutor:
+    """The executor and the real container runner (pvreal.device.containers), on a temp dir, with
+    mounts and runc that do nothing. A container whose goal is READY signals ready once it runs,
+    as its process would through pv-ctrl's /signal."""
+
     def __init__(self, root: Path) -> None:
         self.now = 0.0
         self.storage = Storage(root / "storage")
@@ -206,18 +228,29 @@ class RealExecutor:
         self.storage.mark_done("0")
         set_env(self.files, "0", None)
         self.timers = Timers(now=lambda: self.now)
-        self.runner = ScriptedRunner()
-        self.executor = Executor(self.storage, self.files, self.timers, self.runner, Config())  # type: ignore[arg-type]
+        self.emitted: list[E.Event] = []
+        self.runner = ContainerRunner(
+            self.storage, root / "run", "pvconf", self.emitted.append, mount_ops=MountsOnPaper()
+        )
+        self.runner.runc = NoRunc()  # type: ignore[assignment]
+        self.executor = Executor(self.storage, self.files, self.timers, self.runner, Config())
 
     def execute(self, command: C.Command) -> list[E.Event]:
         events = self.executor.execute(command)
-        events += self.runner.later
-        self.runner.later = []
-        return events
+        for event in list(events):
+            if isinstance(event, E.ContainerStarted) and isinstance(command, C.StartContainers):
+                spec = self.executor.load_state(command.rev)[0].container(event.name)  # type: ignore[union-attr]
+                if spec is not None and str(spec.status_goal) == "READY":
+                    events.append(E.ContainerReady(event.name))  # the container's /signal
+        return events + self._take_emitted()
+
+    def _take_emitted(self) -> list[E.Event]:
+        emitted, self.emitted[:] = list(self.emitted), []
+        return emitted
 
     def pass_time(self) -> list[E.Event]:
         self.now += 3600.0
-        return [E.TimerFired(name) for name in self.timers.due()]
+        return [E.TimerFired(name) for name in self.timers.due()] + self._take_emitted()
 
     def disk(self) -> tuple[Any, ...]:
         env = self.files.env.load()
