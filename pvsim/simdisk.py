@@ -33,6 +33,8 @@ _NO_TRAIL = TrailView(None)
 
 
 class SimDisk:
+    """One simulated device's disk (see the module docstring for what a power cut does to it)."""
+
     __slots__ = ("pv_rev", "pv_try", "torn", "latch", "trails", "objects", "links")
 
     def __init__(
