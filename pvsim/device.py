@@ -161,14 +161,14 @@ class DeviceRun:
         while remaining > 1e-9:
             yield from self.reach_hub()
             now = env._now
-            leg = attempt(self, now, remaining, written * remaining / mb)
+            end, moved_by_end, ok, rate = attempt(self, now, remaining, written * remaining / mb)
             try:
-                yield from self.wait(leg.end - now)
+                yield from self.wait(end - now)
             finally:
                 world.egress.active -= 1
-                moved = min(remaining, leg.moved_mb, (env._now - now) * leg.rate_mb_s)
+                moved = min(remaining, moved_by_end, (env._now - now) * rate)
                 remaining -= moved
                 self.mb_downloaded += moved
                 self.mb_written += written * moved / mb
-            if not leg.ok:
+            if not ok:
                 yield from self.wait(RETRY_S)

@@ -11,7 +11,7 @@ the object again, an A/B client resumes the stream after a retry delay.
 from __future__ import annotations
 
 from math import inf as INF
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from pvsim.device import DeviceRun
@@ -19,11 +19,10 @@ if TYPE_CHECKING:
 HTTP_TIMEOUT_S = 60.0  # a request to a Hub that stopped answering fails after this
 
 
-class Attempt(NamedTuple):
-    end: float  # when it ends: complete, dropped, or timed out after a stall
-    moved_mb: float  # megabytes moved by then
-    ok: bool
-    rate_mb_s: float  # its share of the link and the egress
+# (end, moved_mb, ok, rate_mb_s): when it ends (complete, dropped, or timed out after a stall),
+# the megabytes moved by then, whether it completed, its share of the link and the egress.
+# A plain tuple: Pantavisor's model makes one per object transfer, on its hot path.
+Attempt = tuple[float, float, bool, float]
 
 
 def attempt(run: DeviceRun, start: float, mb: float, written_mb: float | None = None) -> Attempt:
@@ -41,9 +40,9 @@ def attempt(run: DeviceRun, start: float, mb: float, written_mb: float | None = 
     if end > stop:
         world.count("transfers_cut_by_outage")
         # the connection stalls at the outage and fails when the request times out
-        return Attempt(stop + HTTP_TIMEOUT_S, (stop - start) * rate, False, rate)
+        return stop + HTTP_TIMEOUT_S, (stop - start) * rate, False, rate
     if p > 0 and world.rng.random() < p:
         world.count("network_losses")
         drop = start + (end - start) * world.rng.random()
-        return Attempt(drop, (drop - start) * rate, False, rate)
-    return Attempt(end, mb, True, rate)
+        return drop, (drop - start) * rate, False, rate
+    return end, mb, True, rate

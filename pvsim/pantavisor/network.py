@@ -141,14 +141,14 @@ class Network:
         if not self._hub_ok(run, brain):
             brain.push(start + HTTP_TIMEOUT_S, E.ObjectFetched(sha, ok=False))
             return
-        leg = attempt(run, start, mb)
-        if not leg.ok:
-            brain.push(leg.end, TransferDue(E.ObjectFetched(sha, ok=False), leg.moved_mb))
+        end, moved, ok, _ = attempt(run, start, mb)
+        if not ok:
+            brain.push(end, TransferDue(E.ObjectFetched(sha, ok=False), moved))
         elif sha in self.corrupt and self._defect(run.device, str(self.corrupt[sha])) == "corrupt_object":
             world.count("corrupt_object")
-            brain.push(leg.end, TransferDue(E.ObjectFetched(sha, ok=False, hash_mismatch=True), mb))
+            brain.push(end, TransferDue(E.ObjectFetched(sha, ok=False, hash_mismatch=True), mb))
         else:
-            brain.push(leg.end, TransferDue(self.event(E.ObjectFetched, sha), mb))
+            brain.push(end, TransferDue(self.event(E.ObjectFetched, sha), mb))
 
     def _fetched(self, run: DeviceRun, brain: DeviceBrain, due: TransferDue, queue: deque[E.Event]) -> None:
         """A transfer ended (ok, failed or corrupt): it leaves the Hub's egress."""
