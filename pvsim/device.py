@@ -1,7 +1,7 @@
 """One device taking one update: modelled time, and the faults that interrupt it.
 
 `DeviceRun` is what an update model's process uses instead of raw SimPy: `wait(d)`, `write(mb)`,
-`download(mb)`, `boot()`. Faults are computed arithmetically, never as extra events: the device's
+`download(mb)` (over `pvsim.transfer`, the network every model shares), `boot()`. Faults are computed arithmetically, never as extra events: the device's
 next power cut is drawn once (exponential, per device-day rate) and any modelled duration that would
 cross it is cut short there, raising `PowerCut` into the model, which then does what its real
 counterpart does after power comes back. Network outages of the device's own link and hub outages
@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
+
+from pvsim.transfer import attempt
 
 if TYPE_CHECKING:
     from pvsim.hub import Rollout
@@ -148,34 +150,25 @@ class DeviceRun:
         self.up_until = min(self.net_start, outages.next_start(now))
         return True
 
-    def download(self, mb: float) -> Generator[Any, Any, None]:
-        """Fetch `mb` megabytes over the device's link and the hub's shared egress. Transfers stop
-        at outages and at dropped connections (scenario probability) and resume where they were."""
+    def download(self, mb: float, written_mb: float | None = None) -> Generator[Any, Any, None]:
+        """Stream `mb` megabytes from the Hub, writing `written_mb` (default `mb`) to storage as
+        they arrive, in `pvsim.transfer` attempts (the network Pantavisor's model uses too): after
+        an attempt fails, the client waits RETRY_S and resumes where it was."""
         world = self.world
-        egress = world.egress
+        env = self.env
         remaining = mb
+        written = mb if written_mb is None else written_mb
         while remaining > 1e-9:
             yield from self.reach_hub()
-            now = self.env._now
-            rate = egress.share(self.link_mb_s)
-            stop = min(self.net_start if self.net_start > now else INF, world.hub_outages.next_start(now))
-            duration = remaining / rate
-            dropped = False
-            p = world.faults.network_loss_probability
-            if p > 0 and world.rng.random() < p:
-                duration *= world.rng.random()
-                dropped = True
-            if now + duration > stop:
-                duration = stop - now
-                dropped = False
-            egress.active += 1
+            now = env._now
+            end, moved_by_end, ok, rate = attempt(self, now, remaining, written * remaining / mb)
             try:
-                yield from self.wait(duration)
+                yield from self.wait(end - now)
             finally:
-                egress.active -= 1
-                moved = min(remaining, (self.env._now - now) * rate)
+                world.egress.active -= 1
+                moved = min(remaining, moved_by_end, (env._now - now) * rate)
                 remaining -= moved
                 self.mb_downloaded += moved
-            if dropped:
-                world.count("network_losses")
+                self.mb_written += written * moved / mb
+            if not ok:
                 yield from self.wait(RETRY_S)

@@ -1,16 +1,9 @@
 """A small in-memory device that executes the engine's commands, with a storage model for power cuts.
 
-Storage model (what `pvsim crashcheck` cuts through):
-- Every durable command is one write followed by a sync; a power cut *between* two durable
-  commands keeps the first and loses the second entirely. Progress, trail JSON and the done marker
-  are written by rename, so they are atomic: cutting inside them equals cutting before them.
-- The boot env is either one block rewritten in place (Pantavisor's uboot.txt; a cut inside the
-  write *tears* it: the block is unreadable and U-Boot falls back to its built-in env with no
-  `pv_rev`) or two redundant copies with a sequence number, as U-Boot's redundant env does (a cut
-  inside the write tears only the copy being written; the other copy still reads).
-- LinkObjects and RunGc are many small operations: a cut inside them leaves them partial.
-- The bootloader's latch (`pv_trying`) is written by the bootloader and modelled as atomic.
-- Objects land in the pool by `<sha>.tmp` + rename when the download completes.
+Storage: a `pvsim.simdisk.SimDisk` that tracks hard links one by one (its storage model is what
+`pvsim crashcheck` cuts through), with a capacity and the Hub's object sizes for storage figures.
+Objects land in the pool by `<sha>.tmp` + rename when the download completes. Commands are
+interpreted as `shared.engine.driver` states.
 
 Containers and revisions are modelled by flags (`Behaviour`): a container that crashes after
 start, one that never signals ready, a revision whose kernel panics.
@@ -20,10 +13,11 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from shared.engine import gc as gclib
+from pvsim.simdisk import SimDisk
+from shared.engine import driver
 from shared.engine.bootloader import Latch, choose_boot
 from shared.engine.commands import (
     ArmTimer,
@@ -46,13 +40,10 @@ from shared.engine.commands import (
     WriteTrail,
 )
 from shared.engine.config import Config
+from shared.engine.driver import StartOutcome, TimerGenerations, container_events
 from shared.engine.events import (
     ContainerExited,
-    ContainerMounted,
-    ContainerReady,
     ContainersStopped,
-    ContainerStarted,
-    DiskView,
     Event,
     GcDone,
     HubReached,
@@ -67,75 +58,42 @@ from shared.engine.events import (
 )
 from shared.engine.progress import PENDING_STATUSES, Progress
 from shared.engine.updater import Phase, Updater
-from shared.state import State, StatusGoal
+from shared.state import State
 
 # ------------------------------------------------------------------------------- storage
 
-
-@dataclass(slots=True)
-class Trail:
-    state: State | None = None
-    progress: Progress | None = None
-    done: bool = False
-    linked: frozenset[str] = frozenset()
-
-    def copy(self) -> Trail:
-        return Trail(self.state, self.progress, self.done, self.linked)
+DEFAULT_OBJECT_SIZE = 1000
 
 
-@dataclass(slots=True)
-class EnvStore:
-    """The boot env PV writes (pv_rev, pv_try). `copies` holds (seq, values or None if torn)."""
+class MemDisk(SimDisk):
+    """Everything that survives a power cut, and the partition's size."""
 
-    copies: list[tuple[int, dict[str, str] | None]]
+    __slots__ = ("total", "other_used")
+
+    def __init__(
+        self,
+        env: dict[str, str],
+        latch: Latch,
+        trails: dict[str, TrailView],
+        objects: Iterable[str],
+        links: dict[str, frozenset[str]],
+        total: int = 1 << 30,
+        other_used: int = 0,  # logs, perm disks, ...
+    ) -> None:
+        super().__init__(env.get("pv_rev", ""), env.get("pv_try", ""), latch, trails, frozenset(objects), links)
+        self.total = total
+        self.other_used = other_used
 
     @classmethod
-    def create(cls, values: dict[str, str], redundant: bool) -> EnvStore:
-        if redundant:
-            return cls([(1, dict(values)), (0, dict(values))])
-        return cls([(1, dict(values))])
+    def settled(cls, trails: dict[str, TrailView], objects: Iterable[str], pv_rev: str, **kw: int) -> MemDisk:
+        """A disk whose trails link all their objects, booting `pv_rev`."""
+        links = {rev: t.state.object_shas() for rev, t in trails.items() if t.state is not None}
+        return cls({"pv_rev": pv_rev}, Latch(), trails, objects, links, **kw)
 
-    def read(self) -> dict[str, str] | None:
-        valid = [(seq, v) for seq, v in self.copies if v is not None]
-        return max(valid, key=lambda c: c[0])[1] if valid else None
-
-    def write(self, updates: dict[str, str], *, torn: bool) -> None:
-        current = self.read() or {}
-        new = {**current, **updates}
-        if len(self.copies) == 1:  # in place: a torn write destroys the only copy
-            self.copies = [(self.copies[0][0] + 1, None if torn else new)]
-            return
-        target = min(range(2), key=lambda i: self.copies[i][0] if self.copies[i][1] else -1)
-        seq = max(s for s, _ in self.copies) + 1
-        self.copies[target] = (seq, None if torn else new)
-
-    def copy(self) -> EnvStore:
-        return EnvStore([(s, dict(v) if v is not None else None) for s, v in self.copies])
-
-
-@dataclass(slots=True)
-class Storage:
-    """Everything that survives a power cut."""
-
-    env: EnvStore
-    latch: Latch
-    trails: dict[str, Trail]
-    objects: dict[str, int]  # sha -> size
-    total: int = 1 << 30
-    other_used: int = 0  # logs, perm disks, ...
-
-    def copy(self) -> Storage:
-        return Storage(
-            self.env.copy(),
-            self.latch,
-            {r: t.copy() for r, t in self.trails.items()},
-            dict(self.objects),
-            self.total,
-            self.other_used,
-        )
-
-    def stats(self) -> StorageStats:
-        return StorageStats(self.total, self.total - self.other_used - sum(self.objects.values()))
+    def copy(self) -> MemDisk:
+        new = MemDisk({}, self.latch, dict(self.trails), self.objects, dict(self.links or {}), self.total, self.other_used)
+        new.pv_rev, new.pv_try, new.torn = self.pv_rev, self.pv_try, self.torn
+        return new
 
 
 # ------------------------------------------------------------------------------- behaviour
@@ -171,9 +129,6 @@ class CutPoint:
     torn: bool = False  # cut inside the step instead of before it
 
 
-TEARABLE = (SetBootEnv, LinkObjects, RunGc)
-
-
 class BootFailure(Exception):
     """The bootloader could not boot anything usable."""
 
@@ -188,7 +143,7 @@ class MemDevice:
 
     def __init__(
         self,
-        storage: Storage,
+        storage: MemDisk,
         config: Config,
         behaviour: Behaviour,
         hub: list[HubStep] | None = None,
@@ -209,7 +164,7 @@ class MemDevice:
         self.now = 0.0
         self._heap: list[tuple[float, int, Event]] = []
         self._seq = 0
-        self._timers: dict[str, int] = {}
+        self._timers = TimerGenerations()
         self._queue: deque[Event] = deque()
         self._last_offer: tuple | None = None
 
@@ -222,21 +177,15 @@ class MemDevice:
         self._queue.clear()
         self.running = None
         st = self.storage
-        env = st.env.read()
+        env = st.env()
         if env is None:
             self.boots.append("!env")
             raise BootFailure("boot env unreadable (torn write): no pv_rev to boot")
         cfg = self.config
-        choice = choose_boot(
-            env.get("pv_rev", ""),
-            env.get("pv_try", ""),
-            st.latch,
-            cfg.boot_latch,
-            cfg.boot_attempts,
-        )
+        choice = choose_boot(env["pv_rev"], env["pv_try"], st.latch, cfg.boot_latch, cfg.boot_attempts)
         st.latch = choice.latch
         rev = choice.rev
-        problem = self.unbootable(rev)
+        problem = st.unbootable(rev)
         if problem:
             self.boots.append("!" + rev)
             raise BootFailure(f"bootloader picked revision {rev!r}: {problem}")
@@ -245,30 +194,19 @@ class MemDevice:
             return [Reboot("kernel panic")]
         self.boots.append(rev)
         self.running = rev
-        view = DiskView(
-            booted_rev=rev,
-            pv_rev=env.get("pv_rev", ""),
-            pv_try=env.get("pv_try", ""),
-            trails={r: TrailView(t.state, t.progress, t.done) for r, t in st.trails.items()},
-            objects=frozenset(st.objects),
-            storage=st.stats(),
-        )
-        self.updater, commands = Updater.boot(view, cfg)
+        self.updater, commands = Updater.boot(st.view(rev, self.stats()), cfg)
         return commands
 
     def unbootable(self, rev: str) -> str | None:
         """Why `rev` cannot be booted from this storage, or None."""
-        if not rev:
-            return "no revision set"
-        trail = self.storage.trails.get(rev)
-        if trail is None or trail.state is None:
-            return "its trail is missing"
-        shas = trail.state.object_shas()
-        if not shas <= self.storage.objects.keys():
-            return "objects missing from the pool"
-        if not shas <= trail.linked:
-            return "objects not linked into its trail"
-        return None
+        return self.storage.unbootable(rev)
+
+    def size(self, sha: str) -> int:
+        return self.behaviour.object_sizes.get(sha, DEFAULT_OBJECT_SIZE)
+
+    def stats(self) -> StorageStats:
+        st = self.storage
+        return StorageStats(st.total, st.total - st.other_used - sum(map(self.size, st.objects)))
 
     # ------------------------------------------------------------------ run loop
 
@@ -317,16 +255,32 @@ class MemDevice:
             at, _, event = heapq.heappop(self._heap)
             self.now = max(self.now, at)
             if isinstance(event, _Armed):
-                if self._timers.get(event.name) != event.generation:
-                    continue
-                del self._timers[event.name]
-                return TimerFired(event.name)
+                if self._timers.fire(event.name, event.generation):
+                    return TimerFired(event.name)
+                continue
             if isinstance(event, HubTick):
                 if updater.watches_hub:
                     return self._hub_request(updater)
                 continue
             return event
         return None
+
+    def take_answers(self, *, pass_time: bool = False) -> list[Event]:
+        """What the device feeds back without an engine (the conformance test's view): the queued
+        events, then the scheduled ones in time order; armed timers only when time passes."""
+        answers = list(self._queue)
+        self._queue.clear()
+        kept = []
+        for at, seq, event in sorted(self._heap, key=lambda e: (e[0], e[1])):
+            if isinstance(event, _Armed):
+                if not pass_time:
+                    kept.append((at, seq, event))
+                elif self._timers.fire(event.name, event.generation):
+                    answers.append(TimerFired(event.name))
+            elif not isinstance(event, HubTick):
+                answers.append(event)
+        self._heap[:] = kept
+        return answers
 
     def _schedule(self, delay: float, event: Event) -> None:
         self._seq += 1
@@ -347,7 +301,7 @@ class MemDevice:
     def execute(self, command: Command) -> None:
         if command.durable:
             index = len(self.steps)
-            tearable = isinstance(command, TEARABLE)
+            tearable = isinstance(command, driver.TEARABLE)
             if self.cut is not None and self.cut.step == index:
                 if self.cut.torn and tearable:
                     self._apply(command, torn=True)
@@ -358,62 +312,27 @@ class MemDevice:
 
     def _apply(self, command: Command, *, torn: bool) -> None:
         st = self.storage
+        if command.durable:
+            plan = st.apply(command, torn=torn)
+            if plan is not None and not torn:
+                removed = frozenset(plan.objects)
+                reclaimed = sum(map(self.size, removed))
+                self._queue.append(GcDone(reclaimed, self.stats(), removed, frozenset(plan.revisions)))
+            return
         match command:
-            case PersistProgress(rev=rev, record=record):
-                st.trails.setdefault(rev, Trail()).progress = record
-            case WriteTrail(rev=rev, state=state):
-                st.trails.setdefault(rev, Trail()).state = state
-            case LinkObjects(rev=rev, state=state):
-                trail = st.trails.setdefault(rev, Trail())
-                trail.state = trail.state or state
-                present = sorted(state.object_shas() & st.objects.keys())
-                if torn:
-                    present = present[: len(present) // 2]
-                trail.linked = trail.linked | frozenset(present)
-            case SetBootEnv(pv_rev=pv_rev, pv_try=pv_try):
-                updates = {
-                    k: v for k, v in (("pv_rev", pv_rev), ("pv_try", pv_try)) if v is not None
-                }
-                st.env.write(updates, torn=torn)
-            case WriteDoneMarker(rev=rev):
-                st.trails.setdefault(rev, Trail()).done = True
-            case DeleteRevision(rev=rev):
-                st.trails.pop(rev, None)
-            case RunGc(keep_revisions=keep, keep_objects=keep_objects):
-                plan = gclib.plan_gc(
-                    {r: t.linked for r, t in st.trails.items()},
-                    st.objects.keys(),
-                    keep,
-                    keep_objects,
-                )
-                before = sum(st.objects.values())
-                for rev in plan.revisions:
-                    st.trails.pop(rev, None)
-                if torn:
-                    return
-                for sha in plan.objects:
-                    st.objects.pop(sha, None)
-                self._queue.append(
-                    GcDone(
-                        before - sum(st.objects.values()),
-                        st.stats(),
-                        frozenset(plan.objects),
-                        frozenset(plan.revisions),
-                    )
-                )
             case ReportProgress(rev=rev, record=record):
                 if not self._hub_down(self.updater):
                     for step in self.hub:
                         if step.rev == rev:
                             step.progress = record
             case FetchMetadata(rev=rev, shas=shas):
-                sizes = {s: self.behaviour.object_sizes.get(s, 1000) for s in shas}
-                self._queue.append(MetadataReceived(rev, sizes, st.stats()))
-            case FetchObject(sha=sha, size=size):
+                sizes = {s: self.size(s) for s in shas}
+                self._queue.append(MetadataReceived(rev, sizes, self.stats()))
+            case FetchObject(sha=sha):
                 if sha in self.behaviour.corrupt_objects:
                     self._queue.append(ObjectFetched(sha, ok=False, hash_mismatch=True))
                 else:
-                    st.objects[sha] = size or self.behaviour.object_sizes.get(sha, 1000)
+                    st.objects = st.objects | {sha}
                     self._queue.append(ObjectFetched(sha))
             case StartContainers(rev=rev, names=names):
                 self._start(rev, names)
@@ -422,31 +341,36 @@ class MemDevice:
             case SwitchRevision(rev=rev):
                 self.running = rev
             case ArmTimer(name=name, delay=delay):
-                generation = self._timers.get(name, 0) + 1
-                self._timers[name] = generation
-                self._schedule(delay, _Armed(name, generation))
+                self._seq += 1
+                self._timers.arm(name, self._seq)
+                self._schedule(delay, _Armed(name, self._seq))
             case CancelTimer(name=name):
-                self._timers.pop(name, None)
+                self._timers.cancel(name)
             case CtrlReply():
                 self.replies.append(command)
             case Reboot():
                 pass
 
     def _start(self, rev: str, names: tuple[str, ...]) -> None:
-        state = self.updater.running_state if self.updater else None
+        """D3: each container's script; the first event at once, the rest a second later."""
+        trail = self.storage.trails.get(rev)
+        state = trail.state if trail is not None else None
         b = self.behaviour
         for name in names:
             spec = state.container(name) if state is not None else None
             if spec is None:
+                self._queue.append(ContainerExited(name, 0.0, -1))
                 continue
-            self._queue.append(ContainerMounted(name))
-            if spec.status_goal is StatusGoal.MOUNTED:
-                continue
-            self._queue.append(ContainerStarted(name))
             if (rev, name) in b.crashes:
-                self._schedule(1.0, ContainerExited(name, uptime=1.0, code=1))
-            elif spec.status_goal is StatusGoal.READY and (rev, name) not in b.never_ready:
-                self._schedule(1.0, ContainerReady(name))
+                outcome = StartOutcome.CRASHES
+            elif (rev, name) in b.never_ready:
+                outcome = StartOutcome.NEVER_READY
+            else:
+                outcome = StartOutcome.OK
+            first, *later = container_events(spec.status_goal, outcome)
+            self._queue.append(first(name))
+            for kind in later:
+                self._schedule(1.0, ContainerExited(name, uptime=1.0, code=1) if kind is ContainerExited else kind(name))
 
 
 @dataclass(frozen=True, slots=True)

@@ -86,8 +86,10 @@ class ABModel:
                 if defect == "bad_signature":
                     world.count("bad_signature")
                     return WONTGO, FAIL
-                yield from run.download(self.transfer_mb(old, target))
-                yield from run.write(self.cfg.image_mb)
+                # the artifact streams into the inactive slot (a delta is patched into a full
+                # image on the way), then the slot is synced
+                yield from run.download(self.transfer_mb(old, target), written_mb=self.cfg.image_mb)
+                yield from run.write(0.0)
                 if defect == "corrupt_object":
                     world.count("corrupt_object")
                     corrupt_seen += 1

@@ -14,7 +14,7 @@ from pvsim.world import World
 
 def model_factory(kind: str) -> Callable[[World], Any]:
     if kind == "pantavisor":
-        from pvsim.model_pantavisor import PantavisorModel
+        from pvsim.pantavisor import PantavisorModel
 
         return PantavisorModel
     from pvsim.model_ab import ABModel

@@ -13,8 +13,8 @@ from enginekit import build_state
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from pvsim.memdevice import Behaviour, BootFailure, EnvStore, MemDevice, Storage, Trail
-from shared.engine.bootloader import Latch, choose_boot
+from pvsim.memdevice import Behaviour, BootFailure, MemDevice, MemDisk
+from shared.engine.bootloader import choose_boot
 from shared.engine.commands import (
     ArmTimer,
     CancelTimer,
@@ -36,6 +36,7 @@ from shared.engine.events import (
     PendingSteps,
     Step,
     TimerFired,
+    TrailView,
     WaitTick,
 )
 from shared.engine.progress import PENDING_STATUSES, Progress, Status
@@ -55,8 +56,7 @@ class EngineMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         objects = {sha: 1000 for sha in OLD.object_shas() | LOCAL.object_shas()}
-        trails = {"0": Trail(OLD, None, False, OLD.object_shas())}
-        storage = Storage(EnvStore.create({"pv_rev": "0"}, True), Latch(), trails, objects)
+        storage = MemDisk.settled({"0": TrailView(OLD)}, objects, "0")
         self.device = MemDevice(storage, CONFIG, Behaviour())
         self.armed: set[str] = set()
         self.failures: dict[str, tuple[Status, str]] = {}
@@ -103,7 +103,7 @@ class EngineMachine(RuleBasedStateMachine):
                 return
 
     def _check_durable(self, command) -> None:
-        env = self.device.storage.env.read()
+        env = self.device.storage.env()
         assert env is not None
         if isinstance(command, PersistProgress):
             r = command.record
@@ -188,13 +188,13 @@ class EngineMachine(RuleBasedStateMachine):
                 trail is not None and trail.progress and trail.progress.is_final
             ):
                 return  # a person does not re-run a finished local revision in this model
-            self.device.storage.trails.setdefault(rev, Trail()).state = LOCAL
+            self.device.storage.write_trail(rev, LOCAL)
             self._feed(LocalStepUploaded(rev, LOCAL), None)
         self._feed(CtrlCommand(op, rev, LOCAL), cut)
 
     @rule(free=st.integers(min_value=0, max_value=1 << 30))
     def wait_tick(self, free):
-        stats = self.device.storage.stats()
+        stats = self.device.stats()
         self._feed(WaitTick(type(stats)(stats.total, min(free, stats.total))), None)
 
     @rule(cut=cuts)
@@ -214,7 +214,7 @@ class EngineMachine(RuleBasedStateMachine):
     @invariant()
     def bootable_and_committed_revisions_are_intact(self):
         storage = self.device.storage
-        env = storage.env.read()
+        env = storage.env()
         assert env is not None, "env unreadable"
         for key in ("pv_rev", "pv_try"):
             rev = env.get(key, "")
@@ -227,7 +227,7 @@ class EngineMachine(RuleBasedStateMachine):
 
     @invariant()
     def runs_old_committed_or_tried(self):
-        env = self.device.storage.env.read() or {}
+        env = self.device.storage.env() or {}
         running = self.device.running
         updater = self.device.updater
         if running is not None and updater is not None and not updater.finished:

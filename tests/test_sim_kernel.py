@@ -9,9 +9,10 @@ import statistics
 from pvsim.device import DeviceRun
 from pvsim.dists import SimRandom
 from pvsim.kernel import CountingEnvironment
-from pvsim.model_pantavisor import DeviceUpdate, PantavisorModel
+from pvsim.pantavisor import DeviceUpdate, PantavisorModel
 from pvsim.testing import scenario
 from pvsim.world import World
+from shared.engine.events import ContainerStarted, TimerFired
 
 
 def test_calls_run_in_time_order_with_timeouts_and_are_counted():
@@ -125,8 +126,9 @@ def test_a_cancelled_timer_wakes_nobody():
             woken.append(world.env.now)
 
     update = Probe(model, run, brain, "1", lambda outcome: None)
-    brain.timers["goal:app"] = 99
-    brain.agenda[:] = [(5.0, 1, ("timer", "goal:app", 98)), (9.0, 2, ("event", object()))]  # 98: re-armed
+    brain.timers.arm("goal:app", 99)
+    # the entry of arming 98, since re-armed; then some event
+    brain.agenda[:] = [(5.0, 98, TimerFired("goal:app")), (9.0, 100, ContainerStarted("app"))]
     update._rest()
     world.env.run(until=20)
     assert woken[0] == 9.0

@@ -114,7 +114,7 @@ def test_engine_fingerprint_covers_every_field():
 def test_devices_share_engines():
     """The fleet holds one engine per distinct engine state, far fewer than devices, and most
     steps are looked up rather than computed."""
-    from pvsim.model_pantavisor import PantavisorModel
+    from pvsim.pantavisor import PantavisorModel
     from pvsim.world import World
 
     scenario = load_scenario(SCENARIOS / "quickstart.toml", **{"fleet.devices": 2000})

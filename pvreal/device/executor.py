@@ -1,4 +1,5 @@
-"""Each engine command → its real effect on this machine, and the events that effect produces.
+"""Each engine command → its real effect on this machine, and the events that effect produces,
+as the interpreter contract (shared.engine.driver) states them.
 
 Durable commands are executed synchronously and in order, each one written and synced (through
 pvreal.storage / pvreal.durable / pvreal.bootenv) before `execute` returns, which is exactly the
@@ -33,6 +34,7 @@ from shared.engine.commands import (
     WriteTrail,
 )
 from shared.engine.config import Config
+from shared.engine.driver import disk_view
 from shared.engine.events import (
     ContainerExited,
     ContainersStopped,
@@ -123,14 +125,7 @@ class Executor:
             except (OSError, PvError):
                 progress = None
             trails[rev] = TrailView(state, progress, self.storage.is_done(rev))
-        return DiskView(
-            booted_rev=booted_rev,
-            pv_rev=env.get("pv_rev", ""),
-            pv_try=env.get("pv_try", ""),
-            trails=trails,
-            objects=valid_pool(self.storage, booted_rev, self.config),
-            storage=self.stats(),
-        )
+        return disk_view(booted_rev, env, trails, valid_pool(self.storage, booted_rev, self.config), self.stats())
 
     def stats(self) -> StorageStats:
         space = self.storage.space()
@@ -194,10 +189,12 @@ class Executor:
         events: list[Event] = []
         for name in cmd.names:
             spec = state.container(name) if state is not None else None
-            if spec is None:
+            if spec is None:  # a start that FAILS (shared.engine.driver, D3)
                 log.warning("%s: not in revision %s (%s)", name, cmd.rev, problem)
                 events.append(ContainerExited(name, 0.0, -1))
                 continue
+            # the first event of the container's script; the runner's watcher and pv-ctrl's
+            # /signal feed the rest back later
             events.append(self.runner.start(cmd.rev, spec))
         return events
 

@@ -40,8 +40,10 @@ The engine has no clock: it arms and cancels named timers and reacts to `TimerFi
 ObjectFetched, ...) are handed back before any other event, as in the loop above.
 
 Modules: progress (records, statuses, messages), config (Config, §6 keys), events, commands,
-bootloader (the latch), containers (groups, goals, auto-recovery), gc (what GC keeps and removes),
-ctrl (pv-ctrl decisions), updater (the transition table and Updater), diagram (docs generator).
+driver (the interpreter contract every backend follows: answers, their order, the container
+script, timers, the DiskView), bootloader (the latch), containers (groups, goals, auto-recovery),
+gc (what GC keeps and removes), ctrl (pv-ctrl decisions), updater (the transition table and
+Updater), diagram (docs generator).
 """
 
 from shared.engine.config import DEFAULT_CONFIG, BootLatch, Config, Ordering

@@ -1,0 +1,57 @@
+"""What a live simulated device holds between updates, and the entries of its agenda.
+
+A device waits for many things at once (timers, transfers, containers, the next poll); they sit in
+one small heap per device, `DeviceBrain.agenda`, of `(time, seq, entry)`, and the device sleeps
+until the earliest. An entry is one of three kinds:
+
+- an `Event` itself: fed to the engine when due (a container started, a Hub answer timed out);
+  A `TimerFired` entry is an armed timer: its `seq` is the generation of that arming, and it fires
+  only if it is still the latest arming of its name (`shared.engine.driver.TimerGenerations`, D4);
+- `TransferDue`: an object transfer ends; it leaves the Hub's egress and, if it succeeded, puts
+  the object in the pool before the engine hears `ObjectFetched`.
+"""
+
+from __future__ import annotations
+
+from heapq import heappush
+from typing import TYPE_CHECKING
+
+from shared.engine.driver import TimerGenerations
+from shared.engine.events import Event, ObjectFetched
+from shared.engine.progress import Progress
+
+if TYPE_CHECKING:
+    from pvsim.engine_memo import EngineState
+    from pvsim.simdisk import SimDisk
+
+
+class TransferDue:
+    __slots__ = ("event", "mb")
+
+    def __init__(self, event: ObjectFetched, mb: float) -> None:
+        self.event = event  # the answer: ok, failed or hash mismatch
+        self.mb = mb  # megabytes moved before it ended
+
+
+Entry = Event | TransferDue
+
+
+class DeviceBrain:
+    """A live device between updates: its (shared) engine state, its disk and what it is waiting for."""
+
+    __slots__ = ("engine", "disk", "booted", "agenda", "seq", "timers", "hub_progress", "hub_confirmed")
+
+    def __init__(self, engine: EngineState, disk: SimDisk, booted: str) -> None:
+        self.engine = engine  # shared with every device whose engine is equal (pvsim.engine_memo)
+        self.disk = disk  # shared with other devices until it is first written (copy-on-write)
+        self.booted = booted
+        self.agenda: list[tuple[float, int, Entry]] = []
+        self.seq = 0  # agenda order for entries due at the same time; a timer's is its generation
+        self.timers = TimerGenerations()
+        self.hub_progress: dict[str, Progress] = {}  # what the Hub holds of each step's progress
+        self.hub_confirmed = False  # a Hub request succeeded since the network timer was armed
+
+    def push(self, at: float, entry: Entry) -> None:
+        self.seq += 1
+        heappush(self.agenda, (at, self.seq, entry))
+

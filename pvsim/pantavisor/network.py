@@ -1,0 +1,163 @@
+"""The pantavisor model's Hub and network: polls, reports, metadata, object transfers, reachability.
+
+A request to a reachable Hub is instantaneous; one to an unreachable Hub (the device's link or the
+Hub is out, or the running revision broke the network) fails when it times out. An object is one
+transfer attempt of `pvsim.transfer` (the network every update model shares) into
+`objects/<sha>.tmp`; a corrupt release object fails its hash.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_right
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from pvsim.device import INF, DeviceRun
+from pvsim.pantavisor.agenda import DeviceBrain, TransferDue
+from pvsim.pantavisor.storage import MB
+from pvsim.transfer import HTTP_TIMEOUT_S, attempt
+from shared.engine import commands as C
+from shared.engine import events as E
+from shared.engine.progress import Msg
+
+if TYPE_CHECKING:
+    from pvsim.simdisk import SimDisk
+    from pvsim.world import World
+    from shared.engine.config import Config
+
+# events without fields: one instance for every device
+HUB_REACHED = E.HubReached()
+HUB_REQUEST_FAILED = E.HubRequestFailed()
+
+
+class Network:
+    """Part of PantavisorModel: the attributes it uses are set by PantavisorModel.__init__."""
+
+    world: World
+    config: Config
+    size_mb: dict[str, float]
+    corrupt: dict[str, int]
+    defects: dict[str, tuple[str, float]]
+    _sizes: dict[frozenset[str], dict[str, int]]
+    event: Any  # the model's event cache
+
+    if TYPE_CHECKING:
+
+        def _defect(self, device: int, rev: str) -> str: ...
+        def _own_disk(self, brain: DeviceBrain) -> SimDisk: ...
+        def _intern(self, objects: frozenset[str]) -> frozenset[str]: ...
+        def _storage(self, device: int, disk: SimDisk) -> E.StorageStats: ...
+
+    def _poll(self, run: DeviceRun, brain: DeviceBrain, rev: str, queue: deque[E.Event]) -> None:
+        """A Hub poll now: the pending step (if the Hub still lists it) or a failed request."""
+        engine = brain.engine
+        if engine.watches_hub:
+            # the Hub client keeps talking to the Hub while a remote update is tried (§3.5)
+            if self._hub_ok(run, brain):
+                brain.hub_confirmed = True
+                queue.append(HUB_REACHED)
+            else:
+                queue.append(HUB_REQUEST_FAILED)
+            return
+        if not engine.accepts_remote_steps:
+            return
+        if not self._hub_ok(run, brain):
+            return
+        heard = brain.hub_progress.get(rev)
+        if heard is not None and heard.is_final:
+            return
+        revision = self.world.revisions[int(rev)]
+        signature_error = Msg.SIG_FAILED if self._defect(run.device, rev) == "bad_signature" else None
+        if signature_error:
+            self.world.count("bad_signature")
+        step = self.event(E.Step, rev, revision.state, None, heard, signature_error)
+        queue.append(self.event(E.PendingSteps, (step,)))
+
+    def _hub_ok(self, run: DeviceRun, brain: DeviceBrain) -> bool:
+        hit = self.defects.get(brain.booted)  # _defect(...) == "breaks_network", inlined: hot
+        if hit is not None and hit[0] == "breaks_network" and self.world.table.defect_u[run.device] < hit[1]:
+            return False
+        return run.hub_reachable()
+
+    def _next_failed_contact(self, run: DeviceRun, brain: DeviceBrain, now: float) -> float:
+        """While the engine watches the Hub, the Hub client talks to it every PH_UPDATER_INTERVAL.
+        Once a request succeeded, further successes change nothing, so only the first request that
+        will fail is worth an event; it is found from the outage intervals, not by polling."""
+        interval = self.config.updater_interval
+        first = now + interval
+        if self._defect(run.device, brain.booted) == "breaks_network":
+            return first
+
+        def first_poll_in(start: float, end: float) -> float:
+            t = first if start <= first else first + math.ceil((start - first) / interval) * interval
+            return t if t < end else INF
+
+        best = INF
+        until = self.world.until_s
+        run.net_down_until(first)
+        while run.net_start < min(best, until):
+            best = min(best, first_poll_in(run.net_start, run.net_end))
+            if best < INF:
+                break
+            run.net_down_until(run.net_end)
+        outages = self.world.hub_outages
+        k = max(0, bisect_right(outages.starts, first) - 1)
+        while k < len(outages.starts) and outages.starts[k] < min(best, until):
+            if outages.ends[k] > first:
+                best = min(best, first_poll_in(outages.starts[k], outages.ends[k]))
+            k += 1
+        return best
+
+    def _report(self, run: DeviceRun, brain: DeviceBrain, command: C.ReportProgress, queue: deque[E.Event]) -> None:
+        ok = self._hub_ok(run, brain)
+        if ok:
+            brain.hub_progress[command.rev] = command.record
+        if brain.engine.watches_hub:
+            brain.hub_confirmed = brain.hub_confirmed or ok
+            queue.append(HUB_REACHED if ok else HUB_REQUEST_FAILED)
+
+    def _metadata(
+        self, run: DeviceRun, brain: DeviceBrain, command: C.FetchMetadata, t: float, queue: deque[E.Event]
+    ) -> None:
+        if not self._hub_ok(run, brain):
+            brain.push(t + HTTP_TIMEOUT_S, E.MetadataFailed(command.rev))
+            return
+        if self.world.table.full[run.device]:
+            self.world.count("disk_full")
+        # one sizes mapping per set of requested objects, shared by devices (the engine only reads it)
+        sizes = self._sizes.get(command.shas)
+        if sizes is None:
+            sizes = self._sizes[command.shas] = {sha: int(self.size_mb.get(sha, 0.0) * MB) for sha in command.shas}
+        queue.append(E.MetadataReceived(command.rev, sizes, self._storage(run.device, brain.disk)))
+
+    def _fetch(self, run: DeviceRun, brain: DeviceBrain, command: C.FetchObject, t: float) -> None:
+        """Plan one object transfer: when it ends and how (ok, dropped, outage, hash mismatch)."""
+        world = self.world
+        sha = command.sha
+        mb = self.size_mb.get(sha, command.size / MB)
+        now = run.env._now
+        start = max(t, now)
+        if not self._hub_ok(run, brain):
+            brain.push(start + HTTP_TIMEOUT_S, E.ObjectFetched(sha, ok=False))
+            return
+        end, moved, ok, _ = attempt(run, start, mb)
+        if not ok:
+            brain.push(end, TransferDue(E.ObjectFetched(sha, ok=False), moved))
+        elif sha in self.corrupt and self._defect(run.device, str(self.corrupt[sha])) == "corrupt_object":
+            world.count("corrupt_object")
+            brain.push(end, TransferDue(E.ObjectFetched(sha, ok=False, hash_mismatch=True), mb))
+        else:
+            brain.push(end, TransferDue(self.event(E.ObjectFetched, sha), mb))
+
+    def _fetched(self, run: DeviceRun, brain: DeviceBrain, due: TransferDue, queue: deque[E.Event]) -> None:
+        """A transfer ended (ok, failed or corrupt): it leaves the Hub's egress."""
+        event = due.event
+        self.world.egress.active -= 1
+        run.mb_downloaded += due.mb
+        if event.ok:
+            # renamed into place after its hash matched: the object is in the pool
+            run.mb_written += due.mb
+            disk = self._own_disk(brain)
+            disk.objects = self._intern(disk.objects | {event.sha})
+        queue.append(event)

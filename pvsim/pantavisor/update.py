@@ -1,0 +1,163 @@
+"""One device-update of the pantavisor model: the engine loop of shared.engine, in simulated time.
+
+The common path (step the engine, wait for a batch of writes, sleep until the next agenda entry or
+poll) schedules one `call_later` per wait and returns. Everything that a power cut or a daemon
+crash can interrupt (a batch the cut or a failed write falls into, reboots, the wait for power)
+runs as a SimPy process (`_slow`); when it is over the device goes back to the common path. Idle
+devices still cost nothing: a device-update that is over schedules nothing.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from collections.abc import Callable, Generator
+from typing import TYPE_CHECKING, Any
+
+from pvsim.device import INF, DeviceRun, PowerCut
+from pvsim.pantavisor.agenda import DeviceBrain, TransferDue
+from pvsim.pantavisor.storage import DaemonCrash
+from pvsim.world import BRICKED_OUT, SILENT
+from shared.engine import events as E
+from shared.engine.events import TimerFired
+from shared.engine.progress import FINAL_STATUSES
+
+if TYPE_CHECKING:
+    from pvsim.pantavisor.model import PantavisorModel
+
+Outcome = tuple[str, "bool | None"]
+
+
+class DeviceUpdate:
+    """One device-update, driven by calls from the SimPy queue rather than a generator process."""
+
+    __slots__ = ("model", "run", "brain", "rev", "queue", "done", "writes", "poll_at")
+
+    def __init__(
+        self, model: PantavisorModel, run: DeviceRun, brain: DeviceBrain, rev: str, done: Callable[[Outcome], None]
+    ) -> None:
+        self.model = model
+        self.run = run
+        self.brain = brain
+        self.rev = rev
+        self.queue: deque[E.Event] = deque()
+        self.done = done
+        self.writes: list = []
+        self.poll_at = INF
+
+    def start(self) -> None:
+        self.brain.hub_progress.pop(self.rev, None)
+        self.model._poll(self.run, self.brain, self.rev, self.queue)
+        self.drain()
+
+    def drain(self) -> None:
+        """Feed the engine everything queued; stop at the first batch that takes time."""
+        model, run, brain, queue = self.model, self.run, self.brain, self.queue
+        now = run.env._now
+        step = model.memo.handle
+        while queue:
+            brain.engine, commands = step(brain.engine, queue.popleft())
+            if not commands:
+                continue  # most events change nothing outside the engine
+            writes, failed_at, rebooting = model._plan(run, brain, commands, queue)
+            if rebooting or failed_at < INF or (writes and writes[-1][1] >= run.cut_at):
+                # a reboot, a failed write or a power cut inside the batch
+                self._slow(model._finish_batch(run, brain, writes, failed_at, rebooting))
+                return
+            if writes:
+                end = writes[-1][1]
+                if end > now:
+                    self.writes = writes
+                    run.env.call_later(end - now, self._wrote)
+                    return
+                model._apply_writes(run, brain, writes)
+        self._rest()
+
+    def _wrote(self, _call: Any) -> None:
+        self.model._apply_writes(self.run, self.brain, self.writes)
+        self.drain()
+
+    def _rest(self) -> None:
+        """Nothing queued: the update is over, or the device sleeps until the earliest agenda entry
+        or its next Hub request."""
+        model, run, brain = self.model, self.run, self.brain
+        if brain.disk.torn:
+            return self._end((BRICKED_OUT, SILENT))  # no readable boot env: nothing boots any more
+        heard = brain.hub_progress.get(self.rev)
+        if heard is not None and heard.status in FINAL_STATUSES:
+            outcome = model._outcome(brain, self.rev, heard)
+            if outcome is not None:
+                return self._end(outcome)
+        env = run.env
+        now = env._now
+        engine = brain.engine
+        poll_at = INF
+        if engine.watches_hub:
+            if brain.hub_confirmed:
+                poll_at = model._next_failed_contact(run, brain, now)
+            else:
+                poll_at = now + model.config.updater_interval
+        elif engine.accepts_remote_steps:
+            poll_at = now + model.world.poll_s
+        self.poll_at = poll_at
+        agenda = brain.agenda
+        timers = brain.timers
+        while agenda:
+            _, seq, head = agenda[0]
+            if type(head) is not TimerFired or timers.get(head.name) == seq:  # type: ignore[union-attr]  # TimerGenerations.live
+                break
+            heapq.heappop(agenda)  # a cancelled or re-armed timer: nothing to wake up for
+        wake = agenda[0][0] if agenda and agenda[0][0] < poll_at else poll_at
+        if wake == INF:
+            # nothing left to wait for and the Hub has not heard a final status: a device that is
+            # up but will not move (the step stays pending). Sleep to the end of the run.
+            wake = model.world.until_s + 1.0
+        if wake >= run.cut_at:  # as DeviceRun.wait: the power goes first
+            self._slow(run.wait(wake - now))
+            return
+        env.call_later(wake - now if wake > now else 0.0, self._woke)
+
+    def _woke(self, _call: Any) -> None:
+        """Queue what became due while the device slept, then carry on."""
+        model, run, brain, queue = self.model, self.run, self.brain, self.queue
+        now = run.env._now
+        agenda = brain.agenda
+        while agenda and agenda[0][0] <= now:
+            _, seq, entry = heapq.heappop(agenda)
+            kind = type(entry)
+            if kind is TimerFired:
+                timers = brain.timers
+                if timers.get(entry.name) == seq:  # type: ignore[union-attr]  # TimerGenerations.fire, inlined (hot path)
+                    del timers[entry.name]  # type: ignore[union-attr]
+                    queue.append(entry)  # type: ignore[arg-type]
+            elif kind is TransferDue:
+                model._fetched(run, brain, entry, queue)  # type: ignore[arg-type]
+            else:
+                queue.append(entry)  # type: ignore[arg-type]
+        if self.poll_at <= now:
+            model._poll(run, brain, self.rev, queue)
+        self.drain()
+
+    def _slow(self, first: Generator[Any, Any, Any]) -> None:
+        self.run.env.process(self._interruptible(first))
+
+    def _interruptible(self, first: Generator[Any, Any, Any]) -> Generator[Any, Any, None]:
+        """Run `first` (its result: whether a reboot follows), then recover from a power cut or a
+        crash in it as the board would, and go back to the common path."""
+        model, run, brain, queue = self.model, self.run, self.brain, self.queue
+        try:
+            if (yield from first):
+                yield from model._reboot_safely(run, brain, queue)
+        except (PowerCut, DaemonCrash) as fault:
+            yield from model._recover(run, brain, fault)
+            if not brain.disk.torn:
+                yield from model._reboot_safely(run, brain, queue)
+            if brain.disk.torn:
+                return self._end((BRICKED_OUT, SILENT))  # without feeding the engine what was queued
+        self.drain()
+
+    def _end(self, outcome: Outcome) -> None:
+        # transfers still listed stop counting against the Hub's egress (the engine ignores late
+        # answers, R5) and a resting device's timers are not simulated (idle devices cost no events)
+        self.model._lose_volatile(self.run, self.brain)
+        self.done(outcome)

@@ -1,0 +1,351 @@
+"""One command script, three interpreters: the crashcheck device (pvsim.memdevice), the fleet
+model (pvsim.pantavisor) and the real executor (pvreal.device.executor with its container runner,
+on a temp dir, with mounts and runc that do nothing). They must feed back the
+same events and leave the same disk (shared.engine.driver states the contract).
+
+Timing is each backend's own, so answers are compared per command, and within a StartContainers
+per container (D3: each container's script in order; containers are independent).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Protocol
+
+import pytest
+
+from pvreal.device.clock import Timers
+from pvreal.device.containers import ContainerRunner
+from pvreal.device.executor import Executor
+from pvreal.device.latch import boot_files, set_env
+from pvreal.storage import Storage
+from pvsim.device import DeviceRun
+from pvsim.memdevice import Behaviour, MemDevice, MemDisk
+from pvsim.pantavisor import DeviceBrain, PantavisorModel
+from pvsim.simdisk import SimDisk
+from pvsim.testing import scenario
+from pvsim.world import World
+from shared.engine import commands as C
+from shared.engine import events as E
+from shared.engine.bootloader import Latch
+from shared.engine.config import Config
+from shared.engine.driver import ANSWERS, StartOutcome, container_events
+from shared.engine.progress import Msg, Progress, Status
+from shared.state import State, parse_state
+
+# ----------------------------------------------------------------------------- revisions
+
+
+def _blob(text: str) -> tuple[str, bytes]:
+    data = text.encode()
+    return hashlib.sha256(data).hexdigest(), data
+
+
+BLOBS: dict[str, bytes] = {}
+
+
+def _object(text: str) -> str:
+    sha, data = _blob(text)
+    BLOBS[sha] = data
+    return sha
+
+
+def _container(name: str, group: str, goal: str) -> dict[str, Any]:
+    return {
+        "#spec": "service-manifest-run@1",
+        "config": "lxc.container.conf",
+        "group": group,
+        "name": name,
+        "restart_policy": "container",
+        "root-volume": "root.squashfs",
+        "status_goal": goal,
+        "storage": {"lxc-overlay": {"persistence": "boot"}},
+        "type": "lxc",
+        "volumes": [],
+    }
+
+
+def revision(tag: str) -> State:
+    """BSP plus three containers, one per status goal."""
+    groups = [{"name": "app", "status_goal": "STARTED", "restart_policy": "container", "timeout": 30}]
+    doc: dict[str, Any] = {
+        "#spec": "pantavisor-service-system@1",
+        "bsp/run.json": {"linux": "kernel.img", "initrd": "pantavisor", "addons": []},
+        "bsp/kernel.img": _object("kernel " + tag),
+        "bsp/pantavisor": _object("pantavisor"),
+        "device.json": {"groups": groups},
+    }
+    for name, goal in (("data", "MOUNTED"), ("web", "STARTED"), ("ui", "READY")):
+        doc[f"{name}/run.json"] = _container(name, "app", goal)
+        doc[f"{name}/root.squashfs"] = _object(f"{name} {tag}")
+        doc[f"{name}/lxc.container.conf"] = _object(f"{name} conf")
+    return parse_state(doc, source=f"conformance revision {tag}")
+
+
+OLD, NEW, DOOMED = revision("r0"), revision("r1"), revision("r2")
+FACTORY = Progress.make(Status.DONE, Msg.FACTORY)
+PASS_TIME = "time passes"
+
+# The script: an update installed and committed, containers started and stopped, timers re-armed
+# and cancelled, GC, a deleted upload. Everything a backend without a Hub is given.
+SCRIPT: list[C.Command | str] = [
+    C.WriteTrail("1", NEW),
+    C.PersistProgress("1", Progress.make(Status.INPROGRESS, Msg.TRANSITIONING)),
+    C.LinkObjects("1", NEW),
+    C.SetBootEnv(pv_try="1"),
+    C.StartContainers("0", ("data", "web", "ui", "ghost")),
+    C.ArmTimer("commit", 5.0),
+    C.ArmTimer("goal:app", 30.0),
+    C.ArmTimer("commit", 10.0),
+    C.CancelTimer("goal:app"),
+    C.StopContainers(("ui",)),
+    PASS_TIME,
+    C.SwitchRevision("1"),
+    C.PersistProgress("1", Progress.make(Status.TESTING, Msg.TESTING_REBOOT)),
+    C.SetBootEnv(pv_rev="1", pv_try=""),
+    C.PersistProgress("1", Progress.make(Status.DONE, Msg.DONE)),
+    C.WriteDoneMarker("1"),
+    C.WriteTrail("2", DOOMED),
+    C.DeleteRevision("2"),
+    C.RunGc(frozenset({"1"})),
+    C.ArmTimer("network", 1.0),
+    PASS_TIME,
+]
+
+
+# ----------------------------------------------------------------------------- the backends
+
+
+class Backend(Protocol):
+    def execute(self, command: C.Command) -> list[E.Event]: ...
+    def pass_time(self) -> list[E.Event]: ...
+    def disk(self) -> tuple[Any, ...]: ...
+
+
+def _disk(pv_rev: str, pv_try: str, trails: Any, objects: Any) -> tuple[Any, ...]:
+    return (
+        pv_rev,
+        pv_try,
+        {
+            rev: (t.state.digest if t.state is not None else None, t.progress, t.done)
+            for rev, t in trails.items()
+        },
+        frozenset(objects),
+    )
+
+
+def _start_pool() -> frozenset[str]:
+    return OLD.object_shas() | NEW.object_shas()
+
+
+class Crashcheck:
+    def __init__(self) -> None:
+        trails = {"0": E.TrailView(OLD, FACTORY, True)}
+        self.device = MemDevice(MemDisk.settled(trails, _start_pool(), "0"), Config(), Behaviour())
+
+    def execute(self, command: C.Command) -> list[E.Event]:
+        self.device.execute(command)
+        return self.device.take_answers()
+
+    def pass_time(self) -> list[E.Event]:
+        return self.device.take_answers(pass_time=True)
+
+    def disk(self) -> tuple[Any, ...]:
+        d = self.device.storage
+        return _disk(d.pv_rev, d.pv_try, d.trails, d.objects)
+
+
+class FleetModel:
+    def __init__(self) -> None:
+        world = World(scenario(), PantavisorModel)
+        self.model = world.model
+        self.run = DeviceRun(world, 0, None)  # type: ignore[arg-type]
+        disk = SimDisk("0", "", Latch(), {"0": E.TrailView(OLD, FACTORY, True)}, _start_pool())
+        self.brain = DeviceBrain(None, disk, "0")  # type: ignore[arg-type]  # no engine: no Hub here
+
+    def execute(self, command: C.Command) -> list[E.Event]:
+        return self.model.interpret(self.run, self.brain, [command])
+
+    def pass_time(self) -> list[E.Event]:
+        return self.model.pass_time(self.brain)
+
+    def disk(self) -> tuple[Any, ...]:
+        d = self.brain.disk
+        return _disk(d.pv_rev, d.pv_try, d.trails, d.objects)
+
+
+class MountsOnPaper:
+    """pvreal.mounts.MountOps that mounts nothing (as tests/test_real_runtime_plan.py does)."""
+
+    def mount(self, source: str, target: Path, fstype: str | None, flags: int, data: str) -> None:
+        pass
+
+    def loop_mount(self, image: Path, target: Path, fstype: str) -> None:
+        pass
+
+    def umount(self, target: Path, *, lazy: bool = False) -> None:
+        pass
+
+
+class NoRunc:
+    """pvreal.runc.Runc's interface, running nothing: every init stays up."""
+
+    def __init__(self) -> None:
+        self.started: dict[str, Any] = {}
+
+    def create(self, cid: str, bundle: Path, *, console_log: Path | None = None) -> Any:
+        self.started[cid] = init = SimpleNamespace(pid=0, alive=lambda: True)
+        return init
+
+    def start(self, cid: str) -> None:
+        pass
+
+    def stop(self, cid: str, *, grace: float) -> None:
+        self.started.pop(cid, None)
+
+    def delete(self, cid: str, *, force: bool = False) -> None:
+        self.started.pop(cid, None)
+
+
+class RealExecutor:
+    """The executor and the real container runner (pvreal.device.containers), on a temp dir, with
+    mounts and runc that do nothing. A container whose goal is READY signals ready once it runs,
+    as its process would through pv-ctrl's /signal."""
+
+    def __init__(self, root: Path) -> None:
+        self.now = 0.0
+        self.storage = Storage(root / "storage")
+        self.storage.init_layout()
+        self.files = boot_files(self.storage.root / "boot", "uboot", "hardened")
+        for sha, data in BLOBS.items():
+            if sha in _start_pool():
+                self.storage.objects.put_bytes(sha, data)
+        self.storage.write_state("0", OLD.entries)
+        self.storage.link_trail("0", OLD.entries)
+        self.storage.write_progress("0", FACTORY.to_json())
+        self.storage.mark_done("0")
+        set_env(self.files, "0", None)
+        self.timers = Timers(now=lambda: self.now)
+        self.emitted: list[E.Event] = []
+        self.runner = ContainerRunner(
+            self.storage, root / "run", "pvconf", self.emitted.append, mount_ops=MountsOnPaper()
+        )
+        self.runner.runc = NoRunc()  # type: ignore[assignment]
+        self.executor = Executor(self.storage, self.files, self.timers, self.runner, Config())
+
+    def execute(self, command: C.Command) -> list[E.Event]:
+        events = self.executor.execute(command)
+        for event in list(events):
+            if isinstance(event, E.ContainerStarted) and isinstance(command, C.StartContainers):
+                spec = self.executor.load_state(command.rev)[0].container(event.name)  # type: ignore[union-attr]
+                if spec is not None and str(spec.status_goal) == "READY":
+                    events.append(E.ContainerReady(event.name))  # the container's /signal
+        return events + self._take_emitted()
+
+    def _take_emitted(self) -> list[E.Event]:
+        emitted, self.emitted[:] = list(self.emitted), []
+        return emitted
+
+    def pass_time(self) -> list[E.Event]:
+        self.now += 3600.0
+        return [E.TimerFired(name) for name in self.timers.due()] + self._take_emitted()
+
+    def disk(self) -> tuple[Any, ...]:
+        env = self.files.env.load()
+        view = self.executor.disk_view(env.get("pv_rev", ""), env)
+        return _disk(view.pv_rev, view.pv_try, view.trails, self.storage.objects.names())
+
+
+# ----------------------------------------------------------------------------- the comparison
+
+
+def _normal(command: C.Command | str, events: list[E.Event]) -> list[Any]:
+    """Backend figures left out (GC's reclaimed bytes and storage), containers one by one."""
+    out: list[Any] = []
+    for event in events:
+        if isinstance(event, E.GcDone):
+            out.append(("GcDone", event.removed_revisions, event.removed_objects))
+        else:
+            out.append(event)
+    if isinstance(command, C.StartContainers):
+        order = {name: i for i, name in enumerate(command.names)}
+        out.sort(key=lambda e: order[e.name])  # stable: each container's own order is kept
+    return out
+
+
+def transcript(backend: Backend) -> tuple[list[Any], tuple[Any, ...]]:
+    answers = []
+    for step in SCRIPT:
+        if step == PASS_TIME:
+            answers.append((step, _normal(step, backend.pass_time())))
+        else:
+            assert isinstance(step, C.Command)
+            answers.append((type(step).__name__, _normal(step, backend.execute(step))))
+    return answers, backend.disk()
+
+
+@pytest.fixture(name="transcripts")
+def transcripts_fixture(tmp_path: Path) -> dict[str, tuple[list[Any], tuple[Any, ...]]]:
+    return {
+        "crashcheck device": transcript(Crashcheck()),
+        "fleet model": transcript(FleetModel()),
+        "real executor": transcript(RealExecutor(tmp_path)),
+    }
+
+
+def test_the_script_means_what_it_says(transcripts):
+    """The expected answers, spelt out once (so that three equal wrong transcripts fail too)."""
+    answers, disk = transcripts["crashcheck device"]
+    by_step = dict(enumerate(answers))
+    start = by_step[4][1]
+    assert start == [
+        E.ContainerMounted("data"),
+        E.ContainerStarted("web"),
+        E.ContainerStarted("ui"),
+        E.ContainerReady("ui"),
+        E.ContainerExited("ghost", 0.0, -1),
+    ]
+    assert by_step[9][1] == [E.ContainersStopped(("ui",))]
+    assert by_step[10][1] == [E.TimerFired("commit")]  # re-armed once, the goal timer cancelled
+    gc_removed = OLD.object_shas() - NEW.object_shas()
+    assert by_step[18][1] == [("GcDone", frozenset({"0"}), gc_removed)]
+    assert by_step[20][1] == [E.TimerFired("network")]
+    pv_rev, pv_try, trails, objects = disk
+    assert (pv_rev, pv_try) == ("1", "")
+    assert trails == {"1": (NEW.digest, Progress.make(Status.DONE, Msg.DONE), True)}
+    assert objects == NEW.object_shas()
+
+
+@pytest.mark.parametrize("backend", ["fleet model", "real executor"])
+def test_backends_answer_and_store_alike(transcripts, backend):
+    reference_answers, reference_disk = transcripts["crashcheck device"]
+    answers, disk = transcripts[backend]
+    for (step, want), (_, got) in zip(reference_answers, answers, strict=True):
+        assert got == want, f"{backend}, {step}"
+    assert disk == reference_disk
+
+
+def test_answers_are_the_ones_the_contract_allows(transcripts):
+    for answers, _ in transcripts.values():
+        for (step, events), command in zip(answers, SCRIPT, strict=True):
+            if isinstance(command, C.Command):
+                allowed = ANSWERS[type(command)]
+                assert all(type(e) in allowed or isinstance(e, tuple) for e in events), step
+
+
+@pytest.mark.parametrize(
+    ("goal", "outcome", "script"),
+    [
+        ("MOUNTED", StartOutcome.OK, (E.ContainerMounted,)),
+        ("MOUNTED", StartOutcome.CRASHES, (E.ContainerMounted,)),  # never runs, cannot crash
+        ("STARTED", StartOutcome.OK, (E.ContainerStarted,)),
+        ("READY", StartOutcome.OK, (E.ContainerStarted, E.ContainerReady)),
+        ("READY", StartOutcome.NEVER_READY, (E.ContainerStarted,)),
+        ("READY", StartOutcome.CRASHES, (E.ContainerStarted, E.ContainerExited)),
+        ("STARTED", StartOutcome.FAILS, (E.ContainerExited,)),
+    ],
+)
+def test_container_script(goal, outcome, script):
+    assert container_events(goal, outcome) == script
