@@ -10,12 +10,10 @@ import pytest
 
 from pvreal.device.executor import Executor
 from pvreal.storage import Storage
-from pvsim.memdevice import Behaviour, EnvStore, MemDevice, Trail
-from pvsim.memdevice import Storage as MemStorage
-from shared.engine.bootloader import Latch
+from pvsim.memdevice import Behaviour, MemDevice, MemDisk
 from shared.engine.commands import RunGc
 from shared.engine.config import DEFAULT_CONFIG
-from shared.engine.events import GcDone
+from shared.engine.events import GcDone, TrailView
 from shared.engine.gc import keep_revisions
 from shared.state import parse_state
 
@@ -85,13 +83,10 @@ def test_both_backends_delete_the_same(tmp_path: Path, keep, keep_objects):
 
 
 def _sim_device() -> MemDevice:
-    trails = {}
-    for rev, names in DISK.items():
-        state = parse_state(state_of(*names))
-        trails[rev] = Trail(state, None, False, state.object_shas())
-    objects = {sha(n): len(blob(n)) for n in POOL}
-    storage = MemStorage(EnvStore.create({"pv_rev": "3"}, True), Latch(), trails, objects)
-    return MemDevice(storage, DEFAULT_CONFIG, Behaviour())
+    trails = {rev: TrailView(parse_state(state_of(*names))) for rev, names in DISK.items()}
+    disk = MemDisk.settled(trails, (sha(n) for n in POOL), "3")  # every trail links its objects
+    sizes = {sha(n): len(blob(n)) for n in POOL}
+    return MemDevice(disk, DEFAULT_CONFIG, Behaviour(object_sizes=sizes))
 
 
 def _real_storage(root: Path) -> Storage:
