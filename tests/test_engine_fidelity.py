@@ -463,3 +463,56 @@ def test_local_run_starts_from_zero_retries(config):
 
 def test_orderings_are_the_two_documented():
     assert {o.value for o in Ordering} == {"faithful", "hardened"}
+
+
+@BOTH
+def test_local_run_commit_of_a_non_reboot_revision_says_transitioning_then_reboots(config):
+    """pantavisor.c _pv_command (CMD_LOCAL_RUN_COMMIT): pv_update_run records what
+    pv_run_update chose (a non-reboot transition: "Transitioning to new revision without
+    rebooting"), then pv_issue_reboot reboots anyway."""
+    trails = {**DONE_1, "locals/x": TrailView(APP, rec(Status.NEW, Msg.READY_TO_RUN))}
+    u = running(config, trails=trails)
+    cmds = u.handle(CtrlCommand("LOCAL_RUN_COMMIT", "locals/x", state=APP))
+    assert records(cmds) == [("INPROGRESS", Msg.TRANSITIONING, 50, 0)]
+    assert env_writes(cmds) == [(None, "locals/x")] and reboots(cmds) == ["update locals/x"]
+
+
+@pytest.mark.parametrize(
+    ("alias", "field", "value"),
+    [
+        ("storage.gc.reserved", "gc_reserved", 7),
+        ("storage.gc.threshold", "gc_threshold", 20),
+        ("storage.gc.threshold.defertime", "gc_threshold_defertime", 30.0),
+        ("storage.gc.keep_factory", "gc_keep_factory", True),
+        ("updater.use_tmp_objects", "use_tmp_objects", True),
+        ("control.remote", "control_remote", False),
+        ("control.remote.always", "control_remote_always", True),
+        ("secureboot.checksum", "secureboot_checksum", False),
+        ("secureboot.mode", "secureboot_mode", "strict"),
+        ("bootloader.type", "bootloader_type", "grub"),
+        ("revision.retries", "revision_retries", 3),
+    ],
+)
+def test_legacy_config_aliases(alias, field, value):
+    """config.c (the alias table): the dotted legacy names map to the PV_/PH_ keys."""
+    raw = {True: "1", False: "0"}.get(value, str(value)) if not isinstance(value, float) else "30"
+    assert getattr(Config.from_mapping({alias: raw}), field) == value
+
+
+@BOTH
+def test_space_check_counts_real_free_as_zero_below_the_reserve(config):
+    """storage.c pv_storage_new / pv_storage_get_free: real free space is 0 when free space is
+    below the reserve (never negative); update/update.c _finish_object_metadata_setting then
+    compares `update_size > free_size`: nothing to download fits even then."""
+    from shared.engine.events import GcDone, MetadataReceived, StorageStats
+
+    u = running(config)
+    offer(u, BSP)
+    tight = StorageStats(total=1000, free=10)  # reserve 50: real free 0
+    cmds = u.handle(MetadataReceived("2", {s: 0 for s in BSP.object_shas()}, tight))
+    assert records(cmds)[0][0] == "DOWNLOADING" and u.phase is Phase.DOWNLOADING
+    u = running(config)
+    offer(u, BSP)
+    u.handle(MetadataReceived("2", {s: 5 for s in BSP.object_shas()}, tight))
+    cmds = u.handle(GcDone(0, tight))
+    assert records(cmds) == [("WONTGO", "Space required 10 B, available 0 B", 100, 1)]

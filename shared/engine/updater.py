@@ -676,7 +676,7 @@ class Updater:
                 u.space = storage
                 self._out.append(self._gc_command("space"))
                 return Phase.GC_FOR_SPACE
-            return self._wontgo(Msg.space_required(required, max(available, 0)))
+            return self._wontgo(Msg.space_required(required, available))
         # _finish_object_metadata_setting: a new list (rounds from 0), DOWNLOADING; then
         # pv_update_get_unavailable_objects enrolls its first round and says DOWNLOADING again
         u.list_rounds = 0
@@ -698,7 +698,8 @@ class Updater:
     def _space(self, u: _Update, sizes: Mapping[str, int], storage: StorageStats) -> tuple[int, int]:
         """(bytes the missing objects need, real free bytes)."""
         required = sum(sizes.get(sha, 0) for sha in u.todo if sha not in self.objects)
-        return required, storage.real_free(self.config.gc_reserved)
+        # pv_storage_new: real free space is 0, not negative, once the reserve is eaten into
+        return required, max(storage.real_free(self.config.gc_reserved), 0)
 
     def _fetch_more(self, u: _Update) -> Phase:
         while u.todo and len(u.inflight) < self.config.transfer_max_count:
@@ -741,7 +742,10 @@ class Updater:
         diff = _diff(self.running_state, state)
         u.transition = Transition.REBOOT if force_reboot else diff.transition
         if u.transition is Transition.REBOOT:
-            self._set_progress(Status.INPROGRESS, Msg.REBOOTING)
+            # LOCAL_RUN_COMMIT (_pv_command): the record follows pv_run_update's choice; the
+            # reboot is issued on top of it
+            reboot = diff.transition is Transition.REBOOT
+            self._set_progress(Status.INPROGRESS, Msg.REBOOTING if reboot else Msg.TRANSITIONING)
             self._out.append(Reboot("update " + u.rev))
             return Phase.REBOOTING
         self._set_progress(Status.INPROGRESS, Msg.TRANSITIONING)
