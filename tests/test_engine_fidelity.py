@@ -10,6 +10,8 @@ both and docs/orderings.md says why.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from enginekit import (
     APP,
@@ -21,8 +23,8 @@ from enginekit import (
     env_writes,
     metadata,
     offer,
-    rec,
     reboots,
+    rec,
     records,
     revision,
     running,
@@ -44,10 +46,15 @@ from shared.engine.events import (
     ContainersStopped,
     ContainerStarted,
     CtrlCommand,
+    GcDone,
     HubReached,
     HubRequestFailed,
     MetadataFailed,
+    MetadataReceived,
     ObjectFetched,
+    PendingSteps,
+    Step,
+    StorageStats,
     TimerFired,
     TrailView,
 )
@@ -59,12 +66,13 @@ DONE_1 = {"1": TrailView(OLD, rec(Status.DONE, Msg.DONE), True)}
 
 
 def with_config(config, **values):
-    return Config(**{**{f: getattr(config, f) for f in ("ordering",)}, **values})
+    return replace(config, **values)
 
 
-def updated_non_reboot(config):
-    """Revision "2" (APP) installed without a reboot and UPDATED: pv_try stays "2"."""
-    u = running(config)
+def updated_non_reboot(config, trails=None):
+    """Revision "2" (APP) installed without a reboot and UPDATED: pv_try stays "2". `trails`:
+    more trails on the disk it booted from."""
+    u = running(config, trails={**DONE_1, **(trails or {})})
     offer(u, APP)
     for f in [c for c in metadata(u, APP) if isinstance(c, FetchObject)]:
         u.handle(ObjectFetched(f.sha))
@@ -107,8 +115,8 @@ def test_rejected_step_after_updated_revision_unsets_pv_try(config):
 def test_re_report_of_a_failed_step_unsets_pv_try(config):
     """update/update.c pv_update_start_install: a step whose record is already final is saved
     and reported again (_call_report_cb); pv_update_finish then unsets pv_try for a failed one."""
-    u = updated_non_reboot(config)
-    cmds = offer(u, APP, rev="3", hub_progress=rec(Status.ERROR, Msg.HUB_NOT_STABLE, 2))
+    u = updated_non_reboot(config, {"3": TrailView(APP, rec(Status.ERROR, Msg.HUB_NOT_STABLE, 2))})
+    cmds = offer(u, APP, rev="3")
     assert records(cmds) == [("ERROR", Msg.HUB_NOT_STABLE, 100, 2)]
     assert ReportProgress("3", rec(Status.ERROR, Msg.HUB_NOT_STABLE, 2)) in cmds
     assert env_writes(cmds) == [(None, "")]
@@ -118,9 +126,29 @@ def test_re_report_of_a_failed_step_unsets_pv_try(config):
 def test_re_report_of_a_done_step_leaves_pv_try(config):
     """update/update.c pv_update_finish: only WONTGO and ERROR call the bootloader's
     fail-update; re-reporting a DONE record changes no env."""
-    u = updated_non_reboot(config)
-    cmds = offer(u, APP, rev="3", hub_progress=rec(Status.DONE, Msg.DONE))
+    u = updated_non_reboot(config, {"3": TrailView(APP, rec(Status.DONE, Msg.DONE))})
+    cmds = offer(u, APP, rev="3")
     assert records(cmds) == [("DONE", Msg.DONE, 100, 0)] and env_writes(cmds) == []
+
+
+@BOTH
+def test_a_final_record_from_the_hub_is_not_final_for_the_intake(config):
+    """update/update.c pv_update_start_install: only a record read from disk is checked for a
+    final status; the Hub's copy (used when the disk has none) only gives the retry count, so
+    the step is queued again."""
+    u = running(config)
+    cmds = offer(u, BSP, hub_progress=rec(Status.ERROR, Msg.HUB_NOT_STABLE, 2))
+    assert records(cmds)[0] == ("QUEUED", "Retried 2 of 10", 5, 2)
+    assert u.phase is Phase.QUEUED
+
+
+@BOTH
+def test_a_step_without_a_state_is_ignored(config):
+    """update/update.c pv_update_start_install: without a state JSON it returns before an
+    update exists: no record, nothing reported."""
+    u = running(config)
+    cmds = u.handle(PendingSteps((Step("2"),)))
+    assert cmds == [] and u.phase is Phase.IDLE
 
 
 def test_wontgo_on_a_plain_boot_rewrites_the_env_faithful_only():
@@ -504,8 +532,6 @@ def test_space_check_counts_real_free_as_zero_below_the_reserve(config):
     """storage.c pv_storage_new / pv_storage_get_free: real free space is 0 when free space is
     below the reserve (never negative); update/update.c _finish_object_metadata_setting then
     compares `update_size > free_size`: nothing to download fits even then."""
-    from shared.engine.events import GcDone, MetadataReceived, StorageStats
-
     u = running(config)
     offer(u, BSP)
     tight = StorageStats(total=1000, free=10)  # reserve 50: real free 0

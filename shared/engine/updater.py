@@ -591,13 +591,17 @@ class Updater:
             return Phase.IDLE
         step = event.steps[0]
         rev = step.rev
-        record = self.progress_of(rev) or step.hub_progress
-        if record is not None and record.is_final:
+        if step.state is None and step.raw is None:
+            return Phase.IDLE  # a step without a state: C returns before creating an update
+        on_disk = self.progress_of(rev)
+        if on_disk is not None and on_disk.is_final:
             # re-report what the Hub missed (PR #481); C saves the record again on the way
-            self._persist(rev, record)
-            if record.is_failed:
+            self._persist(rev, on_disk)
+            if on_disk.is_failed:
                 self._fail_update_env()
             return Phase.IDLE
+        # the Hub's copy is only read when the disk has none, and its status is not checked
+        record = on_disk or step.hub_progress
         retries = record.retries if record is not None else 0
         self.update = u = _Update(rev, None, retries)
         limit = self.config.revision_retries
@@ -609,8 +613,6 @@ class Updater:
             return self._wontgo(step.signature_error)
         state = step.state
         if state is None:
-            if step.raw is None:
-                return self._wontgo(Msg.NOT_FOUND)
             state = _parse(step.raw, rev)
             if state is None:
                 return self._wontgo(Msg.BAD_FORMAT)
