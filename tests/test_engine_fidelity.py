@@ -542,3 +542,62 @@ def test_space_check_counts_real_free_as_zero_below_the_reserve(config):
     u.handle(MetadataReceived("2", {s: 5 for s in BSP.object_shas()}, tight))
     cmds = u.handle(GcDone(0, tight))
     assert records(cmds) == [("WONTGO", "Space required 10 B, available 0 B", 100, 1)]
+
+
+@BOTH
+def test_non_reboot_update_records_as_the_hub_sees_them(config):
+    """update/update.c _finish_update_installation (INPROGRESS "Transitioning..."), then
+    pantavisor.c _pv_run_state_cb re-enters RUN and pv_update_resume finds the update still
+    there: INPROGRESS "Trying new revision"; pv_wait_update: TESTING; pv_update_set_final:
+    UPDATED, with no env write (pv_try stays set)."""
+    u = running(config)
+    seen = offer(u, APP)
+    md = metadata(u, APP)
+    seen += md
+    for f in [c for c in md if isinstance(c, FetchObject)]:
+        seen += u.handle(ObjectFetched(f.sha))
+    seen += u.handle(ContainersStopped(("app",)))
+    seen += u.handle(ContainerStarted("app"))
+    seen += u.handle(HubReached())
+    seen += u.handle(TimerFired("commit"))
+    assert records(seen) == [
+        ("QUEUED", "Retried 0 of 10", 5, 0),
+        ("QUEUED", Msg.metadata_retry(1, 10), 5, 1),
+        ("DOWNLOADING", Msg.download_retry(1, 10), 25, 1),
+        ("DOWNLOADING", Msg.download_retry(1, 10), 25, 1),
+        ("INPROGRESS", Msg.TRANSITIONING, 50, 1),
+        ("INPROGRESS", Msg.TRYING, 50, 1),
+        ("TESTING", Msg.TESTING_NON_REBOOT, 75, 1),
+        ("UPDATED", Msg.UPDATED, 100, 1),
+    ]
+    assert env_writes(seen) == [(None, "2")]
+
+
+@BOTH
+def test_reboot_update_records_as_the_hub_sees_them(config):
+    """update/update.c pv_update_start_install, pv_update_get_unrecorded_objects,
+    _finish_object_metadata_setting, pv_update_get_unavailable_objects,
+    _finish_update_installation (INPROGRESS "Rebooting"); after the reboot pv_update_resume
+    (INPROGRESS "Trying new revision"), pv_wait_update (TESTING), pv_update_set_final (DONE)."""
+    u = running(config)
+    seen = offer(u, BSP)
+    md = metadata(u, BSP)
+    seen += md
+    for f in [c for c in md if isinstance(c, FetchObject)]:
+        seen += u.handle(ObjectFetched(f.sha))
+    assert reboots(seen) == ["update 2"]
+    trails = {**DONE_1, "2": TrailView(BSP, u.progress_of("2"))}
+    t, after = boot_disk("2", "1", "2", trails, config=config)
+    after += t.handle(HubReached())
+    after += settle(t)
+    after += t.handle(TimerFired("commit"))
+    assert records(seen) + records(after) == [
+        ("QUEUED", "Retried 0 of 10", 5, 0),
+        ("QUEUED", Msg.metadata_retry(1, 10), 5, 1),
+        ("DOWNLOADING", Msg.download_retry(1, 10), 25, 1),
+        ("DOWNLOADING", Msg.download_retry(1, 10), 25, 1),
+        ("INPROGRESS", Msg.REBOOTING, 50, 1),
+        ("INPROGRESS", Msg.TRYING, 50, 1),
+        ("TESTING", Msg.TESTING_REBOOT, 75, 1),
+        ("DONE", Msg.DONE, 100, 1),
+    ]

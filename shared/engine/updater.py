@@ -768,6 +768,9 @@ class Updater:
     def _switch(self, u: _Update, affected: frozenset[str]) -> Phase:
         """Merge the pending state into the running one and re-enter RUN (§3.6)."""
         assert self.containers is not None and u.state is not None
+        # _pv_run starts with pv_update_resume, which finds the update of a non-reboot
+        # transition still there and says INPROGRESS "Trying new revision" again
+        self._set_progress(Status.INPROGRESS, Msg.TRYING)
         self.containers = self.containers.merged(
             u.rev, u.state, affected, self.config.goals_timeout
         )
