@@ -601,3 +601,14 @@ def test_reboot_update_records_as_the_hub_sees_them(config):
         ("TESTING", Msg.TESTING_REBOOT, 75, 1),
         ("DONE", Msg.DONE, 100, 1),
     ]
+
+
+def test_progress_json_key_order_is_pantavisors():
+    """update/update_progress.c _ser_progress: status, status-msg, progress, retries, then
+    `downloads` (DOWNLOADING only), then `logs`."""
+    from shared.engine.progress import Downloads, Progress
+
+    record = Progress(Status.DOWNLOADING, "m", 25, 1, logs="l", downloads=Downloads(10, 5))
+    assert list(record.to_json()) == [
+        "status", "status-msg", "progress", "retries", "downloads", "logs"
+    ]
