@@ -612,3 +612,64 @@ def test_progress_json_key_order_is_pantavisors():
     assert list(record.to_json()) == [
         "status", "status-msg", "progress", "retries", "downloads", "logs"
     ]
+
+
+def exits(u, n, uptime=1.0):
+    """`n` crashes of `app`, each restarted when its recovery timer fires; the last exit's
+    commands are returned."""
+    cmds = []
+    for _ in range(n):
+        cmds = u.handle(ContainerExited("app", uptime=uptime))
+        if u.phase is not Phase.IDLE:
+            break
+        u.handle(TimerFired("recovery:app"))
+        u.handle(ContainerStarted("app"))
+    return cmds
+
+
+@BOTH
+def test_max_retries_in_steady_state_with_backoff_never_leaves_it_stopped(config):
+    """state.c pv_state_check_auto_recovery: at max_retries outside an update, backoff_policy
+    "never" leaves the container stopped (recovery_failed), no reboot."""
+    u = engine_with(config, app_recovery={"policy": "on-failure", "max_retries": 2,
+                                          "retry_delay": 1, "backoff_policy": "never"})
+    exits(u, 2)
+    cmds = u.handle(ContainerExited("app", uptime=1))
+    assert not reboots(cmds) and not any(isinstance(c, (ArmTimer, StartContainers)) for c in cmds)
+
+
+@BOTH
+def test_max_retries_in_steady_state_with_backoff_reboot_reboots(config):
+    """state.c pv_state_check_auto_recovery: backoff_policy "reboot" (the default) at
+    max_retries fails the platform: pantavisor.c _pv_wait reboots outside an update."""
+    u = engine_with(config, app_recovery={"policy": "on-failure", "max_retries": 2,
+                                          "retry_delay": 1})
+    exits(u, 2)
+    assert reboots(u.handle(ContainerExited("app", uptime=1))) == ["a container exited"]
+
+
+@BOTH
+def test_max_retries_with_a_backoff_duration_waits_then_starts_over(config):
+    """state.c pv_state_check_auto_recovery: a duration backoff_policy resets the retries,
+    arms the retry timer for that duration and marks the container recovering."""
+    u = engine_with(config, app_recovery={"policy": "on-failure", "max_retries": 2,
+                                          "retry_delay": 1, "backoff_policy": "10min"})
+    exits(u, 2)
+    cmds = u.handle(ContainerExited("app", uptime=1))
+    assert ArmTimer("backoff:app", 600.0) in cmds and not reboots(cmds)
+    cmds = u.handle(TimerFired("backoff:app"))
+    assert any(isinstance(c, StartContainers) for c in cmds)
+    u.handle(ContainerStarted("app"))
+    cmds = u.handle(ContainerExited("app", uptime=1))
+    assert ArmTimer("recovery:app", 1) in cmds  # counting starts over
+
+
+@BOTH
+def test_a_run_longer_than_reset_window_resets_the_retries(config):
+    """state.c pv_state_check_auto_recovery: when the container ran longer than reset_window
+    since its last start, current_retries goes back to 0 before counting this crash."""
+    u = engine_with(config, app_recovery={"policy": "on-failure", "max_retries": 2,
+                                          "retry_delay": 1, "reset_window": 60})
+    exits(u, 2)
+    cmds = u.handle(ContainerExited("app", uptime=61))
+    assert ArmTimer("recovery:app", 1) in cmds and not reboots(cmds)
