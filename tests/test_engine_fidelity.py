@@ -673,3 +673,16 @@ def test_a_run_longer_than_reset_window_resets_the_retries(config):
     exits(u, 2)
     cmds = u.handle(ContainerExited("app", uptime=61))
     assert ArmTimer("recovery:app", 1) in cmds and not reboots(cmds)
+
+
+@BOTH
+def test_a_step_whose_objects_are_all_in_the_pool_installs_at_once(config):
+    """update/update.c pv_update_start_install: when pv_state_are_all_objects_installed, it
+    calls _finish_update_installation at once: no metadata or download record."""
+    u = running(config, objects=OLD.object_shas() | BSP.object_shas())
+    cmds = offer(u, BSP)
+    assert records(cmds) == [
+        ("QUEUED", "Retried 0 of 10", 5, 0),
+        ("INPROGRESS", Msg.REBOOTING, 50, 1),
+    ]
+    assert not any(isinstance(c, FetchMetadata) for c in cmds) and reboots(cmds) == ["update 2"]
