@@ -8,12 +8,13 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from shared.engine.commands import Command, PersistProgress, Reboot, SetBootEnv
+from shared.engine.commands import Command, FetchObject, PersistProgress, Reboot, SetBootEnv
 from shared.engine.config import Config, Ordering
 from shared.engine.events import (
     ContainerStarted,
     DiskView,
     MetadataReceived,
+    ObjectFetched,
     PendingSteps,
     Step,
     StorageStats,
@@ -153,6 +154,25 @@ def offer(engine: Updater, state: State, rev: str = "2", **step: Any) -> list[Co
 
 def metadata(engine: Updater, state: State, rev: str = "2") -> list[Command]:
     return engine.handle(MetadataReceived(rev, {s: 10 for s in state.object_shas()}, ROOMY))
+
+
+def download(engine: Updater, state: State, rev: str = "2") -> list[Command]:
+    """Offer `state` as step `rev`, answer its metadata and every object fetch: the commands."""
+    out = offer(engine, state, rev)
+    answered = metadata(engine, state, rev)
+    out += answered
+    for fetch in [c for c in answered if isinstance(c, FetchObject)]:
+        out += engine.handle(ObjectFetched(fetch.sha))
+    return out
+
+
+# What the Hub sees of an intake and download at retry count 0 (step "2", as `download` does it)
+INTAKE_RECORDS = [
+    ("QUEUED", "Retried 0 of 10", 5, 0),
+    ("QUEUED", "Downloading update metadata, retry 1 of 10", 5, 1),
+    ("DOWNLOADING", "Downloading update artifacts, retry 1 of 10", 25, 1),
+    ("DOWNLOADING", "Downloading update artifacts, retry 1 of 10", 25, 1),
+]
 
 
 # ----------------------------------------------------------------------------- reading commands

@@ -18,8 +18,10 @@ from enginekit import (
     BSP,
     FAITHFUL,
     HARDENED,
+    INTAKE_RECORDS,
     OLD,
     boot_disk,
+    download,
     env_writes,
     metadata,
     offer,
@@ -73,9 +75,7 @@ def updated_non_reboot(config, trails=None):
     """Revision "2" (APP) installed without a reboot and UPDATED: pv_try stays "2". `trails`:
     more trails on the disk it booted from."""
     u = running(config, trails={**DONE_1, **(trails or {})})
-    offer(u, APP)
-    for f in [c for c in metadata(u, APP) if isinstance(c, FetchObject)]:
-        u.handle(ObjectFetched(f.sha))
+    download(u, APP)
     u.handle(ContainersStopped(("app",)))
     u.handle(ContainerStarted("app"))
     u.handle(HubReached())
@@ -177,9 +177,7 @@ def test_error_of_a_live_transition_unsets_pv_try(config):
     """update/update.c pv_update_finish: a non-reboot update that fails is not a try boot, so
     pv_try is unset before the rollback reboot."""
     u = running(config)
-    offer(u, APP)
-    for f in [c for c in metadata(u, APP) if isinstance(c, FetchObject)]:
-        u.handle(ObjectFetched(f.sha))
+    download(u, APP)
     u.handle(ContainersStopped(("app",)))
     u.handle(HubReached())
     cmds = u.handle(TimerFired("goal:app"))
@@ -551,20 +549,13 @@ def test_non_reboot_update_records_as_the_hub_sees_them(config):
     there: INPROGRESS "Trying new revision"; pv_wait_update: TESTING; pv_update_set_final:
     UPDATED, with no env write (pv_try stays set)."""
     u = running(config)
-    seen = offer(u, APP)
-    md = metadata(u, APP)
-    seen += md
-    for f in [c for c in md if isinstance(c, FetchObject)]:
-        seen += u.handle(ObjectFetched(f.sha))
+    seen = download(u, APP)
     seen += u.handle(ContainersStopped(("app",)))
     seen += u.handle(ContainerStarted("app"))
     seen += u.handle(HubReached())
     seen += u.handle(TimerFired("commit"))
     assert records(seen) == [
-        ("QUEUED", "Retried 0 of 10", 5, 0),
-        ("QUEUED", Msg.metadata_retry(1, 10), 5, 1),
-        ("DOWNLOADING", Msg.download_retry(1, 10), 25, 1),
-        ("DOWNLOADING", Msg.download_retry(1, 10), 25, 1),
+        *INTAKE_RECORDS,
         ("INPROGRESS", Msg.TRANSITIONING, 50, 1),
         ("INPROGRESS", Msg.TRYING, 50, 1),
         ("TESTING", Msg.TESTING_NON_REBOOT, 75, 1),
@@ -580,11 +571,7 @@ def test_reboot_update_records_as_the_hub_sees_them(config):
     _finish_update_installation (INPROGRESS "Rebooting"); after the reboot pv_update_resume
     (INPROGRESS "Trying new revision"), pv_wait_update (TESTING), pv_update_set_final (DONE)."""
     u = running(config)
-    seen = offer(u, BSP)
-    md = metadata(u, BSP)
-    seen += md
-    for f in [c for c in md if isinstance(c, FetchObject)]:
-        seen += u.handle(ObjectFetched(f.sha))
+    seen = download(u, BSP)
     assert reboots(seen) == ["update 2"]
     trails = {**DONE_1, "2": TrailView(BSP, u.progress_of("2"))}
     t, after = boot_disk("2", "1", "2", trails, config=config)
@@ -592,10 +579,7 @@ def test_reboot_update_records_as_the_hub_sees_them(config):
     after += settle(t)
     after += t.handle(TimerFired("commit"))
     assert records(seen) + records(after) == [
-        ("QUEUED", "Retried 0 of 10", 5, 0),
-        ("QUEUED", Msg.metadata_retry(1, 10), 5, 1),
-        ("DOWNLOADING", Msg.download_retry(1, 10), 25, 1),
-        ("DOWNLOADING", Msg.download_retry(1, 10), 25, 1),
+        *INTAKE_RECORDS,
         ("INPROGRESS", Msg.REBOOTING, 50, 1),
         ("INPROGRESS", Msg.TRYING, 50, 1),
         ("TESTING", Msg.TESTING_REBOOT, 75, 1),

@@ -479,8 +479,12 @@ class Updater:
         if booted == gc.FACTORY_REV and not pv_try:
             self._factory_boot(booted, state)
             return
-        if not self._load_running(booted, state):
-            self._out.append(Reboot("bad revision: " + booted))
+        self._run_booted(booted, state)
+
+    def _run_booted(self, rev: str, state: State | None) -> None:
+        """Run the booted revision outside an update: start it, or reboot when it cannot load."""
+        if not self._load_running(rev, state):
+            self._out.append(Reboot("bad revision: " + rev))
             self.phase = Phase.REBOOTING
             return
         self._start_containers()
@@ -502,11 +506,7 @@ class Updater:
             self.update = None
             self._start_containers()
             return
-        if not self._load_running(rev, state):
-            self._out.append(Reboot("bad revision: " + rev))
-            self.phase = Phase.REBOOTING
-            return
-        self._start_containers()
+        self._run_booted(rev, state)
 
     def _try_boot(self, rev: str, state: State | None) -> None:
         """pv_try == booted pv_rev: the latch gave this revision its try (§3.7)."""
@@ -522,11 +522,7 @@ class Updater:
             # env, so the commit is finished here (docs/orderings.md).
             if self.config.ordering is Ordering.HARDENED:
                 self._set_env(pv_rev=rev, pv_try="")
-            if self._load_running(rev, state):
-                self._start_containers()
-            else:
-                self._out.append(Reboot("bad revision: " + rev))
-                self.phase = Phase.REBOOTING
+            self._run_booted(rev, state)
             return
         self.update = _Update(rev, state, retries, tried=True)
         if not self._load_running(rev, state):
