@@ -125,6 +125,16 @@ ALIASES: Mapping[str, str] = {
     "updater.interval": "PH_UPDATER_INTERVAL",
     "revision.retries": "PV_REVISION_RETRIES",
     "updater.keep_factory": "PV_STORAGE_GC_KEEP_FACTORY",
+    "updater.use_tmp_objects": "PV_UPDATER_USE_TMP_OBJECTS",
+    "control.remote": "PV_CONTROL_REMOTE",
+    "control.remote.always": "PV_CONTROL_REMOTE_ALWAYS",
+    "storage.gc.reserved": "PV_STORAGE_GC_RESERVED",
+    "storage.gc.threshold": "PV_STORAGE_GC_THRESHOLD",
+    "storage.gc.threshold.defertime": "PV_STORAGE_GC_THRESHOLD_DEFERTIME",
+    "storage.gc.keep_factory": "PV_STORAGE_GC_KEEP_FACTORY",
+    "bootloader.type": "PV_BOOTLOADER_TYPE",
+    "secureboot.mode": "PV_SECUREBOOT_MODE",
+    "secureboot.checksum": "PV_SECUREBOOT_CHECKSUM",
 }
 
 KEY_TO_FIELD: Mapping[str, str] = {

@@ -10,11 +10,12 @@ Rules kept here (pantavisor.md §4):
   PV_UPDATER_GOALS_TIMEOUT) starts then.
 - A container has reached its goal when goal <= status <= READY (status order of §4.1). READY needs
   the `ready` signal, which is ignored for containers whose goal is not READY.
-- On exit: without auto_recovery (or policy "no") the verdict is FAILED. With it: the retry counter
+- On exit: without auto_recovery in force (a container's "no" takes its group's; only "on-failure"
+  and "always" recover, "unless-stopped" does not) the verdict is FAILED. With it: the retry counter
   resets when the container ran longer than `reset_window`; when `max_retries` (> 0) is reached the
   verdict is FAILED during an update, else `backoff_policy` decides (reboot → FAILED, never → stay
   stopped, a duration → wait, reset, start over); otherwise restart after
-  retry_delay × backoff_factor^(retries-1) (0 → at once).
+  int(retry_delay × backoff_factor^(retries-1)), the factor only when above 1.0 (0 → at once).
 - `stable_timeout`: armed once when the container reaches its goal; a crash resets the window.
 """
 
@@ -29,7 +30,7 @@ from typing import TYPE_CHECKING
 from shared.engine.commands import ArmTimer, CancelTimer, Command, StartContainers
 
 if TYPE_CHECKING:
-    from shared.state import Container, State
+    from shared.state import AutoRecovery, Container, State
 
 
 class CStatus(IntEnum):
@@ -72,6 +73,29 @@ def parse_duration(text: str) -> float | None:
     return value * scale if value >= 0 else None
 
 
+# pv_state_check_auto_recovery restarts only these; "unless-stopped" parses but never recovers
+RECOVERING_POLICIES = frozenset({"on-failure", "always"})
+
+
+def retry_delay(ar: AutoRecovery, attempt: int) -> int:
+    """`pv_state_check_auto_recovery`: whole seconds; from the second attempt on, and only when
+    the factor is above 1.0, `retry_delay * factor^(attempt-1)` truncated to an integer."""
+    delay = int(ar.retry_delay)
+    if attempt > 1 and ar.backoff_factor > 1.0:
+        delay = int(delay * ar.backoff_factor ** (attempt - 1))
+    return delay
+
+
+def _recovery_of(state: State, spec: Container) -> AutoRecovery | None:
+    own = spec.auto_recovery
+    if own is not None and own.policy != "no":
+        return own
+    group = next((g for g in state.groups if g.name == spec.group), None)
+    if group is not None and group.auto_recovery is not None and group.auto_recovery.policy != "no":
+        return group.auto_recovery
+    return own
+
+
 class _Rec:
     __slots__ = ("spec", "goal", "group", "status", "retries", "stable", "given_up")
 
@@ -111,6 +135,7 @@ class Layout:
     group_of: Mapping[str, int]
     goal_timers: tuple[ArmTimer, ...]  # the ArmTimer command of each group, built once
     goal_cancels: tuple[CancelTimer, ...]
+    recovery: Mapping[str, AutoRecovery | None]  # each container's auto_recovery in force
 
 
 @lru_cache(maxsize=4096)
@@ -131,6 +156,7 @@ def layout(state: State, goals_timeout: float) -> Layout:
         group_of,
         tuple(ArmTimer("goal:" + n, t) for n, t in zip(names, timeouts, strict=True)),
         tuple(CancelTimer("goal:" + n) for n in names),
+        {c.name: _recovery_of(state, c) for c in state.containers},
     )
 
 
@@ -217,7 +243,7 @@ class Containers:
         rec.status = status
         out: list[Command] = []
         if rec.achieved and not was:
-            ar = rec.spec.auto_recovery
+            ar = self.recovery_of(rec)
             if ar is not None and ar.stable_timeout > 0 and not rec.stable:
                 out.append(ArmTimer("stable:" + name, ar.stable_timeout))
             out.extend(self._group_progress(rec.group))
@@ -237,8 +263,8 @@ class Containers:
         if rec.stable is False:
             out.append(CancelTimer("stable:" + name))
         rec.stable = False
-        ar = rec.spec.auto_recovery
-        if ar is None or ar.policy == "no":
+        ar = self.recovery_of(rec)
+        if ar is None or ar.policy not in RECOVERING_POLICIES:
             return out, Verdict.FAILED
         if ar.reset_window > 0 and uptime > ar.reset_window:
             rec.retries = 0
@@ -255,7 +281,7 @@ class Containers:
             out.append(ArmTimer("backoff:" + name, wait))
             return out, None
         rec.retries += 1
-        delay = ar.retry_delay * ar.backoff_factor ** (rec.retries - 1)
+        delay = retry_delay(ar, rec.retries)
         if delay <= 0:
             rec.status = CStatus.STARTING
             out.append(StartContainers(self.rev, (name,)))
@@ -288,6 +314,11 @@ class Containers:
             return [StartContainers(self.rev, (target,))], None
         return [], None
 
+    def recovery_of(self, rec: _Rec) -> AutoRecovery | None:
+        """The auto_recovery in force (`pv_state_start_platform`): a container whose own policy is
+        "no" (or absent) takes its group's whole auto_recovery when the group has a policy."""
+        return self.layout.recovery[rec.spec.name]
+
     def mark_stopping(self, names: tuple[str, ...]) -> None:
         """Containers the engine is stopping: their exit is expected, not a failure."""
         for name in names:
@@ -313,7 +344,7 @@ class Containers:
 
     def all_stable(self) -> bool:
         for rec in self.recs.values():
-            ar = rec.spec.auto_recovery
+            ar = self.recovery_of(rec)
             if ar is not None and ar.stable_timeout > 0 and not rec.stable and not rec.given_up:
                 return False
         return True

@@ -153,10 +153,11 @@ class Progress:
             "progress": self.progress,
             "retries": self.retries,
         }
-        if self.logs is not None:
-            doc["logs"] = self.logs
+        # _ser_progress's key order: downloads (DOWNLOADING only) before logs
         if self.downloads is not None and self.status is Status.DOWNLOADING:
             doc["downloads"] = self.downloads.to_json()
+        if self.logs is not None:
+            doc["logs"] = self.logs
         return doc
 
     @classmethod

@@ -94,6 +94,8 @@ if TYPE_CHECKING:
     from shared.state import State
 
 LOCAL_PREFIX = "locals/"
+# pantahub_proto.c: the failed-request count starts here (offline until the first answer)
+_UNRESPONSIVE_REQUESTS_MAX = 256
 _NO_REVS: frozenset[str] = frozenset()
 
 
@@ -153,10 +155,17 @@ TABLE: Mapping[tuple[Phase, str], Rule] = {
     (P.INPROGRESS, HubReached.key): Rule(
         "_on_hub_reached", (P.INPROGRESS, P.TESTING, *_FAIL), "hub ok"
     ),
-    (P.INPROGRESS, timer_key("network")): Rule("_on_network_timeout", _FAIL, "ERROR Hub not reachable"),
-    (P.INPROGRESS, Verdict.ACHIEVED): Rule("_on_goals", (P.INPROGRESS, P.TESTING), "goals met"),
+    (P.INPROGRESS, timer_key("network")): Rule(
+        "_on_network_timeout", (P.INPROGRESS, *_FAIL), "ERROR Hub not reachable if offline"
+    ),
+    (P.INPROGRESS, Verdict.ACHIEVED): Rule(
+        "_on_goals", (P.INPROGRESS, P.TESTING, *_FAIL), "goals met"
+    ),
     (P.INPROGRESS, Verdict.TIMEDOUT): Rule("_on_goals", (P.INPROGRESS, *_FAIL), "goal timeout"),
     (P.INPROGRESS, Verdict.FAILED): Rule("_on_container_failed", _FAIL, "ERROR, roll back"),
+    (P.INPROGRESS, HubRequestFailed.key): Rule(
+        "_on_hub_failed", (P.INPROGRESS, *_FAIL), "offline after the rollback timer"
+    ),
     (P.TESTING, HubRequestFailed.key): Rule("_on_hub_failed", (P.TESTING, *_FAIL), "hub unstable"),
     (P.TESTING, timer_key("commit")): Rule("_on_commit_timer", (P.TESTING, P.IDLE), "commit"),
     (P.TESTING, Verdict.STABLE): Rule("_on_stable", (P.TESTING, P.IDLE), "commit if due"),
@@ -194,6 +203,11 @@ class _Update:
         "gc_tried",
         "hub_ok",
         "hub_failures",
+        "hub_reported",
+        "hub_any_failed",
+        "network_expired",
+        "list_rounds",
+        "round_failed",
         "commit_due",
         "waiting_stable",
         "space",
@@ -210,8 +224,19 @@ class _Update:
         self.inflight: set[str] = set()
         self.sizes: Mapping[str, int] = {}
         self.gc_tried = False
+        # The Hub client as pantahub_proto.c keeps it: hub_ok is "online and reporting"
+        # (pv_pantahub_is_reporting), hub_failures its consecutive failed requests,
+        # hub_reported whether it entered the report state (which resets hub_any_failed, the
+        # session's "any failed request" flag); network_expired: the remote rollback timer ran out.
         self.hub_ok = not self.remote  # local updates skip the Hub checks (§3.4.6)
         self.hub_failures = 0
+        self.hub_reported = False
+        self.hub_any_failed = False
+        self.network_expired = False
+        # _enroll_object_list: listing rounds of the current list (metadata, then download) and
+        # the objects of the current download round that failed
+        self.list_rounds = 0
+        self.round_failed: list[str] = []
         self.commit_due = False
         self.waiting_stable = False
         # the storage figures of the space check that ran GC (GC_FOR_SPACE only): the second check
@@ -224,6 +249,7 @@ class _Update:
             setattr(new, name, getattr(self, name))
         new.todo = list(self.todo)
         new.inflight = set(self.inflight)
+        new.round_failed = list(self.round_failed)
         return new
 
     def fingerprint(self) -> tuple:
@@ -241,6 +267,11 @@ class _Update:
             self.gc_tried,
             self.hub_ok,
             self.hub_failures,
+            self.hub_reported,
+            self.hub_any_failed,
+            self.network_expired,
+            self.list_rounds,
+            tuple(self.round_failed),
             self.commit_due,
             self.waiting_stable,
             self.space,
@@ -446,15 +477,36 @@ class Updater:
         elif self.config.ordering is Ordering.HARDENED and booted == self.pv_rev:
             self._repair_cut_commit(booted)
         if booted == gc.FACTORY_REV and not pv_try:
-            record = self.progress_of(booted)
-            if record is None or record.status is not Status.DONE:
-                self._persist(booted, Progress.make(Status.DONE, Msg.FACTORY))
-                self._out.append(WriteDoneMarker(booted))
-        if not self._load_running(booted, state):
-            self._out.append(Reboot("bad revision: " + booted))
+            self._factory_boot(booted, state)
+            return
+        self._run_booted(booted, state)
+
+    def _run_booted(self, rev: str, state: State | None) -> None:
+        """Run the booted revision outside an update: start it, or reboot when it cannot load."""
+        if not self._load_running(rev, state):
+            self._out.append(Reboot("bad revision: " + rev))
             self.phase = Phase.REBOOTING
             return
         self._start_containers()
+
+    def _factory_boot(self, rev: str, state: State | None) -> None:
+        """`pv_update_resume` then `pv_update_set_factory` (§3.8): a factory revision whose record
+        is neither DONE nor failed says INPROGRESS "Trying new revision", is loaded, and is then
+        DONE "Factory revision" with its done marker. A failed record stays as it is."""
+        record = self.progress_of(rev)
+        if record is not None and record.is_failed:
+            self._fail_update_env()
+        elif record is None or record.status is not Status.DONE:
+            self.update = _Update(rev, state, record.retries if record is not None else 0)
+            self._set_progress(Status.INPROGRESS, Msg.TRYING)
+            if not self._load_running(rev, state):
+                return  # _load_running failed the update
+            self._set_progress(Status.DONE, Msg.FACTORY)
+            self._out.append(WriteDoneMarker(rev))
+            self.update = None
+            self._start_containers()
+            return
+        self._run_booted(rev, state)
 
     def _try_boot(self, rev: str, state: State | None) -> None:
         """pv_try == booted pv_rev: the latch gave this revision its try (§3.7)."""
@@ -463,6 +515,14 @@ class Updater:
         if record is not None and record.is_failed:
             self._out.append(Reboot("rollback: " + rev + " already failed"))
             self.phase = Phase.REBOOTING
+            return
+        if record is not None and record.status is Status.DONE:
+            # pv_update_resume: DONE is finished, nothing is tried again. Faithful: the revision
+            # runs uncommitted (pv_rev old, pv_try set). Hardened: DONE was written after the
+            # env, so the commit is finished here (docs/orderings.md).
+            if self.config.ordering is Ordering.HARDENED:
+                self._set_env(pv_rev=rev, pv_try="")
+            self._run_booted(rev, state)
             return
         self.update = _Update(rev, state, retries, tried=True)
         if not self._load_running(rev, state):
@@ -478,7 +538,7 @@ class Updater:
         record = self.progress_of(tried)
         hardened = self.config.ordering is Ordering.HARDENED
         if record is not None and record.is_failed:
-            self._report(tried, record)
+            pass  # pv_update_resume finishes without a report: the next poll re-reports it
         elif record is not None and record.status is Status.DONE and not hardened:
             # Faithful: DONE means "nothing to do" and pv_try stays set (the §3.9 window).
             return
@@ -523,26 +583,33 @@ class Updater:
     # ================================================================== remote intake (§3.3)
 
     def _on_pending_steps(self, event: PendingSteps) -> Phase:
+        """`pv_update_start_install`: QUEUED with the count as read, then one more try counted."""
         if not event.steps or not self.remote_enabled:
             return Phase.IDLE
         step = event.steps[0]
         rev = step.rev
-        record = self.progress_of(rev) or step.hub_progress
-        if record is not None and record.is_final:
-            self._report(rev, record)  # re-report what the Hub missed (PR #481)
+        if step.state is None and step.raw is None:
+            return Phase.IDLE  # a step without a state: C returns before creating an update
+        on_disk = self.progress_of(rev)
+        if on_disk is not None and on_disk.is_final:
+            # re-report what the Hub missed (PR #481); C saves the record again on the way
+            self._persist(rev, on_disk)
+            if on_disk.is_failed:
+                self._fail_update_env()
             return Phase.IDLE
-        retries = (record.retries if record is not None else 0) + 1
+        # the Hub's copy is only read when the disk has none, and its status is not checked
+        record = on_disk or step.hub_progress
+        retries = record.retries if record is not None else 0
         self.update = u = _Update(rev, None, retries)
         limit = self.config.revision_retries
-        if retries >= limit:
-            return self._wontgo(Msg.MAX_RETRIES)
         self._set_progress(Status.QUEUED, Msg.retried(retries, limit))
+        u.retries += 1
+        if u.retries >= limit:
+            return self._wontgo(Msg.MAX_RETRIES)
         if step.signature_error:
             return self._wontgo(step.signature_error)
         state = step.state
         if state is None:
-            if step.raw is None:
-                return self._wontgo(Msg.NOT_FOUND)
             state = _parse(step.raw, rev)
             if state is None:
                 return self._wontgo(Msg.BAD_FORMAT)
@@ -555,7 +622,25 @@ class Updater:
         if not missing:
             return self._install(u)
         u.todo = sorted(missing)
-        self._out.append(FetchMetadata(rev, frozenset(missing)))
+        return self._list_metadata(u)
+
+    def _enroll(self, u: _Update) -> bool:
+        """`_enroll_object_list`: a listing round; every round after a list's first counts as a
+        retry, and more retries than PV_REVISION_RETRIES (`>`) is the end. False: give up."""
+        u.list_rounds += 1
+        if u.list_rounds > 1:
+            u.retries += 1
+            if u.retries > self.config.revision_retries:
+                return False
+        return True
+
+    def _list_metadata(self, u: _Update) -> Phase:
+        """`pv_update_get_unrecorded_objects`: one metadata round for every unrecorded object."""
+        if not self._enroll(u):
+            return self._wontgo(Msg.MAX_DOWNLOAD_RETRIES)
+        limit = self.config.revision_retries
+        self._set_progress(Status.QUEUED, Msg.metadata_retry(u.retries, limit))
+        self._out.append(FetchMetadata(u.rev, frozenset(u.todo)))
         return Phase.QUEUED
 
     def _on_metadata(self, event: MetadataReceived) -> Phase:
@@ -566,16 +651,11 @@ class Updater:
         return self._space_check(u, event.storage, allow_gc=True)
 
     def _on_metadata_failed(self, event: Event) -> Phase:
+        """The round's answers are in and some failed: the list is built again (a new round)."""
         u = self.update
         if u is None:
             return self.phase
-        u.retries += 1
-        limit = self.config.revision_retries
-        if u.retries >= limit:
-            return self._wontgo(Msg.MAX_DOWNLOAD_RETRIES)
-        self._set_progress(Status.QUEUED, Msg.metadata_retry(u.retries, limit))
-        self._out.append(FetchMetadata(u.rev, frozenset(u.todo)))
-        return Phase.QUEUED
+        return self._list_metadata(u)
 
     def _on_space_gc_done(self, event: GcDone) -> Phase:
         self._gc_done(event)
@@ -595,25 +675,43 @@ class Updater:
                 u.space = storage
                 self._out.append(self._gc_command("space"))
                 return Phase.GC_FOR_SPACE
-            return self._wontgo(Msg.space_required(required, max(available, 0)))
+            return self._wontgo(Msg.space_required(required, available))
+        # _finish_object_metadata_setting: a new list (rounds from 0), DOWNLOADING; then
+        # pv_update_get_unavailable_objects enrolls its first round and says DOWNLOADING again
+        u.list_rounds = 0
         limit = self.config.revision_retries
         self._set_progress(Status.DOWNLOADING, Msg.download_retry(u.retries, limit))
         u.todo = [sha for sha in u.todo if sha not in self.objects]
+        return self._download_round(u)
+
+    def _download_round(self, u: _Update) -> Phase:
+        """`pv_update_get_unavailable_objects`: a download round for every object not installed."""
+        if not u.todo:
+            return self._install(u)
+        if not self._enroll(u):
+            return self._wontgo(Msg.MAX_DOWNLOAD_RETRIES)
+        limit = self.config.revision_retries
+        self._set_progress(Status.DOWNLOADING, Msg.download_retry(u.retries, limit))
         return self._fetch_more(u)
 
     def _space(self, u: _Update, sizes: Mapping[str, int], storage: StorageStats) -> tuple[int, int]:
         """(bytes the missing objects need, real free bytes)."""
         required = sum(sizes.get(sha, 0) for sha in u.todo if sha not in self.objects)
-        return required, storage.real_free(self.config.gc_reserved)
+        # pv_storage_new: real free space is 0, not negative, once the reserve is eaten into
+        return required, max(storage.real_free(self.config.gc_reserved), 0)
 
     def _fetch_more(self, u: _Update) -> Phase:
         while u.todo and len(u.inflight) < self.config.transfer_max_count:
             sha = u.todo.pop()
             u.inflight.add(sha)
             self._out.append(FetchObject(u.rev, sha, u.sizes.get(sha, 0)))
-        if not u.todo and not u.inflight:
+        if u.todo or u.inflight:
+            return Phase.DOWNLOADING
+        if not u.round_failed:
             return self._install(u)
-        return Phase.DOWNLOADING
+        # the round is over and some objects failed: the list is built again from them
+        u.todo, u.round_failed = sorted(u.round_failed), []
+        return self._download_round(u)
 
     def _on_object_fetched(self, event: ObjectFetched) -> Phase:
         u = self.update
@@ -622,13 +720,8 @@ class Updater:
         u.inflight.discard(event.sha)
         if event.ok:
             self.objects = _with_object(self.objects, event.sha)
-            return self._fetch_more(u)
-        u.retries += 1
-        limit = self.config.revision_retries
-        if u.retries >= limit:
-            return self._wontgo(Msg.MAX_DOWNLOAD_RETRIES)
-        self._set_progress(Status.DOWNLOADING, Msg.download_retry(u.retries, limit))
-        u.todo.append(event.sha)
+        else:
+            u.round_failed.append(event.sha)
         return self._fetch_more(u)
 
     # ================================================================== install (§3.3.5, §3.6)
@@ -640,6 +733,7 @@ class Updater:
             # pv_state_prepare_run cannot link a missing object (a local run whose objects were
             # never uploaded or were collected): ERROR before pv_try is ever written.
             self._set_progress(Status.ERROR, Msg.INTERNAL)
+            self._fail_update_env()
             self.update = None
             return Phase.IDLE
         self._out.append(LinkObjects(u.rev, state))
@@ -647,7 +741,10 @@ class Updater:
         diff = _diff(self.running_state, state)
         u.transition = Transition.REBOOT if force_reboot else diff.transition
         if u.transition is Transition.REBOOT:
-            self._set_progress(Status.INPROGRESS, Msg.REBOOTING)
+            # LOCAL_RUN_COMMIT (_pv_command): the record follows pv_run_update's choice; the
+            # reboot is issued on top of it
+            reboot = diff.transition is Transition.REBOOT
+            self._set_progress(Status.INPROGRESS, Msg.REBOOTING if reboot else Msg.TRANSITIONING)
             self._out.append(Reboot("update " + u.rev))
             return Phase.REBOOTING
         self._set_progress(Status.INPROGRESS, Msg.TRANSITIONING)
@@ -668,6 +765,9 @@ class Updater:
     def _switch(self, u: _Update, affected: frozenset[str]) -> Phase:
         """Merge the pending state into the running one and re-enter RUN (§3.6)."""
         assert self.containers is not None and u.state is not None
+        # _pv_run starts with pv_update_resume, which finds the update of a non-reboot
+        # transition still there and says INPROGRESS "Trying new revision" again
+        self._set_progress(Status.INPROGRESS, Msg.TRYING)
         self.containers = self.containers.merged(
             u.rev, u.state, affected, self.config.goals_timeout
         )
@@ -688,16 +788,24 @@ class Updater:
             self._out.append(ArmTimer("network", self.config.network_timeout))
 
     def _on_hub_reached(self, event: Event) -> Phase:
+        """`_on_request_responsive`: online again, failures reset. The first answer of the update
+        enters the report state, which clears the "any failed request" flag (`_run_state_report`).
+        The remote rollback timer runs on: it is read again whenever the client goes offline."""
         u = self.update
         assert u is not None
-        if not u.hub_ok:
-            u.hub_ok = True
-            self._out.append(CancelTimer("network"))
+        u.hub_ok = True
+        u.hub_failures = 0
+        if not u.hub_reported:
+            u.hub_reported = True
+            u.hub_any_failed = False
         return self._check_goals(u)
 
     def _on_network_timeout(self, event: Event) -> Phase:
         u = self.update
-        if u is None or u.hub_ok:
+        if u is None:
+            return self.phase
+        u.network_expired = True
+        if u.hub_ok:
             return self.phase
         return self._fail(Msg.HUB_NOT_REACHABLE)
 
@@ -717,18 +825,30 @@ class Updater:
             return Phase.INPROGRESS
         msg = Msg.TESTING_NON_REBOOT if not u.tried else Msg.TESTING_REBOOT
         self._set_progress(Status.TESTING, msg)
+        if u.remote and u.hub_any_failed:
+            # pv_wait_network's next pass: TESTING with a failed request since the report state
+            return self._fail(Msg.HUB_NOT_STABLE)
         self._out.append(ArmTimer("commit", self.config.commit_delay))
         return Phase.TESTING
 
     def _on_hub_failed(self, event: Event) -> Phase:
+        """`_on_request_unresponsive` and `pv_wait_network`: every failure sets the session's
+        flag, which fails a TESTING update whatever the threshold; more consecutive failures than
+        PH_ONLINE_REQUEST_THRESHOLD take the client offline, which in INPROGRESS fails the update
+        once the remote rollback timer has run out (and stops goal checking until then)."""
         u = self.update
         assert u is not None
         if not u.remote:
-            return Phase.TESTING
-        u.hub_failures += 1
+            return self.phase
+        u.hub_any_failed = True
+        u.hub_failures = min(u.hub_failures + 1, _UNRESPONSIVE_REQUESTS_MAX)
         if u.hub_failures > self.config.online_request_threshold:
+            u.hub_ok = False
+        if self.phase is Phase.TESTING:
             return self._fail(Msg.HUB_NOT_STABLE)
-        return Phase.TESTING
+        if not u.hub_ok and u.network_expired:
+            return self._fail(Msg.HUB_NOT_REACHABLE)
+        return self.phase
 
     def _on_commit_timer(self, event: Event) -> Phase:
         u = self.update
@@ -756,8 +876,11 @@ class Updater:
             self._set_env(pv_rev=u.rev, pv_try="")
             self._persist(u.rev, done)
         else:
+            # pv_update_set_final, pv_bootloader_pre_commit_update: DONE, then two env writes
+            # (set pv_rev, unset pv_try), then the done marker
             self._persist(u.rev, done)
-            self._set_env(pv_rev=u.rev, pv_try="")
+            self._set_env(pv_rev=u.rev)
+            self._set_env(pv_try="")
         self._out.append(WriteDoneMarker(u.rev))
         return self._end_update()
 
@@ -773,18 +896,27 @@ class Updater:
         u = self.update
         assert u is not None
         self._set_progress(Status.ERROR, msg)
-        if not u.tried and self.pv_try == u.rev:
-            # A live (non-reboot) transition: the cmdline still names the old revision, so
-            # clearing pv_try makes the next boot a plain boot of pv_rev.
-            self._set_env(pv_try="")
+        self._fail_update_env()
         self._out.append(Reboot("rollback: " + msg))
         self.update = None
         return Phase.REBOOTING
 
     def _wontgo(self, msg: str) -> Phase:
         self._set_progress(Status.WONTGO, msg)
+        self._fail_update_env()
         self.update = None
         return Phase.IDLE
+
+    def _fail_update_env(self) -> None:
+        """`pv_update_finish` after WONTGO or ERROR: unless this boot is the try of pv_try
+        (`pv_bootloader_trying_update`), the bootloader's fail-update unsets pv_try. After a
+        non-reboot update that makes the next boot a plain boot of pv_rev. C writes the env even
+        when pv_try is already unset; hardened skips that no-op write (docs/orderings.md)."""
+        if self.pv_try and self.pv_try == self.booted_rev:
+            return
+        if not self.pv_try and self.config.ordering is Ordering.HARDENED:
+            return
+        self._set_env(pv_try="")
 
     def _on_container_failed(self, event: Event) -> Phase:
         return self._fail(Msg.CONTAINER_FAILED)
@@ -833,8 +965,8 @@ class Updater:
     def _local_run(self, event: CtrlCommand, *, force_reboot: bool) -> Phase:
         """`pv_update_run` (§3.4.3): no object or space check."""
         rev = event.payload
-        record = self.progress_of(rev)
-        self.update = u = _Update(rev, event.state, record.retries if record is not None else 0)
+        # a fresh update object: the record's retries start from 0, not from the trail's record
+        self.update = u = _Update(rev, event.state, 0)
         if event.state_error or event.state is None:
             return self._wontgo(event.state_error or Msg.NOT_FOUND)
         return self._install(u, force_reboot=force_reboot)
