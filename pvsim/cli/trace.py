@@ -34,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def handle(args: argparse.Namespace) -> int:
     entries = run_trace(load_case(args.case), args.ordering)
     if args.json:
-        print(json.dumps(entries, indent=1))
+        print(json.dumps(entries, indent=2))
     else:
         print(render(entries), end="")
     return EXIT_OK
