@@ -82,6 +82,7 @@ def test_ordering_option_overrides_the_case(tmp_path, capsys):
         ('config = { PV_NO_SUCH = 1 }\n', "config", "PV_NO_SUCH"),
         ('[[step]]\nctrl = "FROBNICATE"\n', "step[0]", "unknown pv-ctrl command"),
         ('[world]\ncrashes = ["app"]\n', "world.crashes", "REV:CONTAINER"),
+        ('[[step]]\nhub = "failed"\nsignature_error = "x"\n', "step[0]", "only with offer"),
     ],
 )
 def test_a_bad_case_names_the_file_and_the_key(tmp_path, text, key, words):

@@ -133,6 +133,12 @@ class TraceStep(_Table):
                 "a step does exactly one thing: one of offer, ctrl, upload, hub, container, "
                 f"timer, wait, settle, power_cut, world (found: {', '.join(actions) or 'none'})"
             )
+        for key, needs in (
+            ("signature_error", "offer"), ("hub_progress", "offer"), ("bad_format", "offer"),
+            ("payload", "ctrl"), ("event", "container"), ("uptime", "container"),
+        ):
+            if getattr(self, key) and getattr(self, needs) is None:
+                raise ValueError(f"{key}: only with {needs}")
         if self.container is not None and self.event is None:
             raise ValueError("event: a container step needs an event (" + ", ".join(CONTAINER_EVENTS) + ")")
         if self.ctrl is not None and Op.parse(self.ctrl) is None:
