@@ -249,9 +249,16 @@ class MemDevice:
             if pending and key != self._last_offer:  # offer each Hub view once per boot
                 self._last_offer = key
                 return PendingSteps(pending[:1])
+        return self.next_scheduled(updater)
+
+    def next_scheduled(self, updater: Updater, until: float | None = None) -> Event | None:
+        """The next later event in time order (a live timer, a container's, a Hub poll while
+        the engine watches the Hub), not later than `until`; None when there is none."""
         if updater.watches_hub and not any(isinstance(e, HubTick) for _, _, e in self._heap):
             self._schedule(self.config.updater_interval, HubTick())
         while self._heap:
+            if until is not None and self._heap[0][0] > until:
+                return None
             at, _, event = heapq.heappop(self._heap)
             self.now = max(self.now, at)
             if isinstance(event, _Armed):

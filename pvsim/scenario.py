@@ -181,7 +181,7 @@ class UpdateModel(_Table):
     bootlimit: int = Field(1, ge=1, le=15)
     health_check: bool = True
     health_window_s: float = Field(60.0, ge=0)
-    hardened: bool = True
+    hardened: bool = False  # Pantavisor's own write ordering (faithful), as real devices have it
     engine: dict[str, float | int | str | bool] = Field(default_factory=dict)
 
     @field_validator("engine")

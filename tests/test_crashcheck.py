@@ -7,7 +7,7 @@ import json
 import pytest
 
 from pvsim.cli import main
-from pvsim.crashcheck import crashcheck, kinds
+from pvsim.crashcheck import UNNAMED, WINDOWS, crashcheck, kinds, window_of
 from shared.engine.config import Ordering
 from shared.engine.diagram import render
 
@@ -50,14 +50,15 @@ def test_faithful_reproduces_the_done_before_pv_rev_window(faithful):
 
 
 def test_the_enumeration_stays_small(hardened, faithful):
-    """Each crash point is one short device run, so their number is the check's cost (1331
-    hardened and 1182 faithful today): a change that multiplies it shows here, on any machine."""
+    """Each crash point is one short device run, so their number is the check's cost (1788
+    hardened and 1762 faithful today): a change that multiplies it shows here, on any machine."""
     assert hardened.total_crash_points < 2000 and faithful.total_crash_points < 2000
 
 
 def test_cli_writes_json_and_exit_codes(tmp_path, capsys):
     out = tmp_path / "h.json"
-    assert main(["crashcheck", "--kind", "bsp-good", "--kind", "app-good", "--json", str(out)]) == 0
+    args = ["crashcheck", "--kind", "bsp-good", "--kind", "app-good"]
+    assert main([*args, "--ordering", "hardened", "--json", str(out)]) == 0
     doc = json.loads(out.read_text())
     assert doc["ordering"] == "hardened" and doc["violations"] == 0
     assert set(doc["kinds"]) == {"bsp-good", "app-good"}
@@ -101,3 +102,35 @@ def test_updated_becomes_done_after_a_power_cycle(hardened):
     assert any(k.startswith("new DONE") for k in finals)  # the cut made it a try-boot, committed
     panic = hardened.kinds["bsp-panic"].finals
     assert set(panic) == {"old ERROR 'Unexpected rollback'"}
+
+
+def test_every_named_window_is_found_and_every_faithful_violation_is_named(faithful):
+    """docs/orderings.md names W1-W4; crashcheck must find each, and name every violation."""
+    assert {w.name for w in WINDOWS} == {"W1", "W2", "W3", "W4"}
+    assert all(faithful.windows[w.name] > 0 for w in WINDOWS), faithful.windows
+    assert faithful.windows[UNNAMED] == 0
+    assert sum(faithful.windows.values()) == faithful.violation_count
+    assert window_of("inside step 3 (env pv_rev=1 (in place)): I1 no bootable revision: boot env "
+                     "unreadable (torn write): no pv_rev to boot") == "W1"
+    assert window_of("I5 reboot loop: 9 boots without quiescence") == UNNAMED
+
+
+def test_counter_latch_faithful_shows_the_done_resume_window():
+    from shared.engine.config import BootLatch, Config
+
+    report = crashcheck(Ordering.FAITHFUL, ["bsp-good"], Config(boot_latch=BootLatch.COUNTER))
+    assert report.windows["W4"] > 0 and report.windows[UNNAMED] == 0
+
+
+def test_cli_without_ordering_reports_both(tmp_path, capsys):
+    out = tmp_path / "both.json"
+    assert main(["crashcheck", "--kind", "bsp-good", "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert set(doc["orderings"]) == {"faithful", "hardened"}
+    summary = doc["summary"]
+    assert summary["hardened"]["violations"] == 0 and summary["hardened"]["as_expected"]
+    assert summary["faithful"]["violations"] > 0 and summary["faithful"]["as_expected"]
+    assert set(summary["faithful"]["windows"]) <= {"W1", "W2", "W3", "W4"}
+    assert doc["orderings"]["faithful"]["windows"] == summary["faithful"]["windows"]
+    printed = capsys.readouterr().out
+    assert "faithful: " in printed and "hardened: " in printed and "W2 DONE before pv_rev" in printed

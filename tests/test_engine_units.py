@@ -156,6 +156,15 @@ def test_gc_keep_set_and_plan():
         ("UPDATE_METADATA", {"update_active": False, "local_mode": True}, 409, None),
         ("FROBNICATE", {"update_active": False}, 400, None),
         ("LOCAL_RUN_COMMIT", {"update_active": False}, 200, None),
+        # ctrl/ctrl_cmd.c pv_ctrl_cmd_add: nothing to do is 204, not queued
+        ("GO_REMOTE", {"update_active": False, "local_mode": False}, 204, None),
+        ("GO_REMOTE", {"update_active": False, "local_mode": True}, 200, None),
+        ("UNCLAIM", {"update_active": False, "claimed": False}, 204, None),
+        ("UNCLAIM", {"update_active": False, "claimed": True}, 200, None),
+        ("UNCLAIM", {"update_active": True, "claimed": False}, 503, 600),
+        ("DEFER_REBOOT", {"update_active": False, "debug_shell": False}, 409, None),
+        ("DEFER_REBOOT", {"update_active": False}, 200, None),
+        ("GO_REMOTE", {"update_active": False, "command_queued": True}, 204, None),
     ],
 )
 def test_ctrl_rejection_rules(op, kwargs, status, retry):

@@ -18,6 +18,8 @@ DESCRIPTION = """\
 pvtwin's discrete-event simulator.
 
   pvsim crashcheck                 cut power at every durable step of an update; check invariants
+                                   (both orderings: faithful's windows named, hardened's none)
+  pvsim trace CASE                 one scripted device: every record, env write and reboot
   pvsim run SCENARIO               simulate a fleet rollout; write results, plots and a report
                                    (--shards N [--dask ADDR]: one giant fleet in parallel shards)
   pvsim shard-check SCENARIO       how far a sharded run is from the unsharded one
@@ -28,6 +30,7 @@ pvtwin's discrete-event simulator.
 
 GROUPS = (
     "pvsim.cli.crashcheck",
+    "pvsim.cli.trace",
     "pvsim.cli.run",
     "pvsim.cli.shard_check",
     "pvsim.cli.compare",

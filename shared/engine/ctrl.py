@@ -82,8 +82,12 @@ def ctrl_decision(
     claimed: bool = True,
     control_remote: bool = True,
     local_mode: bool = False,
+    debug_shell: bool = True,
 ) -> CtrlDecision:
-    """Whether pv-ctrl accepts `POST /commands {"op": op}` now."""
+    """Whether pv-ctrl accepts `POST /commands {"op": op}` now, in ctrl_cmd.c's order
+    (`pv_ctrl_cmd_add`). A command that would change nothing (GO_REMOTE when remote, UNCLAIM
+    when unclaimed) is not queued and answered 204. `debug_shell`: PV_DEBUG_SHELL (on by default
+    in Pantavisor), without which DEFER_REBOOT is refused."""
     if op not in OPS:
         return CtrlDecision(400, None, f"unknown command {op!r}")
     if update_active and op in BLOCKED_DURING_UPDATE:
@@ -94,6 +98,12 @@ def ctrl_decision(
         return CtrlDecision(409, None, "PV_CONTROL_REMOTE is 0")
     if op == Op.UPDATE_METADATA and local_mode:
         return CtrlDecision(409, None, "device is in local mode")
+    if op == Op.DEFER_REBOOT and not debug_shell:
+        return CtrlDecision(409, None, "PV_DEBUG_SHELL is 0")
+    if op == Op.GO_REMOTE and not local_mode:
+        return CtrlDecision(204, None, "device is already in remote mode")
+    if op == Op.UNCLAIM and not claimed:
+        return CtrlDecision(204, None, "device is already unclaimed")
     if command_queued:
         return CtrlDecision(503, 120, "another command is queued")
     return ACCEPTED
