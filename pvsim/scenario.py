@@ -172,6 +172,18 @@ class Rollout(_Table):
         return None if value is None else _fraction(value)
 
 
+def check_engine_keys(values: dict[str, Any]) -> dict[str, Any]:
+    """A pydantic validator for a table of engine config keys (Pantavisor's names): every key
+    known, every value of its type. Scenario files and trace cases share it."""
+    from shared.engine.config import Config, ConfigError
+
+    try:
+        Config.from_mapping(values)
+    except ConfigError as exc:
+        raise ValueError(f"{exc.key}: {exc.message}") from None
+    return values
+
+
 class UpdateModel(_Table):
     kind: Literal[UPDATE_MODELS] = "pantavisor"  # type: ignore[valid-type]
     image_mb: float = Field(400.0, gt=0)
@@ -187,13 +199,7 @@ class UpdateModel(_Table):
     @field_validator("engine")
     @classmethod
     def _engine_keys(cls, values: dict[str, Any]) -> dict[str, Any]:
-        from shared.engine.config import Config, ConfigError
-
-        try:
-            Config.from_mapping(values)
-        except ConfigError as exc:
-            raise ValueError(f"{exc.key}: {exc.message}") from None
-        return values
+        return check_engine_keys(values)
 
 
 class Run(_Table):
@@ -260,9 +266,9 @@ def validate_scenario(data: dict[str, Any], source: str) -> Scenario:
         return Scenario.model_validate(data)
     except ValidationError as exc:
         errors = exc.errors()
-        key, message = _keyed(errors[0])
+        key, message = error_key(errors[0])
         if len(errors) > 1:
-            rest = "; ".join("{}: {}".format(*_keyed(e)) for e in errors[1:4])
+            rest = "; ".join("{}: {}".format(*error_key(e)) for e in errors[1:4])
             message += f" (also: {rest})"
         raise ScenarioError(message, source=source, key=key) from None
 
@@ -270,7 +276,7 @@ def validate_scenario(data: dict[str, Any], source: str) -> Scenario:
 _MODEL_KEY = re.compile(r"^([A-Za-z_][\w.\[\]]*): (.*)$", re.DOTALL)
 
 
-def _keyed(error: dict[str, Any]) -> tuple[str, str]:
+def error_key(error: dict[str, Any]) -> tuple[str, str]:
     """(dotted key, message) of one pydantic error; a whole-scenario check names its key in front."""
     key, message = _dotted(error["loc"]), _message(error)
     if not key:
@@ -287,7 +293,7 @@ def load_scenario(path: str | Path, **overrides: Any) -> Scenario:
         raw = path.read_bytes()
     except OSError as exc:
         raise ScenarioError(f"cannot read: {exc.strerror}", source=str(path)) from None
-    text = _toml_text(raw, str(path))
+    text = toml_text(raw, str(path))
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -299,7 +305,7 @@ def load_scenario(path: str | Path, **overrides: Any) -> Scenario:
     return validate_scenario(data, str(path))
 
 
-def _toml_text(raw: bytes, source: str) -> str:
+def toml_text(raw: bytes, source: str) -> str:
     """The file's text; TOML is UTF-8, and a NUL byte means a binary file was given by mistake."""
     if b"\0" in raw:
         raise _not_text("a binary file, not TOML text", raw, raw.index(b"\0"), source)

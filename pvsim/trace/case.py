@@ -17,8 +17,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 # one way to name pydantic errors and to read TOML text for every file pvsim validates
-from pvsim.scenario import _keyed, _toml_text
-from shared.engine.config import Config, ConfigError
+from pvsim.scenario import check_engine_keys, error_key, toml_text
+from shared.engine.config import Config
 from shared.engine.ctrl import Op
 from shared.engine.progress import Progress, Status
 from shared.errors import PvError
@@ -162,11 +162,7 @@ class TraceCase(_Table):
     @field_validator("config")
     @classmethod
     def _config_keys(cls, values: dict[str, Any]) -> dict[str, Any]:
-        try:
-            Config.from_mapping(values)
-        except ConfigError as exc:
-            raise ValueError(f"{exc.key}: {exc.message}") from None
-        return values
+        return check_engine_keys(values)
 
     @model_validator(mode="after")
     def _names_known(self) -> TraceCase:
@@ -202,7 +198,7 @@ def validate_case(data: dict[str, Any], source: str) -> TraceCase:
         return TraceCase.model_validate(data)
     except ValidationError as exc:
         errors = exc.errors()
-        key, message = _keyed(dict(errors[0]))
+        key, message = error_key(dict(errors[0]))
         raise TraceCaseError(message, source=source, key=key) from None
 
 
@@ -213,7 +209,7 @@ def load_case(path: str | Path) -> TraceCase:
     except OSError as exc:
         raise TraceCaseError(f"cannot read: {exc.strerror}", source=str(path)) from None
     try:
-        data = tomllib.loads(_toml_text(raw, str(path)))
+        data = tomllib.loads(toml_text(raw, str(path)))
     except tomllib.TOMLDecodeError as exc:
         raise TraceCaseError(f"not valid TOML: {exc}", source=str(path)) from None
     return validate_case(data, str(path))
