@@ -89,6 +89,14 @@ def test_go_remote_refused_when_control_remote_is_off():
     assert idle_engine(local=True).ctrl_decision(Op.UPDATE_METADATA).status == 409
 
 
+def test_defer_reboot_needs_the_debug_shell():
+    """ctrl/ctrl_cmd.c pv_ctrl_cmd_add: DEFER_REBOOT is refused when PV_DEBUG_SHELL is off; the
+    engine passes its own config, so the key (and its alias) reaches the decision."""
+    assert idle_engine().ctrl_decision(Op.DEFER_REBOOT).status == 200
+    assert idle_engine(PV_DEBUG_SHELL="0").ctrl_decision(Op.DEFER_REBOOT).status == 409
+    assert idle_engine(**{"debug.shell": "0"}).ctrl_decision(Op.DEFER_REBOOT).status == 409
+
+
 def test_signal_of_an_unknown_container_is_404():
     assert idle_engine().signal_decision("nobody").status == 404
 

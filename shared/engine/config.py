@@ -62,6 +62,7 @@ class Config:
     bootloader_type: str = "uboot"  # PV_BOOTLOADER_TYPE
     secureboot_mode: str = "lenient"  # PV_SECUREBOOT_MODE
     secureboot_checksum: bool = True  # PV_SECUREBOOT_CHECKSUM
+    debug_shell: bool = True  # PV_DEBUG_SHELL (pv-ctrl refuses DEFER_REBOOT without it)
     wait_tick: float = 2.0  # the WAIT loop's safety tick (§3.1); not a config key in Pantavisor
     stop_grace: float = 5.0  # lenient stop before a forced one (§4.3); fixed in Pantavisor
     ordering: Ordering = Ordering.HARDENED  # PVTWIN_ORDERING
@@ -112,6 +113,7 @@ KEYS: Mapping[str, str] = {
     "PV_BOOTLOADER_TYPE": "bootloader_type",
     "PV_SECUREBOOT_MODE": "secureboot_mode",
     "PV_SECUREBOOT_CHECKSUM": "secureboot_checksum",
+    "PV_DEBUG_SHELL": "debug_shell",
     "PVTWIN_ORDERING": "ordering",
     "PVTWIN_BOOT_LATCH": "boot_latch",
     "PVTWIN_BOOT_ATTEMPTS": "boot_attempts",
@@ -135,6 +137,7 @@ ALIASES: Mapping[str, str] = {
     "bootloader.type": "PV_BOOTLOADER_TYPE",
     "secureboot.mode": "PV_SECUREBOOT_MODE",
     "secureboot.checksum": "PV_SECUREBOOT_CHECKSUM",
+    "debug.shell": "PV_DEBUG_SHELL",
 }
 
 KEY_TO_FIELD: Mapping[str, str] = {

@@ -419,6 +419,7 @@ class Updater:
             command_queued=command_queued,
             control_remote=self.config.control_remote,
             local_mode=self.local_mode,
+            debug_shell=self.config.debug_shell,
         )
 
     def signal_decision(self, container: str) -> CtrlDecision:
