@@ -136,14 +136,24 @@ class CtrlHandler(BaseHTTPRequestHandler):
     def do_DELETE(self) -> None:
         self._dispatch("DELETE")
 
+    def parse_request(self) -> bool:
+        if not super().parse_request():
+            return False
+        if self.request_version == "HTTP/0.9":  # a bare `GET /path`: no status line, no headers
+            self.send_error(400, "HTTP/0.9 requests are not served")
+            return False
+        return True
+
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """http.server's refusals (bad request line, unknown method, long headers) as JSON, like
-        every other answer, instead of its HTML page."""
+        every other answer, instead of its HTML page, and always with a status line (http.server
+        leaves it out while the request's version is unknown)."""
         try:
             phrase = HTTPStatus(code).phrase
         except ValueError:
             phrase = "error"
         self.log_error("code %d, message %s", code, message)
+        self.request_version = self.protocol_version
         self.close_connection = True
         self._send(Response.error(code, message or phrase))
 

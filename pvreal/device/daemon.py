@@ -259,9 +259,13 @@ class Device:
                     CtrlReply(decision.status, decision.retry_after, decision.reason)
                 )
                 return
+        # A reboot a person asked for (REBOOT_DEVICE, LOCAL_RUN_COMMIT, ...) is never a boot loop,
+        # however soon after the boot it comes.
+        self._requested = isinstance(event, CtrlCommand)
         try:
             self._guarded(event, item.reply)
         finally:
+            self._requested = False
             if isinstance(event, CtrlCommand):
                 with self._lock:
                     self._queued_commands = max(0, self._queued_commands - 1)
@@ -345,12 +349,14 @@ class Device:
         if command.poweroff:
             self._stopping.set()
             return
-        # A boot that reboots within a second is a boot loop in the making: count them.
-        quick = time.monotonic() - self._booted_at < 1.0
+        # A boot that reboots by itself within a second is a boot loop in the making: count them.
+        quick = not self._requested and time.monotonic() - self._booted_at < 1.0
+        self._requested = False
         self._boot(self._boot_depth + 1 if quick else 0)
 
     _booted_at = 0.0
     _boot_depth = 0
+    _requested = False  # the event being handled is a pv-ctrl command
     last_reboot = ""
 
     def _shutdown_machine(self) -> None:

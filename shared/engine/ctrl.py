@@ -193,10 +193,10 @@ def missing_objects_decision(state: State, present: Callable[[str], bool]) -> Ct
     """422 naming the first object a state needs that the device lacks. The engine's own check
     comes later (`Updater._install`: ERROR before pv_try); pv-ctrl refuses such a state on PUT so
     that the person uploading it learns which object to send."""
-    missing = sorted((sha, path) for path, sha in state.objects.items() if not present(sha))
+    missing = {sha for sha in state.object_shas() if not present(sha)}
     if not missing:
         return ACCEPTED
-    sha, path = missing[0]
+    path, sha = min((p, s) for p, s in state.objects.items() if s in missing)
     more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
     return CtrlDecision(
         422, None, f"object {sha} ({path}) is not on the device{more}: PUT /objects/{sha} first"
