@@ -265,3 +265,44 @@ def test_device_loop_survives_a_failing_command(tmp_path, monkeypatch):
         assert device.status()["failures"] == 2
     finally:
         device.storage_lock.release()
+
+
+# ------------------------------------------------------------------ the real daemon
+
+
+@pytest.mark.root
+@pytest.mark.xdist_group("real")
+def test_real_daemon_survives_the_reported_payloads(tmp_path):
+    """The payloads of issue 16 each stopped the daemon 5-8 s after `accepted`; now each is a
+    400 and the device goes on running its revision, containers untouched."""
+    import time
+
+    from devicekit import Daemon, Revisions, need_device
+
+    need_device()
+    revs = Revisions(tmp_path / "revs", group_timeout=3)
+    d = Daemon(tmp_path / "dev", network=False)
+    d.init(revs.state("f0", {"app1": {"tag": "a1"}}), revs.objects)
+    d.start()
+    try:
+        pids = {c["name"]: c["pid"] for c in d.client.containers()}
+        for rev in BAD_REVISIONS:
+            for op in ("LOCAL_RUN", "LOCAL_RUN_COMMIT"):
+                answer = d.client.command(op, rev)
+                assert answer.status == 400 and answer.json()["Error"], (op, rev, answer.body)
+        # a state naming an object the device lacks: refused at PUT, naming the object
+        doc = json.loads((revs.root / "f0.json").read_text())
+        absent = hashlib.sha256(b"not on the device").hexdigest()
+        doc["app1/extra.bin"] = absent
+        answer = d.client.put_step("locals/lacking", json.dumps(doc).encode())
+        assert answer.status == 422 and absent in answer.error and "app1/extra.bin" in answer.error
+        assert not (d.storage / "trails" / "locals" / "lacking").exists()
+        time.sleep(1)  # the engine had 5-8 s to die before: give a late failure a chance
+        status = d.wait_settled(30)
+        assert d.proc is not None and d.proc.poll() is None, d.tail()
+        assert (status["running"], status["failures"], status["error"]) == ("0", 0, None)
+        assert {c["name"]: c["pid"] for c in d.client.containers()} == pids
+        assert "Traceback" not in d.tail(100_000)
+    finally:
+        d.stop()
+    assert d.leftovers() == [], d.tail()
