@@ -45,6 +45,7 @@ DRAIN_AFTER_REFUSAL = 64 << 20  # bytes of a refused body read (and dropped) bef
 class CtrlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
     allow_reuse_address = False
+    request_queue_size = 128  # listen backlog: socketserver's 5 refuses (EAGAIN) a busy moment
 
     def __init__(self, path: Path, api: CtrlApi, *, container: str | None, mgmt: bool):
         self.path = Path(path)
