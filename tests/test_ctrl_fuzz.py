@@ -30,7 +30,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-from devicekit import Daemon, Revisions, need_device
+from devicekit import Daemon, started_device
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -345,15 +345,10 @@ def storage_names_are_clean(storage: Path) -> None:
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory):
-    need_device()
     base = tmp_path_factory.mktemp("fuzz")
-    revs = Revisions(base / "revs", group_timeout=3)
-    s0 = revs.state("f0", {"app1": {"tag": "a1"}})
+    revs, d = started_device(base)
     goods = {GOOD[0]: revs.state("ga", {"app1": {"tag": "a2"}}),
              GOOD[1]: revs.state("gb", {"app1": {"tag": "a3"}})}
-    d = Daemon(base / "dev", network=False)
-    d.init(s0, revs.objects)
-    d.start()
     for state in goods.values():
         for value in json.loads(state.read_text()).values():
             if isinstance(value, str) and len(value) == 64:

@@ -16,7 +16,7 @@ from urllib.parse import quote
 
 import pytest
 from enginekit import idle_engine
-from test_ctrl_server import StandInDevice
+from test_ctrl_server import StandInDevice, stand_in_server
 
 from pvreal.ctrl.api import CtrlApi
 from pvreal.ctrl.client import CtrlClient
@@ -39,14 +39,6 @@ BAD_REVISIONS = [
 ]
 
 
-@pytest.fixture
-def ctrl(tmp_path):
-    device = StandInDevice(tmp_path / "storage")
-    server = serve(tmp_path / "pv-ctrl", CtrlApi(device))
-    yield device, CtrlClient(tmp_path / "pv-ctrl"), tmp_path
-    server.close()
-
-
 def raw(path: Path, data: bytes, *, shut: bool = True) -> bytes:
     """Send bytes as they are; return everything the server answers before it hangs up."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
@@ -59,6 +51,12 @@ def raw(path: Path, data: bytes, *, shut: bool = True) -> bytes:
         while chunk := s.recv(65536):
             out += chunk
         return out
+
+
+@pytest.fixture
+def ctrl(tmp_path):
+    with stand_in_server(tmp_path) as served:
+        yield served
 
 
 def json_answer(reply: bytes) -> tuple[int, dict]:
@@ -277,13 +275,9 @@ def test_real_daemon_survives_the_reported_payloads(tmp_path):
     400 and the device goes on running its revision, containers untouched."""
     import time
 
-    from devicekit import Daemon, Revisions, need_device
+    from devicekit import started_device
 
-    need_device()
-    revs = Revisions(tmp_path / "revs", group_timeout=3)
-    d = Daemon(tmp_path / "dev", network=False)
-    d.init(revs.state("f0", {"app1": {"tag": "a1"}}), revs.objects)
-    d.start()
+    revs, d = started_device(tmp_path)
     try:
         pids = {c["name"]: c["pid"] for c in d.client.containers()}
         for rev in BAD_REVISIONS:

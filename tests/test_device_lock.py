@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from devicekit import REPO, Daemon, Revisions, need_device
+from devicekit import REPO, started_device
 
 from pvreal.device.storagelock import LOCK_NAME, StorageBusy, StorageLock
 
@@ -25,11 +25,7 @@ def test_lock_names_its_holder_and_is_released(tmp_path):
 @pytest.mark.root
 @pytest.mark.xdist_group("real")
 def test_second_daemon_on_one_storage_exits_and_leaves_the_first_alone(tmp_path):
-    need_device()
-    revs = Revisions(tmp_path / "revs", group_timeout=3)
-    first = Daemon(tmp_path / "one", network=True)
-    first.init(revs.state("f0", {"app1": {"tag": "a1"}}), revs.objects)
-    first.start()
+    _, first = started_device(tmp_path, network=True)
     try:
         assert first.proc is not None
         before = first.status()
