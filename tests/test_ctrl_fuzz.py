@@ -16,6 +16,7 @@ PVTWIN_FUZZ_RANDOM=1 a fresh random seed (default: Hypothesis' derandomized run)
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -68,6 +69,14 @@ METHODS = ["GET", "PUT", "POST", "DELETE", "HEAD", "OPTIONS", "PATCH", "get", "G
 VERSIONS = ["HTTP/1.1", "HTTP/1.0", "HTTP/2.0", "HTTP/1.1 extra", "", "http/1.1", "HTTP/1.x",
             "HTTP/0.9", "HTTP/1.1\r"]
 
+# Large bodies are made once and shared: a batch holds references, never fresh copies (Hypothesis
+# keeps generated examples around longer than one would think).
+OVER_STATE_LIMIT = b'{"#spec": "' + b"y" * (MAX_STATE_BYTES + 1 - 13) + b'"}'  # over by one byte
+NESTED = {depth: b'{"#spec": ' + b"[" * depth + b"]" * depth + b"}"
+          for depth in (65, 1000, 200_000)}
+DEEP_COMMAND = b"[" * 20000 + b"]" * 20000
+OVER_COMMAND_LIMIT = b'{"op": "' + b"A" * (MAX_COMMAND_BYTES + 1) + b'"}'
+
 text = st.text(max_size=40)
 hostile_name = st.one_of(st.sampled_from(NAMES), text)
 json_scalar = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False),
@@ -96,8 +105,7 @@ def command_body(draw) -> bytes:
     return draw(st.sampled_from([
         b'{"op": "RUN_GC", "op": "RUN_GC"}', b"[1, 2]", b"null", b"{", b"\xff\xfe",
         b'{"op": 1, "payload": []}', b'{"op": "LOCAL_RUN", "payload": null}',
-        b'{"op": "LOCAL_RUN"}', b"[" * 20000 + b"]" * 20000, b'{"type": "ready"}',
-        b'{"op": "' + b"A" * (MAX_COMMAND_BYTES + 1) + b'"}', b"",
+        b'{"op": "LOCAL_RUN"}', DEEP_COMMAND, b'{"type": "ready"}', OVER_COMMAND_LIMIT, b"",
     ]))
 
 
@@ -106,10 +114,9 @@ def state_body(draw, base: dict) -> bytes:
     doc = dict(base)
     kind = draw(st.integers(0, 12))
     if kind == 0:
-        return b'{"#spec": "' + b"y" * (MAX_STATE_BYTES + 1 - 13) + b'"}'  # over by one byte
+        return OVER_STATE_LIMIT
     if kind == 1:
-        depth = draw(st.sampled_from([65, 1000, 200_000]))
-        return b'{"#spec": ' + b"[" * depth + b"]" * depth + b"}"
+        return NESTED[draw(st.sampled_from(sorted(NESTED)))]
     if kind == 2:
         return draw(st.binary(max_size=200))
     if kind == 3:
@@ -130,12 +137,25 @@ def state_body(draw, base: dict) -> bytes:
 
 @dataclass(frozen=True)
 class Raw:
-    data: bytes
-    mode: str  # full | truncated | half_open | abort
+    """One connection's bytes: head + body + tail, joined only when sent (the body may be one
+    of the shared large ones)."""
+
+    head: bytes
+    body: bytes = b""
+    tail: bytes = b""
+    mode: str = "full"  # full | truncated | half_open | abort
     cut: int = 0  # bytes sent when truncated or half-open
 
+    @property
+    def size(self) -> int:
+        return len(self.head) + len(self.body) + len(self.tail)
+
+    def data(self) -> bytes:
+        return self.head + self.body + self.tail
+
     def __repr__(self) -> str:  # Hypothesis prints failing batches: not 16 MiB bodies
-        return f"Raw({self.data[:300]!r}... {len(self.data)} B, {self.mode}, cut={self.cut})"
+        return (f"Raw({self.head[:300]!r}, body {self.body[:100]!r}... {len(self.body)} B, "
+                f"tail {self.tail[:100]!r}, {self.mode}, cut={self.cut})")
 
 
 @st.composite
@@ -163,11 +183,12 @@ def http_request(draw, base_state: dict) -> Raw:
         method, target = draw(st.sampled_from(METHODS)), draw(path())
         body = draw(st.binary(max_size=64))
     elif kind == 15:
-        return Raw(draw(st.binary(max_size=300)), "full")
+        return Raw(draw(st.binary(max_size=300)))
     version = "HTTP/1.1" if kind < 16 else draw(st.sampled_from(VERSIONS))
     headers = [f"Host: {draw(st.sampled_from(['x', '']))}"]
     length = draw(st.sampled_from(["exact"] * 6 + ["none", "more", "less", "junk", "twice",
                                                     "huge", "chunked", "both"]))
+    chunk_head = tail = b""
     if length == "exact":
         headers.append(f"Content-Length: {len(body)}")
     elif length == "more":  # truncated: the client hangs up before the end
@@ -185,7 +206,7 @@ def http_request(draw, base_state: dict) -> Raw:
         headers.append("Transfer-Encoding: chunked")
         if length == "both":
             headers.append(f"Content-Length: {len(body)}")
-        body = f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n"
+        chunk_head, tail = f"{len(body):x}\r\n".encode(), b"\r\n0\r\n\r\n"
     extra = draw(st.integers(0, 9))
     if extra == 0:
         headers.append("Expect: 100-continue")
@@ -198,11 +219,11 @@ def http_request(draw, base_state: dict) -> Raw:
     elif extra == 4:
         headers.append(" folded: continuation")
     head = f"{method} {target} {version}".rstrip(" ") + "\r\n" + "\r\n".join(headers) + "\r\n\r\n"
-    data = head.encode("utf-8", "surrogateescape") + body
     if draw(st.integers(0, 9)) == 0:  # pipelined: a second request on the same connection
-        data += b"GET /status HTTP/1.1\r\n\r\n"
+        tail += b"GET /status HTTP/1.1\r\n\r\n"
+    raw = Raw(head.encode("utf-8", "surrogateescape") + chunk_head, body, tail)
     mode = draw(st.sampled_from(["full"] * 12 + ["truncated", "half_open", "abort"]))
-    return Raw(data, mode, draw(st.integers(0, len(data))))
+    return dataclasses.replace(raw, mode=mode, cut=draw(st.integers(0, raw.size)))
 
 
 # ------------------------------------------------------------------ reading answers
@@ -249,8 +270,9 @@ class Campaign:
         try:
             with self.lock:
                 self.sent += 1
+            data = req.data()
             if req.mode == "half_open":
-                s.sendall(req.data[: req.cut])
+                s.sendall(data[: req.cut])
                 with self.lock:
                     self.half_open.append(s)
                     while len(self.half_open) > HALF_OPEN_KEPT:
@@ -259,7 +281,8 @@ class Campaign:
                 return
             # BrokenPipe: the server answered and hung up before reading everything (fine).
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                s.sendall(req.data if req.mode != "truncated" else req.data[: req.cut])
+                s.sendall(data if req.mode != "truncated" else data[: req.cut])
+            del data
             if req.mode == "abort":
                 return
             s.shutdown(socket.SHUT_WR)
@@ -273,9 +296,9 @@ class Campaign:
                 s.close()
         for status, body in answers(reply):
             doc = json.loads(body) if body else None
-            assert status < 500 or status in SERVER_CODES_ALLOWED, (req.data[:300], status, doc)
+            assert status < 500 or status in SERVER_CODES_ALLOWED, (req, status, doc)
             if status >= 400:
-                assert isinstance(doc, dict) and doc.get("Error"), (req.data[:300], body)
+                assert isinstance(doc, dict) and doc.get("Error"), (req, body)
             with self.lock:
                 self.statuses[status] += 1
 
