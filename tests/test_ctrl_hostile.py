@@ -231,6 +231,25 @@ def test_half_open_connections_do_not_block_status(ctrl):
     assert client.status()["running"] == "0"
 
 
+def test_ctl_put_reports_bad_input_without_a_traceback(ctrl, capsys):
+    """`pvreal ctl put` of a state nested too deep, or naming an object missing locally: an
+    error message and exit 1, not a RecursionError or FileNotFoundError traceback."""
+    from pvreal.cli import main as pvreal_main
+
+    _, _, tmp = ctrl
+    socket_args = ["ctl", "--socket", str(tmp / "pv-ctrl"), "put"]
+    deep = tmp / "deep.json"
+    deep.write_bytes(b"[" * 100_000 + b"]" * 100_000)
+    assert pvreal_main([*socket_args, str(deep), "locals/x"]) == 1
+    assert "nested too deeply" in capsys.readouterr().err
+    lacking = tmp / "lacking.json"
+    absent = hashlib.sha256(b"nowhere").hexdigest()
+    lacking.write_text(json.dumps({"#spec": "pantavisor-service-system@1", "bsp/k": absent}))
+    assert pvreal_main([*socket_args, str(lacking), "locals/x", "--objects", str(tmp)]) == 1
+    err = capsys.readouterr().err
+    assert absent in err and "cannot read" in err
+
+
 # ------------------------------------------------------------------ the device loop
 
 
