@@ -6,7 +6,7 @@ pool); step uploads, commands and the ready signal become engine events and the 
 engine's `CtrlReply`. Bad input is refused before anything is written, or (a state that does not
 parse or verify) through the engine, which deletes the step (§3.4 step 2).
 
-No input may stop the device (docs/device.md "Limits"): names are checked with the rule the engine
+No input may stop the device (docs/device.md, "Hostile input"): names are checked with the rule the engine
 uses (`shared.engine.ctrl.revision_decision`), bodies have size limits, and a state body is
 decoded on one worker thread, at most two held at once, so that a large or deeply nested state
 neither exhausts memory nor holds up `GET /status`.
@@ -187,7 +187,8 @@ class CtrlApi:
         if not named.accepted:
             return Response.decision(named)
         if not self._state_slots.acquire(timeout=SLOT_WAIT_S):
-            return Response.error(503, "other state uploads are being checked", **{"Retry-After": "5"})
+            busy = {"Retry-After": "5"}
+            return Response.error(503, "other state uploads are being checked", **busy)
         try:
             try:
                 body, refused = self._read_step_body(stream, length, content_type)
