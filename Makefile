@@ -34,3 +34,9 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) results build *.egg-info
+
+# The long fuzz campaign against a live daemon, as root (docs/device.md "Hostile input").
+.PHONY: fuzz
+fuzz: $(STAMP)
+	PVTWIN_FUZZ_REQUESTS=$${PVTWIN_FUZZ_REQUESTS:-100000} PVTWIN_FUZZ_RANDOM=1 \
+	    $(BIN)/python -m pytest -n 0 -s tests/test_ctrl_fuzz.py

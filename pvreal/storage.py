@@ -31,13 +31,16 @@ from pvreal.durable import atomic_write, fsync_dir
 from shared import canonical
 from shared.engine.config import DEFAULT_CONFIG
 from shared.engine.gc import GcPlan, plan_gc, real_free, reserved_bytes
-from shared.errors import InvalidState, PvError
-from shared.state import BOOT_ASSET_NAMES, check_path, is_unloaded
+from shared.errors import PvError
+from shared.state import (  # the revision-name rule is shared: pv-ctrl and the engine use it
+    BOOT_ASSET_NAMES,
+    LOCAL_PREFIX,
+    check_path,
+    check_revision_name,
+    is_unloaded,
+)
 
 SHA_RE = re.compile(r"^[0-9a-f]{64}$")
-_REV_PART_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
-LOCAL_PREFIX = "locals/"
-LOCAL_NAME_MAX = 63  # Pantavisor: a local revision name is shorter than 64 characters
 _CHUNK = 1 << 20
 
 
@@ -51,19 +54,6 @@ class ObjectHashMismatch(ObjectError):
 
 def is_sha(value: object) -> bool:
     return isinstance(value, str) and SHA_RE.match(value) is not None
-
-
-def check_revision_name(rev: str) -> str:
-    """A remote revision (`0`, `12`, ...) or a local one (`locals/<name>`); nothing that escapes."""
-    name = rev[len(LOCAL_PREFIX) :] if rev.startswith(LOCAL_PREFIX) else rev
-    if rev.startswith(LOCAL_PREFIX) and len(name) > LOCAL_NAME_MAX:
-        raise InvalidState(f"local revision name longer than {LOCAL_NAME_MAX} characters", key=rev)
-    if not _REV_PART_RE.match(name) or name in ("current", "locals"):
-        raise InvalidState(
-            "revision name must be a number or locals/<name> made of letters, digits, '._-'",
-            key=rev,
-        )
-    return rev
 
 
 def check_entry_path(key: str) -> str:

@@ -47,6 +47,8 @@ def loads(text: str | bytes, *, source: str | None = None, allow_duplicates: boo
         raise InvalidJson(
             f"malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}", source=source
         ) from None
+    except RecursionError:  # arrays or objects nested a thousand deep: refused, not a crash
+        raise InvalidJson("JSON nested too deeply to parse", source=source) from None
 
 
 def loads_object(text: str | bytes, *, source: str | None = None) -> dict[str, Any]:

@@ -290,6 +290,29 @@ def check_path(key: str, *, source: str | None = None) -> None:
             raise InvalidState(f"path component {part!r} is not allowed", source=source, key=key)
 
 
+LOCAL_PREFIX = "locals/"
+REVISION_NAME_MAX = 63  # Pantavisor: a local revision name is shorter than 64 characters
+_REV_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*\Z")
+
+
+def check_revision_name(rev: Any) -> str:
+    """A remote revision (`0`, `12`, ...) or a local one (`locals/<name>`): one short path
+    component made of letters, digits and `._-`, so that it never escapes `trails/` nor names a
+    file the system cannot create. pv-ctrl and the engine refuse any other name with this rule."""
+    if not isinstance(rev, str):
+        raise InvalidState("revision name must be a string", key=repr(rev))
+    name = rev[len(LOCAL_PREFIX) :] if rev.startswith(LOCAL_PREFIX) else rev
+    if len(name) > REVISION_NAME_MAX:
+        raise InvalidState(f"revision name longer than {REVISION_NAME_MAX} characters",
+                           key=rev[:40] + "...")
+    if not _REV_NAME_RE.match(name) or name in ("current", "locals"):
+        raise InvalidState(
+            "revision name must be a number or locals/<name> made of letters, digits, '._-'",
+            key=rev,
+        )
+    return rev
+
+
 class _Parser:
     """One parse; holds the document and the source label for error messages."""
 

@@ -190,6 +190,17 @@ class Daemon:
         return found
 
 
+def started_device(base: Path, *, network: bool = False) -> tuple[Revisions, Daemon]:
+    """A daemon on base/dev booted into factory revision `f0` (one container, `app1`), settled;
+    its revisions under base/revs. The caller stops it."""
+    need_device()
+    revs = Revisions(base / "revs", group_timeout=3)
+    d = Daemon(base / "dev", network=network)
+    d.init(revs.state("f0", {"app1": {"tag": "a1"}}), revs.objects)
+    d.start()
+    return revs, d
+
+
 def tree_digest(root: Path, skip: tuple[str, ...] = ("logs",)) -> dict[str, str]:
     """Every path under root with its content hash (or link target): 'nothing changed' checks."""
     out = {}
@@ -215,5 +226,5 @@ def nsenter_net(pid: int, *argv: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=20, check=False)
 
 
-__all__ = ["EXIT_AT_ONCE_INIT", "Daemon", "Revisions", "need_device", "nsenter_net",
+__all__ = ["EXIT_AT_ONCE_INIT", "Daemon", "Revisions", "need_device", "nsenter_net", "started_device",
            "tree_digest", "pytest"]

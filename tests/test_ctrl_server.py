@@ -3,10 +3,12 @@ codes, role restriction, socket mode, and that refused uploads leave nothing beh
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import socket
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -60,12 +62,21 @@ class StandInDevice:
         return {"running": "0", "containers": self.containers}
 
 
-@pytest.fixture
-def ctrl(tmp_path):
+@contextlib.contextmanager
+def stand_in_server(tmp_path: Path) -> Iterator[tuple[StandInDevice, CtrlClient, Path]]:
+    """A StandInDevice on tmp_path/storage served at tmp_path/pv-ctrl."""
     device = StandInDevice(tmp_path / "storage")
     server = serve(tmp_path / "pv-ctrl", CtrlApi(device))
-    yield device, CtrlClient(tmp_path / "pv-ctrl"), tmp_path
-    server.close()
+    try:
+        yield device, CtrlClient(tmp_path / "pv-ctrl"), tmp_path
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def ctrl(tmp_path):
+    with stand_in_server(tmp_path) as served:
+        yield served
 
 
 def test_socket_is_private(ctrl):

@@ -5,23 +5,39 @@ a `Response`. Object uploads never involve the engine (they only add verified fi
 pool); step uploads, commands and the ready signal become engine events and the answer is the
 engine's `CtrlReply`. Bad input is refused before anything is written, or (a state that does not
 parse or verify) through the engine, which deletes the step (§3.4 step 2).
+
+No input may stop the device (docs/device.md, "Hostile input"): names are checked with the rule the engine
+uses (`shared.engine.ctrl.revision_decision`), bodies have size limits, and a state body is
+decoded on one worker thread, at most two held at once, so that a large or deeply nested state
+neither exhausts memory nor holds up `GET /status`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from pvreal import safetar
 from pvreal.device.secureboot import signature_problem
-from pvreal.storage import LOCAL_PREFIX, ObjectHashMismatch, check_revision_name, is_sha
+from pvreal.storage import LOCAL_PREFIX, ObjectHashMismatch, is_sha
 from shared import canonical
 from shared.engine.commands import CtrlReply
-from shared.engine.ctrl import OPS_WITH_REVISION, CtrlDecision, Op, object_put_decision
+from shared.engine.ctrl import (
+    MAX_STATE_BYTES,
+    OPS_WITH_REVISION,
+    CtrlDecision,
+    Op,
+    body_size_decision,
+    missing_objects_decision,
+    object_put_decision,
+    revision_decision,
+    state_depth_decision,
+)
 from shared.engine.events import (
     ContainerReady,
     CtrlCommand,
@@ -37,8 +53,9 @@ from shared.state import State, parse_state
 if TYPE_CHECKING:
     from pvreal.device.daemon import Device
 
-MAX_STATE_BYTES = 64 << 20
 _CHUNK = 1 << 20
+STATE_SLOTS = 2  # state bodies held in memory at once (one decoding, one waiting)
+SLOT_WAIT_S = 10.0  # how long an upload waits for a slot before 503
 
 
 @dataclass
@@ -76,6 +93,8 @@ class CtrlApi:
     def __init__(self, device: Device):
         self.device = device
         self.storage = device.storage
+        self._state_slots = threading.BoundedSemaphore(STATE_SLOTS)
+        self._decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pv-ctrl-state")
 
     # ------------------------------------------------------------------ objects
 
@@ -97,7 +116,6 @@ class CtrlApi:
             length, StorageStats(space.total, space.free), self.device.config.gc_reserved
         )
         if not fits.accepted:
-            _drain(stream, length)
             return Response.decision(fits)
         tmp = objects.tmp_path(sha)
         digest = hashlib.sha256()
@@ -141,18 +159,18 @@ class CtrlApi:
     def get_step(self, rev: str) -> Response:
         if rev == "current":
             rev = self.device.status().get("running") or self.device.booted_rev
-        problem = _rev_problem(rev)
-        if problem:
-            return Response.error(400, problem)
+        named = revision_decision(rev)
+        if not named.accepted:
+            return Response.decision(named)
         try:
             return Response(200, self.storage.state_path(rev).read_bytes())
         except OSError:
             return Response.error(404, f"no revision {rev}")
 
     def get_progress(self, rev: str) -> Response:
-        problem = _rev_problem(rev)
-        if problem:
-            return Response.error(400, problem)
+        named = revision_decision(rev)
+        if not named.accepted:
+            return Response.decision(named)
         try:
             record = self.storage.read_progress(rev)
         except PvError as exc:
@@ -162,19 +180,27 @@ class CtrlApi:
         return Response(200, record)
 
     def put_step(self, name: str, stream: BinaryIO, length: int, content_type: str) -> Response:
-        """`PUT /steps/locals/<name>`: a state JSON, or a pvtx package tarball (json + objects)."""
+        """`PUT /steps/locals/<name>`: a state JSON, or a pvtx package tarball (json + objects).
+        The unread rest of a refused body is drained by the HTTP layer."""
         rev = LOCAL_PREFIX + name
-        problem = _rev_problem(rev)
-        if problem:
-            _drain(stream, length)  # read it anyway: the client is still sending
-            return Response.error(400, problem)
+        named = revision_decision(rev)
+        if not named.accepted:
+            return Response.decision(named)
+        if not self._state_slots.acquire(timeout=SLOT_WAIT_S):
+            busy = {"Retry-After": "5"}
+            return Response.error(503, "other state uploads are being checked", **busy)
         try:
-            body, staged_error = self._read_step_body(stream, length, content_type)
-        except Truncated as exc:
-            return Response.error(400, str(exc))
-        if staged_error is not None:
-            return Response.error(422, staged_error)
-        state, error = self._check_state(body, rev)
+            try:
+                body, refused = self._read_step_body(stream, length, content_type)
+            except Truncated as exc:
+                return Response.error(400, str(exc))
+            if refused is not None:
+                return refused
+            # Decoded on the worker thread: one at a time, whatever the number of uploads.
+            state, error = self._decoder.submit(self._check_state, body, rev).result()
+            del body
+        finally:
+            self._state_slots.release()
         self.device.executor.forget_state(rev)
         started = self.device.submit(LocalStepStarted(rev))
         if started.status != 200:  # nothing written: e.g. the revision is running
@@ -191,21 +217,27 @@ class CtrlApi:
 
     def _read_step_body(
         self, stream: BinaryIO, length: int, content_type: str
-    ) -> tuple[bytes, str | None]:
-        """The state bytes; a tarball's objects are verified while staged, installed only when
-        the whole archive is good."""
+    ) -> tuple[bytes, Response | None]:
+        """The state bytes, or the refusal; a tarball's objects are verified while staged,
+        installed only when the whole archive is good."""
         kind, sniffed = safetar.sniff(_Limited(stream, length))
         if kind == "json":
-            if length > MAX_STATE_BYTES:
-                return b"", f"state larger than {MAX_STATE_BYTES} B"
+            fits = body_size_decision(length, MAX_STATE_BYTES, "state")
+            if not fits.accepted:
+                return b"", Response.decision(fits)
             return read_exactly(sniffed, length), None
         objdir = self.storage.objects.dir
+        space = self.storage.space()
+        limits = safetar.Limits(
+            json_bytes=MAX_STATE_BYTES,
+            total_bytes=min(safetar.DEFAULT_LIMITS.total_bytes, space.real_free),
+        )
         try:
             with safetar.unpack_package(
-                sniffed, source="PUT body", kind=kind, staging_parent=objdir
+                sniffed, source="PUT body", kind=kind, staging_parent=objdir, limits=limits
             ) as package:
                 if package.json is None:
-                    return b"", "package has no json member"
+                    return b"", Response.error(422, "package has no json member")
                 for sha, staged in package.objects.items():
                     safetar.install_object(staged, objdir, sha)
                     self.device.post(ObjectPut(sha))
@@ -213,17 +245,29 @@ class CtrlApi:
                     safetar.fsync_dir(objdir)
                 return package.json, None
         except safetar.BadPackage as exc:
-            return b"", str(exc)
+            return b"", Response.error(422, str(exc))
 
     def _check_state(self, body: bytes, rev: str) -> tuple[State | None, str | None]:
+        """(state, None) or (None, why it is refused): JSON, nesting, the state rules, the
+        signature, and every object present on the device."""
         source = f"trails/{rev}/.pvr/json"
         try:
-            state = parse_state(body, source=source)
+            doc = canonical.loads(body, source=source)
+        except PvError as exc:
+            return None, f"{Msg.BAD_FORMAT}: {exc}"
+        shallow = state_depth_decision(doc)
+        if not shallow.accepted:
+            return None, f"{Msg.BAD_FORMAT}: {shallow.reason}"
+        try:
+            state = parse_state(doc, source=source)
         except PvError as exc:
             return None, f"{Msg.BAD_FORMAT}: {exc}"
         problem = signature_problem(state, self.device.config)
         if problem:
             return None, problem
+        present = missing_objects_decision(state, self.storage.objects.has)
+        if not present.accepted:
+            return None, present.reason
         return state, None
 
     # ------------------------------------------------------------------ commands and signals
@@ -239,6 +283,9 @@ class CtrlApi:
         state = error = None
         known = Op.parse(op)
         if known in OPS_WITH_REVISION:
+            named = revision_decision(payload)  # the engine's own rule, asked before the disk
+            if not named.accepted:
+                return Response.decision(named)
             state, error = self._load_revision(payload)
         # An unknown op still goes to the engine: its refusal (400) is decided in shared/ too.
         reply = self.device.submit(CtrlCommand(known or op, payload, state, error))
@@ -247,8 +294,6 @@ class CtrlApi:
         return Response(200, {"op": op, "payload": payload})
 
     def _load_revision(self, rev: str) -> tuple[State | None, str | None]:
-        if _rev_problem(rev):
-            return None, Msg.NOT_FOUND
         path = self.storage.state_path(rev)
         try:
             data = path.read_bytes()
@@ -262,8 +307,8 @@ class CtrlApi:
 
     def signal(self, container: str | None, body: bytes) -> Response:
         try:
-            doc = json.loads(body or b"{}")
-        except ValueError:
+            doc = canonical.loads(body or b"{}", source="POST /signal", allow_duplicates=True)
+        except PvError:
             return Response.error(400, "signal body is not JSON")
         if not isinstance(doc, dict) or doc.get("type") != "ready":
             return Response.error(400, 'expected {"type": "ready", "payload": ""}')
@@ -302,14 +347,6 @@ class CtrlApi:
                 "pid": os.getpid(),
             },
         )
-
-
-def _rev_problem(rev: str) -> str | None:
-    try:
-        check_revision_name(rev)
-    except PvError as exc:
-        return str(exc)
-    return None
 
 
 def _drain(stream: BinaryIO, length: int) -> None:

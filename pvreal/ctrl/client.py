@@ -5,11 +5,13 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import os
 import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
+from urllib.parse import quote
 
 from shared.engine.progress import FAILED_STATUSES, FINAL_STATUSES, Status
 from shared.errors import PvError
@@ -104,20 +106,24 @@ class CtrlClient:
     # ------------------------------------------------------------------ endpoints
 
     def put_object(self, sha: str, path: Path) -> Answer:
-        with open(path, "rb") as f:
+        try:
+            f = open(path, "rb")  # noqa: SIM115 - closed below; the open alone may fail
+        except OSError as exc:
+            raise CtrlError(f"object {sha}: cannot read {path}: {exc.strerror}") from None
+        with f:
             return self.request(
-                "PUT", f"/objects/{sha}", f, length=path.stat().st_size,
+                "PUT", f"/objects/{sha}", f, length=os.fstat(f.fileno()).st_size,
                 content_type="application/octet-stream",
             )
 
     def put_step(self, rev: str, state: bytes, content_type: str = "application/json") -> Answer:
-        return self.request("PUT", f"/steps/{rev}", state, content_type=content_type)
+        return self.request("PUT", f"/steps/{quote(rev)}", state, content_type=content_type)
 
     def command(self, op: str, payload: str = "") -> Answer:
         return self.request("POST", "/commands", json.dumps({"op": op, "payload": payload}).encode())
 
     def progress(self, rev: str) -> dict[str, Any] | None:
-        answer = self.request("GET", f"/steps/{rev}/progress")
+        answer = self.request("GET", f"/steps/{quote(rev)}/progress")
         return answer.json() if answer.ok else None
 
     def status(self) -> dict[str, Any]:

@@ -7,6 +7,11 @@ role `mgmt`, answers only `/signal` (403 otherwise), as Pantavisor does (§4.4, 
 
 Sockets are created with mode 0600: bound under a temporary name in a private (0700) folder,
 chmod-ed, then renamed into place, so there is no moment at which another user could connect.
+
+Whatever arrives, the answer is JSON (`{"Error": ...}`), http.server's own refusals included
+(malformed request line, unknown method, oversized headers), a connection idle for
+IDLE_TIMEOUT_S is closed, and a request body is never read into memory beyond its endpoint's
+limit (`shared.engine.ctrl`: MAX_COMMAND_BYTES, MAX_STATE_BYTES).
 """
 
 from __future__ import annotations
@@ -15,26 +20,32 @@ import contextlib
 import json
 import logging
 import os
+import re
 import socketserver
 import tempfile
 import threading
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 from pvreal.ctrl.api import CtrlApi, Response
-from shared.engine.ctrl import endpoint_decision
+from shared.engine.ctrl import MAX_COMMAND_BYTES, body_size_decision, endpoint_decision
 
 if TYPE_CHECKING:
     from pvreal.device.daemon import Device
 
 log = logging.getLogger(__name__)
+IDLE_TIMEOUT_S = 30.0  # a connection that sends nothing for this long is closed
+_DIGITS = re.compile(r"[0-9]{1,18}\Z")  # a Content-Length (up to an exabyte)
+DRAIN_AFTER_REFUSAL = 64 << 20  # bytes of a refused body read (and dropped) before hanging up
 
 
 class CtrlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
     allow_reuse_address = False
+    request_queue_size = 128  # listen backlog: socketserver's 5 refuses (EAGAIN) a busy moment
 
     def __init__(self, path: Path, api: CtrlApi, *, container: str | None, mgmt: bool):
         self.path = Path(path)
@@ -70,6 +81,11 @@ class CtrlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         self._thread.start()
         return self
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A request thread ended with an exception (the peer went away mid-request, mostly):
+        logged, and the server goes on."""
+        log.debug("pv-ctrl connection ended with an error", exc_info=True)
+
     def close(self) -> None:
         self.shutdown()
         self.server_close()
@@ -100,6 +116,7 @@ def serve_device(device: Device, socket_path: Path) -> CtrlServer:
 class CtrlHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: CtrlServer
+    timeout = IDLE_TIMEOUT_S  # socketserver applies it to every recv
 
     # AF_UNIX peers have no address; http.server would index into an empty string.
     def address_string(self) -> str:
@@ -120,25 +137,56 @@ class CtrlHandler(BaseHTTPRequestHandler):
     def do_DELETE(self) -> None:
         self._dispatch("DELETE")
 
+    def parse_request(self) -> bool:
+        if not super().parse_request():
+            return False
+        if self.request_version == "HTTP/0.9":  # a bare `GET /path`: no status line, no headers
+            self.send_error(400, "HTTP/0.9 requests are not served")
+            return False
+        return True
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """http.server's refusals (bad request line, unknown method, long headers) as JSON, like
+        every other answer, instead of its HTML page, and always with a status line (http.server
+        leaves it out while the request's version is unknown)."""
+        try:
+            phrase = HTTPStatus(code).phrase
+        except ValueError:
+            phrase = "error"
+        self.log_error("code %d, message %s", code, message)
+        self.request_version = self.protocol_version
+        self.close_connection = True
+        self._send(Response.error(code, message or phrase))
+
     # ------------------------------------------------------------------ routing
 
     def _dispatch(self, method: str) -> None:
+        length = self._length(method)
+        if length is None:
+            return
+        body = _Body(self.rfile, length)
         try:
-            parts = [unquote(p) for p in urlsplit(self.path).path.split("/")[1:]]
-            length = self._length(method)
-            if length is None:
-                return
-            body = _Body(self.rfile, length)
-            allowed = endpoint_decision(parts, mgmt=self.server.mgmt)
-            if not allowed.accepted:
-                response = Response.decision(allowed)
-            else:
-                response = self._route(method, parts, body, length)
-            body.drain()  # whatever the handler did not read: the client may still be sending
+            response = self._answer(method, body, length)
+            # Whatever the handler did not read: the client may still be sending, and answers
+            # only once it is done. A refusal drains a bounded amount, then hangs up.
+            body.drain(None if response.status < 400 else DRAIN_AFTER_REFUSAL)
+        except (TimeoutError, ConnectionError):  # the client stalled or left: nobody to answer
+            self.close_connection = True
+            return
         except Exception as exc:  # a handler bug must not kill the connection silently
-            log.exception("pv-ctrl %s %s", method, self.path)
+            log.exception("pv-ctrl %s %s", method, self.path[:200])
             response = Response.error(500, f"internal error: {exc}")
         self._send(response)
+
+    def _answer(self, method: str, body: _Body, length: int) -> Response:
+        try:
+            parts = [unquote(p) for p in urlsplit(self.path).path.split("/")[1:]]
+        except ValueError as exc:  # e.g. an unbalanced '[' taken for an IPv6 host
+            return Response.error(400, f"bad request target: {exc}")
+        allowed = endpoint_decision(parts, mgmt=self.server.mgmt)
+        if not allowed.accepted:
+            return Response.decision(allowed)
+        return self._route(method, parts, body, length)
 
     def _route(self, method: str, parts: list[str], body: _Body, length: int) -> Response:
         api = self.server.api
@@ -160,36 +208,37 @@ class CtrlHandler(BaseHTTPRequestHandler):
             case "GET", ["steps", rev]:
                 return api.get_step(rev)
             case "POST", ["commands"]:
-                return api.post_command(body.read())
+                return _small(length, "command") or api.post_command(body.read())
             case "POST", ["signal"]:
-                return api.signal(self.server.container, body.read())
+                return _small(length, "signal") or api.signal(self.server.container, body.read())
             case "GET", ["containers"]:
                 return api.containers()
             case "GET", ["buildinfo"]:
                 return api.buildinfo()
             case "GET", ["status"]:
                 return api.status()
-        return Response.error(404, f"no endpoint {method} {self.path}")
+        return Response.error(404, f"no endpoint {method} {self.path[:200]}")
 
     # ------------------------------------------------------------------ bodies
 
     def _length(self, method: str) -> int | None:
-        raw = self.headers.get("Content-Length")
-        if raw is None:
-            if method in ("PUT", "POST") and self.headers.get("Transfer-Encoding"):
-                self._send(Response.error(411, "Content-Length required"))
-                self.close_connection = True
-                return None
+        """The body's length, or None after a refusal: a body without Content-Length (chunked)
+        or with several, or one that is not a plain number, cannot be delimited safely."""
+        values = self.headers.get_all("Content-Length") or []
+        if self.headers.get("Transfer-Encoding"):
+            status = 400 if values else 411
+            return self._refuse(status, "send a Content-Length, not a Transfer-Encoding")
+        if not values:
             return 0
-        try:
-            value = int(raw)
-            if value < 0:
-                raise ValueError(raw)
-        except ValueError:
-            self._send(Response.error(400, f"bad Content-Length {raw!r}"))
-            self.close_connection = True
-            return None
-        return value
+        raw = values[0].strip()
+        if len(values) > 1 or not _DIGITS.match(raw):
+            return self._refuse(400, f"bad Content-Length {', '.join(values)[:40]!r}")
+        return int(raw)
+
+    def _refuse(self, status: int, message: str) -> None:
+        self.close_connection = True
+        self._send(Response.error(status, message))
+        return None
 
     def _send(self, response: Response) -> None:
         body = response.body
@@ -209,8 +258,14 @@ class CtrlHandler(BaseHTTPRequestHandler):
                 self.send_header(key, value)
             self.end_headers()
             self.wfile.write(data)
-        except (BrokenPipeError, ConnectionResetError):
+        except (ConnectionError, TimeoutError):  # the client left, or stopped reading
             self.close_connection = True
+
+
+def _small(length: int, what: str) -> Response | None:
+    """413 for a command or signal body over MAX_COMMAND_BYTES (never read into memory)."""
+    fits = body_size_decision(length, MAX_COMMAND_BYTES, f"{what} body")
+    return None if fits.accepted else Response.decision(fits)
 
 
 class _Body:
@@ -229,6 +284,8 @@ class _Body:
             self.left = 0  # the client closed early
         return data
 
-    def drain(self) -> None:
-        while self.left > 0 and self.read(1 << 20):
-            pass
+    def drain(self, limit: int | None = None) -> None:
+        """Read and drop the rest, or at most `limit` bytes of it."""
+        budget = self.left if limit is None else min(limit, self.left)
+        while budget > 0 and (chunk := self.read(min(1 << 20, budget))):
+            budget -= len(chunk)

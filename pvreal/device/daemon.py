@@ -12,6 +12,12 @@ A `Reboot` outside QEMU stops every container (lenient, then forced), unmounts, 
 timers and the container events of the old boot, and boots again through the same latch on
 disk: a new Updater built from what survived, exactly as after a real reboot. POWEROFF stops the
 daemon.
+
+No input stops the loop: pv-ctrl refuses what the engine could not store, and should a command
+still fail (a bug, a disk error), the failure is logged, counted in `status()` (`failures`,
+`last_failure`), answered with 500 if a request waits for it, and the device reboots to recover,
+since the engine's view and the disk may then disagree. Only a failing boot stops the daemon.
+One daemon per storage folder: `Device()` takes the folder's lock (`pvreal.device.storagelock`).
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from pvreal.device.containers import ContainerRunner
 from pvreal.device.executor import Executor, storage_prefix
 from pvreal.device.latch import BootFiles, apply_latch, boot_files
 from pvreal.device.secureboot import TrustOptions, with_verifier
+from pvreal.device.storagelock import StorageLock
 from pvreal.storage import Storage
 from shared.engine.commands import Command, CtrlReply, Reboot
 from shared.engine.config import Config, Ordering
@@ -86,6 +93,8 @@ class Device:
 
     def __init__(self, options: DeviceOptions):
         self.options = options
+        # First of all: a second daemon on this storage must not touch anything of the first.
+        self.storage_lock = StorageLock(options.storage).acquire()
         config = Config.from_mapping(
             {**options.config, "PVTWIN_ORDERING": options.ordering,
              "PV_BOOTLOADER_TYPE": options.bootloader},
@@ -131,6 +140,8 @@ class Device:
         self._booted = threading.Event()
         self._thread: threading.Thread | None = None
         self.error: BaseException | None = None
+        self.failures = 0
+        self.last_failure: str | None = None
 
     # ================================================================== outside API
 
@@ -153,6 +164,7 @@ class Device:
         self._queue.put(_Item(None))
         self.join()
         self._shutdown_machine()
+        self.storage_lock.release()
 
     @property
     def running(self) -> bool:
@@ -166,7 +178,7 @@ class Device:
                 if not busy:
                     self._queued_commands += 1
             if busy:
-                decision = self._queued_decision(event.op)
+                decision = self._queued_decision(event.op, event.payload)
                 return CtrlReply(decision.status, decision.retry_after, decision.reason)
         reply: Future[CtrlReply] = Future()
         self._queue.put(_Item(event, reply))
@@ -175,14 +187,14 @@ class Device:
         except TimeoutError:
             return CtrlReply(503, 10, "the device did not answer in time")
 
-    def _queued_decision(self, op: str) -> CtrlDecision:
+    def _queued_decision(self, op: str, payload: str | None = None) -> CtrlDecision:
         """The answer to a command while another is queued: asked of the engine itself, with the
         inputs it decides every command with (read from this request thread: a stale answer is
         what a queued command would have got a moment earlier anyway)."""
         updater = self.updater
         if updater is None:  # not booted yet: no update, no local mode
-            return ctrl_decision(op, update_active=False, command_queued=True)
-        return updater.ctrl_decision(op, command_queued=True)
+            return ctrl_decision(op, update_active=False, command_queued=True, payload=payload)
+        return updater.ctrl_decision(op, command_queued=True, payload=payload)
 
     def post(self, event: Event) -> None:
         """Queue an event without waiting (the ready signal, container exits)."""
@@ -219,7 +231,7 @@ class Device:
                 except queue.Empty:
                     item = None
                 for name in self.timers.due():
-                    self._run(self.updater_handle(TimerFired(name)), None)
+                    self._guarded(TimerFired(name), None)
                 if item is not None and item.event is not None:
                     self._handle_item(item)
                 self._publish()
@@ -247,14 +259,32 @@ class Device:
                     CtrlReply(decision.status, decision.retry_after, decision.reason)
                 )
                 return
+        # A reboot a person asked for (REBOOT_DEVICE, LOCAL_RUN_COMMIT, ...) is never a boot loop,
+        # however soon after the boot it comes.
+        self._requested = isinstance(event, CtrlCommand)
         try:
-            self._run(self.updater_handle(event), item.reply)
+            self._guarded(event, item.reply)
         finally:
+            self._requested = False
             if isinstance(event, CtrlCommand):
                 with self._lock:
                     self._queued_commands = max(0, self._queued_commands - 1)
             if item.reply is not None and not item.reply.done():
                 item.reply.set_result(CtrlReply(200))
+
+    def _guarded(self, event: Event, reply: Future[CtrlReply] | None) -> None:
+        """Feed `event` and run what follows; a failure is reported and recovered from by a
+        reboot instead of ending the loop (module docstring)."""
+        try:
+            self._run(self.updater_handle(event), reply)
+        except Exception as exc:
+            what = type(event).__name__
+            log.exception("%s failed; rebooting to recover", what)
+            self.failures += 1
+            self.last_failure = f"{what}: {exc}"
+            if reply is not None and not reply.done():
+                reply.set_result(CtrlReply(500, None, f"internal error: {exc}"))
+            self._reboot(Reboot(f"recovering from a failed {what}"))
 
     def _run(self, commands: Iterable[Command], reply: Future[CtrlReply] | None) -> None:
         """Execute commands in order; events they produce are fed back first. A Reboot ends the
@@ -319,12 +349,14 @@ class Device:
         if command.poweroff:
             self._stopping.set()
             return
-        # A boot that reboots within a second is a boot loop in the making: count them.
-        quick = time.monotonic() - self._booted_at < 1.0
+        # A boot that reboots by itself within a second is a boot loop in the making: count them.
+        quick = not self._requested and time.monotonic() - self._booted_at < 1.0
+        self._requested = False
         self._boot(self._boot_depth + 1 if quick else 0)
 
     _booted_at = 0.0
     _boot_depth = 0
+    _requested = False  # the event being handled is a pv-ctrl command
     last_reboot = ""
 
     def _shutdown_machine(self) -> None:
@@ -371,6 +403,8 @@ class Device:
             "timers": self.timers.armed(),
             "last_gc": self.last_gc,
             "error": str(self.error) if self.error else None,
+            "failures": self.failures,
+            "last_failure": self.last_failure,
         }
         with self._lock:
             self._status = status

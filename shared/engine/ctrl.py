@@ -7,16 +7,18 @@ maps a `CtrlDecision` to a response. The engine is the caller (`Updater.ctrl_dec
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from shared.engine.gc import real_free
-from shared.state import StatusGoal
+from shared.errors import PvError
+from shared.state import StatusGoal, check_revision_name
 
 if TYPE_CHECKING:
     from shared.engine.events import StorageStats
+    from shared.state import State
 
 
 class Op(StrEnum):
@@ -83,13 +85,20 @@ def ctrl_decision(
     control_remote: bool = True,
     local_mode: bool = False,
     debug_shell: bool = True,
+    payload: str | None = None,
 ) -> CtrlDecision:
-    """Whether pv-ctrl accepts `POST /commands {"op": op}` now, in ctrl_cmd.c's order
-    (`pv_ctrl_cmd_add`). A command that would change nothing (GO_REMOTE when remote, UNCLAIM
-    when unclaimed) is not queued and answered 204. `debug_shell`: PV_DEBUG_SHELL (on by default
-    in Pantavisor), without which DEFER_REBOOT is refused."""
+    """Whether pv-ctrl accepts `POST /commands {"op": op, "payload": payload}` now, in
+    ctrl_cmd.c's order (`pv_ctrl_cmd_add`). A command that would change nothing (GO_REMOTE when
+    remote, UNCLAIM when unclaimed) is not queued and answered 204. `debug_shell`:
+    PV_DEBUG_SHELL (on by default in Pantavisor), without which DEFER_REBOOT is refused.
+    `payload` None: not checked (an op whose payload does not matter, or a caller that checked
+    it)."""
     if op not in OPS:
         return CtrlDecision(400, None, f"unknown command {op!r}")
+    if payload is not None and op in OPS_WITH_REVISION:
+        named = revision_decision(payload)
+        if not named.accepted:
+            return named
     if update_active and op in BLOCKED_DURING_UPDATE:
         return CtrlDecision(503, 600, "an update is in progress")
     if op == Op.MAKE_FACTORY and claimed:
@@ -137,3 +146,69 @@ def object_put_decision(size: int, storage: StorageStats, reserved_percent: int)
     if size > max(0, real_free(storage.total, storage.free, reserved_percent)):
         return CtrlDecision(507, None, f"object of {size} B does not fit in free space")
     return ACCEPTED
+
+
+# ---------------------------------------------------------------------------- hostile input
+# What pv-ctrl refuses before anything reaches the engine or the disk (docs/device.md "Limits").
+MAX_STATE_BYTES = 16 << 20  # a state JSON body (a real one is a few hundred kB)
+MAX_STATE_DEPTH = 64  # nesting of a state JSON (a real one is 4-5 levels deep)
+MAX_COMMAND_BYTES = 64 << 10  # a POST /commands or /signal body
+
+
+def revision_decision(rev: Any) -> CtrlDecision:
+    """400 unless `rev` is a revision name the device can store (`shared.state.check_revision_name`,
+    the rule the engine applies to every name it writes progress under)."""
+    try:
+        check_revision_name(rev)
+    except PvError as exc:
+        return CtrlDecision(400, None, str(exc))
+    return ACCEPTED
+
+
+def body_size_decision(length: int, limit: int, what: str) -> CtrlDecision:
+    """413 when a body is larger than pv-ctrl reads into memory."""
+    if length > limit:
+        return CtrlDecision(413, None, f"{what} of {length} B is larger than the {limit} B limit")
+    return ACCEPTED
+
+
+def nesting_depth(value: Any, stop_at: int = MAX_STATE_DEPTH) -> int:
+    """How deeply JSON arrays and objects nest in `value` (a scalar is 0), counted without
+    recursion; stops counting past `stop_at`."""
+    deepest = 0
+    todo: list[tuple[Any, int]] = [(value, 0)]
+    while todo:
+        item, depth = todo.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        depth += 1
+        deepest = max(deepest, depth)
+        if deepest > stop_at:
+            break
+        todo.extend((child, depth) for child in children)
+    return deepest
+
+
+def state_depth_decision(doc: Any) -> CtrlDecision:
+    """422 when a decoded state nests deeper than MAX_STATE_DEPTH."""
+    if nesting_depth(doc) > MAX_STATE_DEPTH:
+        return CtrlDecision(422, None, f"state nests deeper than {MAX_STATE_DEPTH} levels")
+    return ACCEPTED
+
+
+def missing_objects_decision(state: State, present: Callable[[str], bool]) -> CtrlDecision:
+    """422 naming the first object a state needs that the device lacks. The engine's own check
+    comes later (`Updater._install`: ERROR before pv_try); pv-ctrl refuses such a state on PUT so
+    that the person uploading it learns which object to send."""
+    missing = {sha for sha in state.object_shas() if not present(sha)}
+    if not missing:
+        return ACCEPTED
+    path, sha = min((p, s) for p, s in state.objects.items() if s in missing)
+    more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+    return CtrlDecision(
+        422, None, f"object {sha} ({path}) is not on the device{more}: PUT /objects/{sha} first"
+    )

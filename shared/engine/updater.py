@@ -409,10 +409,13 @@ class Updater:
     def update_active(self) -> bool:
         return self.phase in UPDATE_PHASES
 
-    def ctrl_decision(self, op: str, *, command_queued: bool = False) -> CtrlDecision:
-        """pv-ctrl's answer to `POST /commands {"op": op}` now, from this engine's state: the
-        one place that gives `shared.engine.ctrl.ctrl_decision` its inputs. A backend that
-        answers a second command while one is queued asks here with `command_queued`."""
+    def ctrl_decision(
+        self, op: str, *, command_queued: bool = False, payload: str | None = None
+    ) -> CtrlDecision:
+        """pv-ctrl's answer to `POST /commands {"op": op, "payload": payload}` now, from this
+        engine's state: the one place that gives `shared.engine.ctrl.ctrl_decision` its inputs.
+        A backend that answers a second command while one is queued asks here with
+        `command_queued`."""
         return ctrl.ctrl_decision(
             op,
             update_active=self.update_active,
@@ -420,6 +423,7 @@ class Updater:
             control_remote=self.config.control_remote,
             local_mode=self.local_mode,
             debug_shell=self.config.debug_shell,
+            payload=payload,
         )
 
     def signal_decision(self, container: str) -> CtrlDecision:
@@ -947,7 +951,7 @@ class Updater:
                 self.phase = getattr(self, rule.handler)(event)
 
     def _on_ctrl(self, event: CtrlCommand) -> None:  # R3
-        decision = self.ctrl_decision(event.op)
+        decision = self.ctrl_decision(event.op, payload=event.payload)
         if not decision.accepted:
             self._out.append(CtrlReply(decision.status, decision.retry_after, decision.reason))
             return
@@ -985,6 +989,10 @@ class Updater:
         return next((what for used, what in uses if used == rev), None)
 
     def _on_local_step_started(self, event: LocalStepStarted) -> None:
+        named = ctrl.revision_decision(event.rev)  # never a progress under a name that escapes
+        if not named.accepted:
+            self._out.append(CtrlReply(named.status, None, named.reason))
+            return
         in_use = self._revision_in_use(event.rev)
         if in_use is not None:
             self._out.append(CtrlReply(409, None, f"{event.rev} is {in_use}"))
@@ -993,6 +1001,10 @@ class Updater:
         self._out.append(CtrlReply(200))
 
     def _on_local_step_uploaded(self, event: LocalStepUploaded) -> None:
+        named = ctrl.revision_decision(event.rev)
+        if not named.accepted:
+            self._out.append(CtrlReply(named.status, None, named.reason))
+            return
         in_use = self._revision_in_use(event.rev)
         if in_use is not None:  # a backend that skipped LocalStepStarted
             self._out.append(CtrlReply(409, None, f"{event.rev} is {in_use}"))
