@@ -162,6 +162,31 @@ def test_busy_commands_carry_retry_after(tmp_path):
         server.close()
 
 
+def test_nothing_to_do_is_a_bare_204(tmp_path):
+    """GO_REMOTE on a remote device changes nothing: the engine answers 204 (ctrl_cmd.c
+    pv_ctrl_cmd_add), and the socket sends it with no body and no Content-Length (RFC 9110)."""
+    from enginekit import idle_engine
+
+    device = StandInDevice(tmp_path / "storage")
+    engine = idle_engine()
+    device.submit = lambda event: engine.handle(event)[0]  # the engine's own CtrlReply
+    server = serve(tmp_path / "s", CtrlApi(device))
+    try:
+        with socket.socket(socket.AF_UNIX) as raw:
+            raw.connect(str(tmp_path / "s"))
+            body = b'{"op": "GO_REMOTE", "payload": ""}'
+            raw.sendall(b"POST /commands HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                        b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+            answer = b""
+            while chunk := raw.recv(4096):
+                answer += chunk
+        head, _, rest = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 204 ")
+        assert b"content-length" not in head.lower() and rest == b""
+    finally:
+        server.close()
+
+
 def test_container_socket_only_signals(tmp_path):
     device = StandInDevice(tmp_path / "storage")
     server = serve(tmp_path / "app.sock", CtrlApi(device), container="app", mgmt=False)

@@ -72,6 +72,8 @@ class Response:
     def decision(cls, answer: CtrlDecision | CtrlReply, default: str = "refused") -> Response:
         """A refusal decided in shared.engine.ctrl (directly or as the engine's CtrlReply)."""
         headers = {"Retry-After": str(answer.retry_after)} if answer.retry_after else {}
+        if answer.status == 204:  # nothing to do (e.g. GO_REMOTE when remote): no body at all
+            return cls(204, None, headers)
         reason = answer.reason if isinstance(answer, CtrlDecision) else answer.body
         return cls(answer.status, {"Error": reason or default}, headers)
 

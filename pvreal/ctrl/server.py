@@ -252,12 +252,14 @@ class CtrlHandler(BaseHTTPRequestHandler):
             self.close_connection = True  # the body may not have been read to its end
         try:
             self.send_response(response.status)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(data)))
+            if response.status != 204:  # a 204 carries neither a body nor its length (RFC 9110)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(data)))
             for key, value in response.headers.items():
                 self.send_header(key, value)
             self.end_headers()
-            self.wfile.write(data)
+            if response.status != 204:
+                self.wfile.write(data)
         except (ConnectionError, TimeoutError):  # the client left, or stopped reading
             self.close_connection = True
 
