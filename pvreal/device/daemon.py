@@ -388,6 +388,7 @@ class Device:
         self.timers.clear()
         self.last_reboot = command.reason
         if command.poweroff:
+            self._set_activity("powered off")
             self._stopping.set()
             return
         # A boot that reboots by itself within a second is a boot loop in the making: count them.
