@@ -12,8 +12,10 @@ needs from that LXC config (see `LxcSettings`):
 
 So cgroup limits are asked for the way a Pantavisor revision would ask LXC, no new run.json key.
 
-Stop follows Pantavisor: SIGTERM, a grace period, then SIGKILL. Exit is detected by polling
-/proc/<pid> (the init pid and its start time, so a recycled pid is not mistaken for it).
+Stop follows Pantavisor: SIGTERM, a grace period, then SIGKILL (the grace is a fixed 5 s in
+Pantavisor, pvtwin's `PVTWIN_STOP_GRACE` here). An init that is already gone is not signalled and
+not waited for. Exit is detected by polling /proc/<pid> (the init pid and its start time, so a
+recycled pid is not mistaken for it).
 """
 
 from __future__ import annotations

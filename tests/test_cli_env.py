@@ -194,9 +194,8 @@ def test_hardened_grub_pair_via_cli(tmp_path, capsys):
     second = tmp_path / "grubenv-redund"
     for copy in (primary, second):
         assert grubenv.decode(copy.read_bytes())["pv_try"] == "1"
-    assert pvreal("list", primary, "--hardened", "--json", capsys=capsys)[1] == (
-        '{"pv_rev":"0","pv_try":"1"}\n'
-    )
+    listed = json.loads(pvreal("list", primary, "--hardened", "--json", capsys=capsys)[1])
+    assert listed["env"] == {"pv_rev": "0", "pv_try": "1"}  # beside "copies" (test_cli_env_copies)
     # the single-file view shows the store's sequence marker, as grub-editenv would
     assert "pvtwin_env_seq=1" in pvreal("list", primary, capsys=capsys)[1]
 

@@ -20,6 +20,7 @@ from pvreal.device.clock import Timers
 from pvreal.device.containers import ContainerRunner
 from pvreal.device.executor import Executor
 from pvreal.device.latch import boot_files, set_env
+from pvreal.runc import StopResult
 from pvreal.storage import Storage
 from pvsim.device import DeviceRun
 from pvsim.memdevice import Behaviour, MemDevice, MemDisk
@@ -202,8 +203,9 @@ class NoRunc:
     def start(self, cid: str) -> None:
         pass
 
-    def stop(self, cid: str, *, grace: float) -> None:
+    def stop(self, cid: str, *, grace: float) -> StopResult:
         self.started.pop(cid, None)
+        return StopResult("exited", 0.0)
 
     def delete(self, cid: str, *, force: bool = False) -> None:
         self.started.pop(cid, None)

@@ -4,6 +4,10 @@ The format is detected from the content unless given. A corrupt or truncated fil
 (naming the file and the problem) and never rewritten. With `hardened`, the file is the primary
 of a hardened two-copy store (pvreal.bootenv.store): a damaged copy becomes a warning and the
 other one is used; a write goes through the store (and so repairs the damaged copy).
+
+Which copy of a two-copy env is current (`Opened.copies`) is said for a hardened pair and for a
+U-Boot redundant image whose partner (`NAME-redund.SUFFIX`, or `NAME.SUFFIX` for the -redund one)
+lies beside it: the valid copy with the newer flags byte (U-Boot's rule) or sequence marker.
 """
 
 from __future__ import annotations
@@ -32,13 +36,39 @@ class EnvFile:
 
 
 @dataclass(frozen=True)
+class CopyInfo:
+    """One copy of a two-copy env: `role` is current, stale (older), identical (to the current
+    one), damaged or missing; `seq` its U-Boot flags byte (`seq_name` "flags") or the hardened
+    GRUB store's sequence marker ("sequence")."""
+
+    path: Path
+    role: str
+    seq: int | None
+    seq_name: str
+    problem: str | None = None
+
+    def describe(self, number: int) -> str:
+        detail = self.role
+        if self.seq is not None:
+            detail += f", {self.seq_name} {self.seq}"
+        if self.problem is not None and self.role != "missing":
+            detail += f": {self.problem}"
+        return f"copy {number} {self.path} ({detail})"
+
+    def as_json(self) -> dict[str, object]:
+        return {"path": str(self.path), "role": self.role, self.seq_name: self.seq,
+                "problem": self.problem}
+
+
+@dataclass(frozen=True)
 class Opened:
-    """The variables found, how to write a new set of them back to the same place, and what was
-    wrong with a copy the hardened store passed over."""
+    """The variables found, how to write a new set of them back to the same place, what was
+    wrong with a copy the hardened store passed over, and (two-copy envs) the state of each copy."""
 
     env: dict[str, str]
     write: Callable[[dict[str, str]], None]
     warnings: tuple[str, ...] = ()
+    copies: tuple[CopyInfo, ...] = ()
 
 
 def open_env(opts: EnvFile, *, create: bool = False) -> Opened:
@@ -48,7 +78,50 @@ def open_env(opts: EnvFile, *, create: bool = False) -> Opened:
     if opts.second is not None:
         raise BootEnvError("--second needs --hardened", source=str(opts.file))
     layout, env, old = _read(opts, create=create)
-    return Opened(env, lambda new_env: _write(opts.file, layout, new_env, old))
+    copies: tuple[CopyInfo, ...] = ()
+    warnings: tuple[str, ...] = ()
+    if old is not None and layout.format == layouts.UBOOT and layout.redundant:
+        copies, warnings = _partner_copies(opts.file, layout)
+    return Opened(env, lambda new_env: _write(opts.file, layout, new_env, old), warnings, copies)
+
+
+def _copy_infos(report: store.LoadReport, seq_name: str) -> tuple[CopyInfo, ...]:
+    chosen = report.copies[report.chosen] if report.chosen is not None else None
+
+    def role(index: int, copy: store.CopyState) -> str:
+        if index == report.chosen:
+            return "current"
+        if not copy.valid:
+            return "missing" if copy.missing else "damaged"
+        # both copies written by one save (GRUB's pair always, U-Boot's first save): a twin
+        same = chosen is not None and (copy.seq, copy.env) == (chosen.seq, chosen.env)
+        return "identical" if same else "stale"
+
+    return tuple(
+        CopyInfo(c.path, role(i, c), c.seq, seq_name, c.problem) for i, c in enumerate(report.copies)
+    )
+
+
+def _partner_copies(
+    path: Path, layout: EnvLayout
+) -> tuple[tuple[CopyInfo, ...], tuple[str, ...]]:
+    """A U-Boot redundant image read on its own: which copy of its pair is current, when the
+    partner is there (else nothing to say); a warning when the file listed is not the current one."""
+    primary, second = store.default_pair(path)
+    if not (primary.exists() and second.exists()):
+        return (), ()
+    try:
+        report = store.HardenedUbootStore(primary, second, size=layout.size).inspect()
+    except BootEnvError:
+        return (), ()
+    copies = _copy_infos(report, "flags")
+    if report.chosen is None or copies[report.chosen].path == path:
+        return copies, ()
+    current = copies[report.chosen]
+    return copies, (
+        f"{path} is not the current copy of its pair: {current.path} is "
+        f"(flags {current.seq}); read the pair with --hardened",
+    )
 
 
 def _read(
@@ -118,6 +191,7 @@ def _open_pair(opts: EnvFile, *, create: bool) -> Opened:
     report = env_store.inspect()  # EnvCorrupt when neither copy is valid: nothing is written
     chosen = report.copies[report.chosen].path if report.chosen is not None else "none"
     warnings = tuple(f"{copy.path}: {copy.problem}; using {chosen}" for copy in report.damaged)
+    copies = _copy_infos(report, "flags" if layout.format == layouts.UBOOT else "sequence")
 
     def save(env: dict[str, str]) -> None:
         try:
@@ -127,7 +201,7 @@ def _open_pair(opts: EnvFile, *, create: bool) -> Opened:
                 f"cannot write: {exc.strerror}", source=str(exc.filename or primary)
             ) from None
 
-    return Opened(report.env, save, warnings)
+    return Opened(report.env, save, warnings, copies)
 
 
 def _pair_layout(

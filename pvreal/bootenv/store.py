@@ -36,6 +36,7 @@ FAITHFUL, HARDENED = "faithful", "hardened"
 ORDERINGS = (FAITHFUL, HARDENED)
 # The hardened GRUB store's sequence marker, stored as an ordinary variable in both copies.
 GRUB_SEQ_KEY = "pvtwin_env_seq"
+REDUND_SUFFIX = "-redund"  # the second copy's name: NAME-redund.SUFFIX
 
 
 class EnvStore(Protocol):
@@ -241,7 +242,15 @@ class HardenedGrubStore(_TwoCopyStore):
 
 def redund_path(primary: Path) -> Path:
     """The default second copy: `uboot.env` -> `uboot-redund.env` (U-Boot's env-in-FAT names)."""
-    return primary.with_name(f"{primary.stem}-redund{primary.suffix}")
+    return primary.with_name(f"{primary.stem}{REDUND_SUFFIX}{primary.suffix}")
+
+
+def default_pair(path: Path) -> tuple[Path, Path]:
+    """(primary, second) of the default pair `path` belongs to, whichever of the two it is."""
+    if path.stem.endswith(REDUND_SUFFIX):
+        return path.with_name(path.stem[: -len(REDUND_SUFFIX)] + path.suffix), path
+    return path, redund_path(path)
+
 
 
 def open_store(

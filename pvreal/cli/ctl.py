@@ -6,7 +6,7 @@ The command `ctl` (pvcontrol's verb) fronts pvreal/ctrl/, the pv-ctrl protocol: 
     run REV | run-commit REV        LOCAL_RUN / LOCAL_RUN_COMMIT
     status | containers             what runs (pvtwin's /status; pv-ctrl's /containers)
     progress REV                    the progress record of REV
-    wait REV --until S [--timeout]  poll until REV reaches status S (or fails)
+    wait REV --until S [--timeout]  poll until REV reaches final status S (or ends otherwise)
     reboot | gc                     REBOOT_DEVICE / RUN_GC
 """
 
@@ -56,7 +56,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     prog.set_defaults(func=progress_command)
     wait = verbs.add_parser("wait", help="wait until a revision reaches a status")
     wait.add_argument("rev", metavar="REV")
-    wait.add_argument("--until", required=True, choices=FINAL)  # every final status
+    wait.add_argument("--until", required=True, choices=FINAL,  # every final status
+                      help="a final status: " + ", ".join(FINAL))
     wait.add_argument("--timeout", type=float, default=120.0, metavar="S")
     wait.set_defaults(func=wait_command)
 
@@ -89,8 +90,9 @@ def command_command(args: argparse.Namespace) -> int:
 
 def status_command(args: argparse.Namespace) -> int:
     s = _client(args).status()
+    doing = f"{s.get('phase')}: {s['activity']}" if s.get("activity") else s.get("phase")
     text = (
-        f"running {s.get('running')} ({s.get('phase')}), booted {s.get('booted')}, "
+        f"running {s.get('running')} ({doing}), booted {s.get('booted')}, "
         f"pv_rev={s.get('pv_rev')} pv_try={s.get('pv_try')}, boots {s.get('boots')}"
     )
     if s.get("update"):
@@ -118,11 +120,21 @@ def progress_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def final_statuses_ending_wait(until: str) -> tuple[str, ...]:
+    """The statuses that end `wait --until UNTIL`: every final one, so that a revision that ended
+    otherwise is reported at once instead of at the timeout. Except that UPDATED (a non-reboot
+    update, pv_try still set) turns into DONE at the next boot, so waiting for DONE goes on."""
+    if until == "DONE":
+        return tuple(s for s in FINAL if s != "UPDATED")
+    return FINAL
+
+
 def wait_command(args: argparse.Namespace) -> int:
-    record = _client(args).wait(args.rev, (args.until,), args.timeout)
+    record = _client(args).wait(args.rev, final_statuses_ending_wait(args.until), args.timeout)
     status = record.get("status") if record else None
     _print(args, record, f"{args.rev}: {status} {record.get('status-msg') if record else ''}")
     if status != args.until:
-        print(f"pvreal: {args.rev} did not reach {args.until} (last: {status})", file=sys.stderr)
+        why = f"it ended {status}" if status in FINAL else f"last: {status}, timeout"
+        print(f"pvreal: {args.rev} did not reach {args.until} ({why})", file=sys.stderr)
         return 1
     return 0

@@ -37,6 +37,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="a Pantavisor config key, e.g. PV_UPDATER_COMMIT_DELAY=2 (repeatable)",
     )
     run.add_argument("--no-network", action="store_true", help="no bridge, veth or netns")
+    run.add_argument(
+        "--stop-grace", type=float, metavar="S",
+        help="seconds between SIGTERM and SIGKILL when containers stop (pvtwin's "
+             "PVTWIN_STOP_GRACE; Pantavisor's is a fixed 5)",
+    )
     sig = run.add_argument_group("secure boot (pvs@2 signatures, pantavisor.md §1.8)")
     sig.add_argument("--truststore", type=Path, metavar="DIR",
                      help="PV_SECUREBOOT_TRUSTSTORE: a folder of certificates or a bundle")
@@ -88,6 +93,8 @@ def run_command(args: argparse.Namespace) -> int:
     overrides = parse_overrides(args.config)
     if args.secureboot_mode:
         overrides["PV_SECUREBOOT_MODE"] = args.secureboot_mode
+    if args.stop_grace is not None:
+        overrides["PVTWIN_STOP_GRACE"] = str(args.stop_grace)
     options = DeviceOptions(
         storage=args.storage,
         bootloader=args.bootloader,

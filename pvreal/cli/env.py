@@ -5,7 +5,8 @@ format is detected from the content unless `--format` is given. A corrupt or tru
 reported (exit 1, naming the file and the problem) and never rewritten. With `--hardened`, FILE
 is the primary of a hardened two-copy store: a damaged copy is reported as a warning and the other
 one used; a write goes through the store (and so repairs the damaged copy). Reading and writing
-are pvreal.bootenv.envfile's.
+are pvreal.bootenv.envfile's. `list` of a two-copy env (a hardened pair, or a U-Boot redundant
+image with its partner beside it) first says which copy is current.
 """
 
 from __future__ import annotations
@@ -83,12 +84,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _list(args: argparse.Namespace) -> int:
-    env = _open(args).env
+    """KEY=VALUE lines; for a two-copy env, first one `# copy N PATH (current|stale|...)` line per
+    copy (JSON: {"copies": [...], "env": {...}})."""
+    opened = _open(args)
+    env = opened.env
     if args.json:
-        print(dumps(env))
-    else:
-        for key, value in env.items():
-            print(f"{key}={value}")
+        if opened.copies:
+            print(dumps({"copies": [c.as_json() for c in opened.copies], "env": env}))
+        else:
+            print(dumps(env))
+        return 0
+    for number, copy in enumerate(opened.copies, 1):
+        print("# " + copy.describe(number))
+    for key, value in env.items():
+        print(f"{key}={value}")
     return 0
 
 

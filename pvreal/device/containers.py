@@ -171,6 +171,8 @@ class ContainerRunner:
         running.init = self.runc.create(running.cid, bundle, console_log=console)
         self.runc.start(running.cid)
         running.started_at = time.monotonic()
+        log.info("%s: started, runc id %s, pid %d, netns %s", name, running.cid,
+                 running.init.pid, running.net.netns_name if running.net else "(the daemon's)")
 
     def stop(self, names: Iterable[str], grace: float) -> tuple[str, ...]:
         """Lenient stop (SIGTERM, `grace` s, SIGKILL), then unmount; in parallel."""
@@ -192,7 +194,10 @@ class ContainerRunner:
     def _teardown(self, running: Running, grace: float) -> None:
         try:
             if running.init is not None or running.cid in self.runc.started:
-                self.runc.stop(running.cid, grace=grace)
+                # runc.stop skips the grace when the init is already gone
+                result = self.runc.stop(running.cid, grace=grace)
+                log.info("%s: stopped: %s after %.2f s (grace %.1f s)", running.name,
+                         result.how, result.seconds, grace)
         except PvError as exc:
             log.warning("%s: stop: %s", running.name, exc)
             with contextlib.suppress(PvError):

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import queue
 import shutil
 import threading
@@ -42,7 +43,7 @@ from pvreal.device.latch import BootFiles, apply_latch, boot_files
 from pvreal.device.secureboot import TrustOptions, with_verifier
 from pvreal.device.storagelock import StorageLock
 from pvreal.storage import Storage
-from shared.engine.commands import Command, CtrlReply, Reboot
+from shared.engine.commands import Command, CtrlReply, Reboot, StopContainers
 from shared.engine.config import Config, Ordering
 from shared.engine.ctrl import CtrlDecision, ctrl_decision
 from shared.engine.events import (
@@ -55,7 +56,7 @@ from shared.engine.events import (
     GcDone,
     TimerFired,
 )
-from shared.engine.updater import Updater
+from shared.engine.updater import Phase, Updater
 
 log = logging.getLogger(__name__)
 RUN_ROOT = Path("/run/pvtwin")
@@ -140,6 +141,10 @@ class Device:
         self._booted = threading.Event()
         self._thread: threading.Thread | None = None
         self.error: BaseException | None = None
+        # What the loop is busy with right now, for `status` (the engine's phase stays IDLE while
+        # a REBOOT_DEVICE stops containers, for instance): None when it waits for events.
+        self.activity: str | None = None
+        self._rebooting = False
         self.failures = 0
         self.last_failure: str | None = None
 
@@ -203,6 +208,30 @@ class Device:
     def status(self) -> dict[str, Any]:
         with self._lock:
             return dict(self._status)
+
+    def inspection_lines(self) -> list[str]:
+        """What a person needs to look inside this device by hand (logged at start; docs/device.md
+        "Inspecting a running device"): its id, the runc root, the network namespace names. The
+        namespaces are bound under /run/netns inside the daemon's private mount namespace, so the
+        host sees their names but not the bindings: they are entered through the daemon."""
+        pid = os.getpid()
+        runc_root = self.runner.runc.root
+        lines = [
+            f"device {self.prefix}: storage {self.storage.root}, run dir {self.run_dir}, "
+            f"daemon pid {pid}",
+            f"runc root {runc_root} (runc --root {runc_root} list); container ids "
+            f"{self.prefix}-<name>; stop grace {self.config.stop_grace:g} s",
+        ]
+        if self.network is None:
+            lines.append("network: none (--no-network); containers share the daemon's netns")
+        else:
+            device_ns = self.network.device_netns or "the daemon's own"
+            lines.append(
+                f"network namespaces: device {device_ns} (bridge {self.network.bridge}), "
+                f"containers {self.network.netns_name('<name>')}; enter one with "
+                f"nsenter -t {pid} -m ip netns exec {self.network.netns_name('<name>')} CMD"
+            )
+        return lines
 
     # ================================================================== the loop
 
@@ -305,7 +334,13 @@ class Device:
                     reply.set_result(CtrlReply(200))
                 self._reboot(command)
                 return
-            produced = self.executor.execute(command)
+            if isinstance(command, StopContainers):
+                self._set_activity("stopping containers " + ", ".join(command.names))
+            try:
+                produced = self.executor.execute(command)
+            finally:
+                if isinstance(command, StopContainers):
+                    self._set_activity(None)
             for event in produced:
                 if isinstance(event, GcDone):
                     self.last_gc = {
@@ -321,6 +356,7 @@ class Device:
         if depth >= MAX_BOOT_LOOP:
             raise DeviceError(f"{MAX_BOOT_LOOP} boots in a row rebooted at once; giving up")
         self.boots += 1
+        self._set_activity("booting")
         self.storage.objects.discard_partials()
         rev, env = self._choose_boot()
         self.booted_rev = rev
@@ -331,9 +367,11 @@ class Device:
                  env.get("pv_rev", ""), env.get("pv_try", ""))
         self.updater, commands = Updater.boot(disk, self.config)
         self._boot_depth, self._booted_at = depth, time.monotonic()
+        self._rebooting = False
+        self._set_activity("starting containers")
         self._run(commands, None)
         self._booted.set()
-        self._publish()
+        self._set_activity(None)
 
     def _choose_boot(self) -> tuple[str, dict[str, str]]:
         """The revision this boot runs and the Pantavisor env. Outside QEMU the daemon is its own
@@ -343,10 +381,14 @@ class Device:
 
     def _reboot(self, command: Reboot) -> None:
         log.info("reboot: %s", command.reason)
+        self._rebooting = True
+        self._set_activity(f"stopping containers to {'power off' if command.poweroff else 'reboot'}"
+                           f" ({command.reason})")
         self.runner.stop_all(self.config.stop_grace)
         self.timers.clear()
         self.last_reboot = command.reason
         if command.poweroff:
+            self._set_activity("powered off")
             self._stopping.set()
             return
         # A boot that reboots by itself within a second is a boot loop in the making: count them.
@@ -373,6 +415,10 @@ class Device:
     def _emit(self, event: Event) -> None:
         self.post(event)
 
+    def _set_activity(self, activity: str | None) -> None:
+        self.activity = activity
+        self._publish()
+
     def _publish(self) -> None:
         u = self.updater
         containers: dict[str, dict[str, Any]] = {}
@@ -393,7 +439,9 @@ class Device:
         status = {
             "booted": self.booted_rev,
             "running": u.running_rev if u else "",
-            "phase": str(u.phase) if u else "",
+            # A reboot outside QEMU happens inside the daemon: show it as the engine's phase.
+            "phase": str(Phase.REBOOTING) if self._rebooting else str(u.phase) if u else "",
+            "activity": self.activity,
             "update": u.update.rev if u is not None and u.update is not None else None,
             "pv_rev": u.pv_rev if u else "",
             "pv_try": u.pv_try if u else "",

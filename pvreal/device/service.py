@@ -25,6 +25,8 @@ def serve(options: DeviceOptions, socket_path: Path | None = None) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     server = serve_device(device, socket_path)
+    for line in device.inspection_lines():
+        logging.info("%s", line)
     logging.info("pv-ctrl on %s", socket_path)
     device.start()
     try:

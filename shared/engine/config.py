@@ -4,8 +4,8 @@ One `Config` is shared by every device of a fleet (it is frozen), so it costs no
 `Config.from_mapping` accepts Pantavisor's key names and their legacy dotted aliases, with string
 or numeric values (as they come from a config file, a TOML scenario or the environment).
 
-Two keys are pvtwin's own and say so in their name (`PVTWIN_*`): the write ordering and the boot
-latch variant. They are model choices, not Pantavisor settings.
+Some keys are pvtwin's own and say so in their name (`PVTWIN_*`): the write ordering, the boot
+latch variant and the stop grace period. They are model choices, not Pantavisor settings.
 """
 
 from __future__ import annotations
@@ -64,7 +64,8 @@ class Config:
     secureboot_checksum: bool = True  # PV_SECUREBOOT_CHECKSUM
     debug_shell: bool = True  # PV_DEBUG_SHELL (pv-ctrl refuses DEFER_REBOOT without it)
     wait_tick: float = 2.0  # the WAIT loop's safety tick (§3.1); not a config key in Pantavisor
-    stop_grace: float = 5.0  # lenient stop before a forced one (§4.3); fixed in Pantavisor
+    # lenient stop before a forced one (§4.3): fixed at 5 s in Pantavisor; PVTWIN_STOP_GRACE
+    stop_grace: float = 5.0
     ordering: Ordering = Ordering.HARDENED  # PVTWIN_ORDERING
     boot_latch: BootLatch = BootLatch.SINGLE_SHOT  # PVTWIN_BOOT_LATCH
     boot_attempts: int = 3  # PVTWIN_BOOT_ATTEMPTS (counter latch only)
@@ -117,6 +118,7 @@ KEYS: Mapping[str, str] = {
     "PVTWIN_ORDERING": "ordering",
     "PVTWIN_BOOT_LATCH": "boot_latch",
     "PVTWIN_BOOT_ATTEMPTS": "boot_attempts",
+    "PVTWIN_STOP_GRACE": "stop_grace",
 }
 
 # Legacy dotted names still accepted by Pantavisor's config.c (§6.1).
