@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pvreal.hub.client import OperatorClient, operator_for, publish
-from pvreal.hub.server import DEFAULT_LISTEN, HubFiles, ListenError, parse_listen, serve_forever
+from pvreal.hub.listen import DEFAULT_LISTEN, ListenError, parse_listen
 from shared.errors import PvError
 from shared.rollout import REGISTRY, RolloutError, parse_options
 
@@ -70,6 +70,8 @@ def serve_command(args: argparse.Namespace) -> int:
         host, port = parse_listen(args.listen, allow_remote=args.allow_remote)
     except ListenError as exc:
         raise PvError(str(exc)) from None
+    from pvreal.hub.server import HubFiles, serve_forever  # the web framework, only to serve
+
     files = HubFiles.prepare(args.db, args.operator_token, args.device_token)
 
     def announce(url: str) -> None:
