@@ -7,11 +7,11 @@ import json
 import sqlite3
 
 import pytest
+from hubkit import device, hub_files, write_release
 
 from pvreal.hub.client import HttpClient, HubClientError, operator_for, publish
 from pvreal.hub.listen import ListenError, parse_listen
 from pvreal.hub.server import running
-from hubkit import device, hub_files, write_release
 
 
 class Clock:
@@ -66,7 +66,8 @@ DEVICE_CALLS = [
 
 def test_every_device_call_checks_the_session_token(tmp_path, hub):
     url, files, clock = hub
-    (rel, _), d1 = released(tmp_path, url, files), device(url, files, "d1")
+    released(tmp_path, url, files)
+    d1 = device(url, files, "d1")
     for method, path in DEVICE_CALLS:
         for token in (None, "forged-token"):
             answer = raw(url, method, path.format(id=d1.device), {}, token=token)

@@ -60,8 +60,8 @@ class HttpClient:
             conn.request(method, path, body=data, headers=self._headers(headers))
             reply = conn.getresponse()
             return Answer(reply.status, reply.read(), dict(reply.getheaders()))
-        except OSError as exc:
-            raise HubClientError(f"Hub at {self.url} not reachable: {exc}") from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise HubClientError(f"Hub at {self.url} not reachable: {exc!r}") from None
         finally:
             conn.close()
 
@@ -136,8 +136,8 @@ class DeviceClient(HttpClient):
                 raise HubClientError(f"GET object {sha}: {reply.status} {answer.error}", reply.status)
             else:
                 self._receive(reply, tmp, append=reply.status == 206, stop_after=stop_after)
-        except OSError as exc:
-            raise HubClientError(f"GET object {sha}: {exc}") from None
+        except (OSError, http.client.HTTPException) as exc:  # a cut connection: keep the .tmp
+            raise HubClientError(f"GET object {sha}: {exc!r}") from None
         finally:
             conn.close()
         if _sha256_of(tmp) != sha:
@@ -152,7 +152,7 @@ class DeviceClient(HttpClient):
                  stop_after: int | None) -> None:  # fmt: skip
         received = 0
         with open(tmp, "ab" if append else "wb") as out:
-            while chunk := reply.read(CHUNK):
+            while chunk := reply.read1(CHUNK):  # what has arrived: a cut keeps every byte
                 if stop_after is not None and received + len(chunk) >= stop_after:
                     out.write(chunk[: stop_after - received])
                     raise HubClientError(f"download cut after {stop_after} B")
@@ -160,6 +160,8 @@ class DeviceClient(HttpClient):
                 received += len(chunk)
             out.flush()
             os.fsync(out.fileno())
+        if reply.length:  # the connection closed before Content-Length bytes: resume later
+            raise HubClientError(f"download cut after {received} B, {reply.length} B missing")
 
 
 def _sha256_of(path: Path) -> str:

@@ -72,7 +72,7 @@ function drawPlot(adoption, releases) {
   const plot = document.getElementById("plot"); plot.replaceChildren();
   const W = 640, H = 240, L = 40, R = 130, T = 10, B = 30;
   const fleet = Math.max(1, ...releases.map(r => r.fleet));
-  const tmax = Math.max(1, ...Object.values(adoption).flat().map(p => p[0]));
+  const tmax = Math.max(1, ...Object.values(adoption).map(a => a.elapsed));
   const x = t => L + (W - L - R) * t / tmax, y = n => H - B - (H - T - B) * n / fleet;
   plot.append(svg("line", {x1: L, y1: H - B, x2: W - R, y2: H - B, stroke: "#888"}));
   plot.append(svg("line", {x1: L, y1: T, x2: L, y2: H - B, stroke: "#888"}));
@@ -80,8 +80,12 @@ function drawPlot(adoption, releases) {
   plot.append(svg("text", {x: L - 6, y: H - B, "text-anchor": "end"}, "0"));
   plot.append(svg("text", {x: W - R, y: H - 8, "text-anchor": "end"}, tmax.toFixed(1) + " s"));
   releases.forEach((r, i) => {
-    const color = COLORS[i % COLORS.length], points = adoption[r.name] || [];
-    const path = [[0, 0], ...points].map(p => x(p[0]).toFixed(1) + "," + y(p[1]).toFixed(1));
+    const color = COLORS[i % COLORS.length], a = adoption[r.name] || {elapsed: 0, points: []};
+    // a step line: flat until a device succeeds, then up by one, and flat again until now
+    const steps = [[0, 0]];
+    for (const [t, n] of a.points) steps.push([t, n - 1], [t, n]);
+    steps.push([a.elapsed, a.points.length]);
+    const path = steps.map(p => x(p[0]).toFixed(1) + "," + y(p[1]).toFixed(1));
     plot.append(svg("polyline", {points: path.join(" "), fill: "none", stroke: color,
                                  "stroke-width": 2, "data-release": r.name}));
     plot.append(svg("text", {x: W - R + 8, y: T + 12 + 14 * i, fill: color},

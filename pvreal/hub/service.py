@@ -470,15 +470,15 @@ class Hub:
         ]  # fmt: skip
         return {"releases": [self.release_json(n) for n in names], "devices": devices}
 
-    def adoption(self) -> dict[str, list[list[float]]]:
-        """Per release, [seconds since its creation, devices succeeded so far] at each success."""
-        series: dict[str, list[list[float]]] = {}
+    def adoption(self) -> dict[str, dict[str, Any]]:
+        """Per release: seconds since its creation (`elapsed`) and, at each success, [seconds
+        since creation, devices succeeded so far] (`points`)."""
+        now, series = self.clock(), {}
         for rel in self.conn.execute("SELECT name, created FROM releases ORDER BY seq").fetchall():
             times = self.conn.execute(
                 "SELECT outcome_at FROM targets WHERE release = ? AND outcome = ? ORDER BY outcome_at",
                 (rel["name"], SUCCEEDED),
             ).fetchall()
-            series[rel["name"]] = [
-                [round(t["outcome_at"] - rel["created"], 3), k + 1] for k, t in enumerate(times)
-            ]
+            points = [[round(t["outcome_at"] - rel["created"], 3), k + 1] for k, t in enumerate(times)]
+            series[rel["name"]] = {"elapsed": round(now - rel["created"], 3), "points": points}
         return series
