@@ -61,7 +61,10 @@ DEVICE_CALLS = [
     ("GET", "/devices/{id}"), ("PATCH", "/devices/{id}/device-meta"),
     ("GET", "/trails/{id}/steps"), ("GET", "/trails/{id}/steps/1"),
     ("GET", "/trails/{id}/steps/1/objects"), ("PUT", "/trails/{id}/steps/1/progress"),
+    ("GET", "/trails/{id}/steps/1/state"), ("GET", "/trails/{id}/steps/1/objects/{sha}"),
+    ("GET", "/trails/{id}/steps/1/objects/{sha}/blob"),
 ]  # fmt: skip
+A_SHA = "ab" * 32
 
 
 def test_every_device_call_checks_the_session_token(tmp_path, hub):
@@ -70,7 +73,7 @@ def test_every_device_call_checks_the_session_token(tmp_path, hub):
     d1 = device(url, files, "d1")
     for method, path in DEVICE_CALLS:
         for token in (None, "forged-token"):
-            answer = raw(url, method, path.format(id=d1.device), {}, token=token)
+            answer = raw(url, method, path.format(id=d1.device, sha=A_SHA), {}, token=token)
             assert answer.status == 401, (method, path, token)
             assert "Error" in answer.json()
     assert d1.info()["nick"] == "d1"
@@ -84,9 +87,10 @@ def test_a_device_cannot_read_or_write_another_devices_trail(tmp_path, hub):
     d1, d2 = device(url, files, "d1"), device(url, files, "d2")
     released(tmp_path, url, files)
     assert len(d2.steps()) == 1
+    sha = d2.step_objects(1)[0]["sha256sum"]
     for method, path in DEVICE_CALLS:
         body = {"status": "ERROR", "status-msg": "forged"} if "progress" in path else {}
-        answer = raw(url, method, path.format(id=d2.device), body, token=d1.token)
+        answer = raw(url, method, path.format(id=d2.device, sha=sha), body, token=d1.token)
         assert answer.status == 403, (method, path)
     assert d2.step(1)["progress"]["status"] == "NEW"  # the forged report changed nothing
     assert operator_for(files.database).status()["releases"][0]["failed"] == 0
@@ -102,11 +106,14 @@ def test_a_device_gets_only_the_objects_it_was_offered(tmp_path, hub):
     for sha in shas[:3]:
         assert raw(url, "GET", f"/objects/{sha}", token=d2.token).status == 404
         assert raw(url, "GET", f"/objects/{sha}/blob", token=d2.token).status == 404
+        step_blob = f"/trails/{d2.device}/steps/1/objects/{sha}/blob"
+        assert raw(url, "GET", step_blob, token=d2.token).status == 404
     # an object on the Hub but in no release is not offered to anyone
     extra = tmp_path / "extra"
     extra.write_bytes(b"operator only")
     sha = operator_for(files.database).put_object(extra)["sha256sum"]
     assert raw(url, "GET", f"/objects/{sha}/blob", token=d1.token).status == 404
+    assert raw(url, "GET", f"/trails/{d1.device}/steps/1/objects/{sha}/blob", token=d1.token).status == 404
     assert raw(url, "GET", "/objects/../../etc/passwd/blob", token=d1.token).status in (400, 404)
     assert raw(url, "GET", f"/objects/{sha.upper()}", token=d1.token).status == 400
 
@@ -117,6 +124,7 @@ def test_steps_progress_and_the_device_record(tmp_path, hub):
     rel, _ = released(tmp_path, url, files)
     assert (rel["admitted"], rel["fleet"]) == (1, 1)
     [step] = d1.steps()
+    assert raw(url, "GET", f"/trails/{d1.device}/steps/1/state", token=d1.token).json() == step["state"]
     assert step["rev"] == 1 and step["trail-id"] == d1.device and step["progress"]["status"] == "NEW"
     assert step["state-sha"] == rel["state-sha"] and "#spec" in step["state"]
     d1.put_progress(1, {"status": "DOWNLOADING", "status-msg": "", "progress": 25})

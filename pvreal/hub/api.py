@@ -127,6 +127,24 @@ async def get_step_objects(request: web.Request) -> web.Response:
     return web.json_response(_hub(request).step_objects(device, request.match_info["rev"]))
 
 
+@routes.get("/trails/{id}/steps/{rev}/state")
+async def get_step_state(request: web.Request) -> web.Response:
+    return web.json_response(_hub(request).step_state(device_of(request), request.match_info["rev"]))
+
+
+@routes.get("/trails/{id}/steps/{rev}/objects/{sha}")
+async def get_step_object(request: web.Request) -> web.Response:
+    device, info = device_of(request), request.match_info
+    return web.json_response(_hub(request).step_object(device, info["rev"], info["sha"]))
+
+
+@routes.get("/trails/{id}/steps/{rev}/objects/{sha}/blob")
+async def get_step_blob(request: web.Request) -> web.StreamResponse:
+    hub, info = _hub(request), request.match_info
+    hub.step_object(device_of(request), info["rev"], info["sha"])
+    return _blob(hub, info["sha"])
+
+
 @routes.put("/trails/{id}/steps/{rev}/progress")
 async def put_progress(request: web.Request) -> web.Response:
     device = device_of(request)
@@ -145,6 +163,10 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
     hub = _hub(request)
     sha = request.match_info["sha"]
     hub.offered_object(device_of(request), sha)
+    return _blob(hub, sha)
+
+
+def _blob(hub: Hub, sha: str) -> web.FileResponse:
     return web.FileResponse(hub.objects.path(sha), headers={"Content-Type": "application/octet-stream"})
 
 

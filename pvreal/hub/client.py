@@ -111,10 +111,12 @@ class DeviceClient(HttpClient):
     def put_progress(self, rev: int | str, progress: Mapping[str, Any]) -> dict[str, Any]:
         return self.checked("PUT", f"/trails/{self.device}/steps/{rev}/progress", dict(progress))
 
-    def download(self, sha: str, folder: str | Path, *, stop_after: int | None = None) -> Path:
+    def download(self, sha: str, folder: str | Path, *, url: str | None = None,
+                 stop_after: int | None = None) -> Path:  # fmt: skip
         """Fetch object `sha` into `folder/<sha>`. Bytes go to `<sha>.tmp` first; a `.tmp` left by
         a cut download is resumed with `Range: bytes=<its size>-`. The file is renamed into place
         only when it hashes to `sha`; a mismatch deletes the `.tmp` so the next try starts over.
+        `url` is the object's `signed-geturl` from `step_objects` (default: /objects/<sha>/blob);
         `stop_after` cuts the transfer after that many bytes (tests use it to cut a download)."""
         if not is_sha256(sha):
             raise HubClientError(f"not a sha256: {sha[:80]!r}")
@@ -127,7 +129,7 @@ class DeviceClient(HttpClient):
         headers = {"Range": f"bytes={have}-"} if have else {}
         conn = self._connection()
         try:
-            conn.request("GET", f"/objects/{sha}/blob", headers=self._headers(headers))
+            conn.request("GET", url or f"/objects/{sha}/blob", headers=self._headers(headers))
             reply = conn.getresponse()
             if reply.status == 416:  # the .tmp is already whole (or longer than the object)
                 reply.read()

@@ -237,17 +237,28 @@ class Hub:
     def step(self, device: str, rev: str) -> dict[str, Any]:
         return self._step_json(self._step_row(device, rev))
 
+    def step_state(self, device: str, rev: str) -> dict[str, Any]:
+        return json.loads(self._step_row(device, rev)["state_json"])
+
     def step_objects(self, device: str, rev: str) -> list[dict[str, Any]]:
         """The objects a step names, with where to fetch each (Pantahub's signed-geturl)."""
         row = self._step_row(device, rev)
-        named = json.loads(row["state_json"])
-        state = parse_state(named, source=f"step {rev}")
+        state = parse_state(json.loads(row["state_json"]), source=f"step {rev}")
         sizes = self._sizes(state.object_shas())
         return [
             {"objectname": path, "sha256sum": sha, "size": sizes[sha],
-             "signed-geturl": f"/objects/{sha}/blob"}
+             "signed-geturl": f"/trails/{device}/steps/{row['rev']}/objects/{sha}/blob"}
             for path, sha in sorted(state.objects.items())
         ]  # fmt: skip
+
+    def step_object(self, device: str, rev: str, sha: str) -> dict[str, Any]:
+        """One object of one of the device's steps; 404 for one the step does not name."""
+        if not is_sha256(sha):
+            raise HubError(400, "an object name is a lowercase sha256")
+        for obj in self.step_objects(device, rev):
+            if obj["sha256sum"] == sha and self.objects.has(sha):
+                return obj
+        raise HubError(404, f"step {rev} names no object {sha}")
 
     def _sizes(self, shas: frozenset[str]) -> dict[str, int]:
         marks = ",".join("?" * len(shas))
