@@ -15,6 +15,7 @@ from hubkit import device, hub_files, write_release
 from pvreal.cli import main
 from pvreal.hub.client import operator_for, publish
 from pvreal.hub.server import running
+from pvreal.hub.service import Hub
 
 
 def _chromium() -> str:
@@ -131,3 +132,29 @@ def test_without_the_token_the_page_says_the_hub_refused(tmp_path):
         dom = browse(f"{url}/", tmp_path / "profile", "--dump-dom")
     assert re.search(r'<div id="error">Hub not reachable: operator routes need', dom)
     assert "data-device" not in dom
+
+
+def test_one_page_load_follows_the_rollout_without_a_reload(tmp_path, monkeypatch):
+    """Devices report while the page is open (after its second poll): the last poll's answer, not
+    the first, is what the page ends up showing."""
+    files = hub_files(tmp_path)
+    state, objects = write_release(tmp_path, "v1")
+    answers: list[dict] = []
+    real_adoption = Hub.adoption
+
+    def adoption(hub):
+        if len(answers) == 2:  # the page has drawn twice: now the fleet moves on
+            for d in fleet:
+                hub.put_progress(d.device, "1", {"status": "DONE", "status-msg": "", "progress": 100})
+        series = real_adoption(hub)
+        answers.append({**hub.status(), "adoption": series})
+        return series
+
+    monkeypatch.setattr(Hub, "adoption", adoption)
+    with running(files) as url:
+        fleet = [device(url, files, f"d{k}") for k in range(3)]
+        publish(operator_for(files.database), state, "web-1.1", "all-at-once", {}, objects)
+        page = shown(url, files.operator_token, tmp_path / "profile")
+    assert len(answers) >= 4, "the page polled fewer times than expected"
+    assert answers[0]["releases"][0]["succeeded"] == 0 and answers[-1]["releases"][0]["succeeded"] == 3
+    assert_page_matches(page, answers[-1])
