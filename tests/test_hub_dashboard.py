@@ -5,25 +5,16 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 from html.parser import HTMLParser
 
-import pytest
 from hubkit import device, hub_files, write_release
+from test_report_render import _chromium  # the one place that finds a headless browser
 
 from pvreal.cli import main
 from pvreal.hub.client import operator_for, publish
 from pvreal.hub.server import running
 from pvreal.hub.service import Hub
-
-
-def _chromium() -> str:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        path = shutil.which(name)
-        if path:
-            return path
-    pytest.skip("no headless browser: apt-get install chromium (Debian's package; .ci/run installs it)")
 
 
 def browse(url: str, profile, *args: str) -> str:
