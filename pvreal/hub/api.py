@@ -91,12 +91,13 @@ routes = web.RouteTableDef()
 @routes.post("/devices/")
 async def register(request: web.Request) -> web.Response:
     doc = await read_json(request)
-    return web.json_response(_hub(request).register(request.headers.get(AUTO_TOKEN_HEADER), doc))
+    hub = _hub(request)
+    return web.json_response(await hub.register(request.headers.get(AUTO_TOKEN_HEADER), doc))
 
 
 @routes.post("/auth/login")
 async def login(request: web.Request) -> web.Response:
-    return web.json_response(_hub(request).login(await read_json(request)))
+    return web.json_response(await _hub(request).login(await read_json(request)))
 
 
 @routes.get("/devices/{id}")

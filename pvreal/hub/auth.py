@@ -7,6 +7,7 @@ lives in a 0600 file beside the database unless one is given on the command line
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import os
@@ -36,6 +37,12 @@ def check_secret(secret: str, stored: str) -> bool:
     except ValueError:
         return False
     return hmac.compare_digest(again.hex(), digest)
+
+
+@functools.cache
+def decoy_hash() -> str:
+    """A stored-hash lookalike to check a login against when the device does not exist."""
+    return hash_secret(secrets.token_hex(16))
 
 
 def new_token() -> str:
