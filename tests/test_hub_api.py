@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 
 import pytest
 from hubkit import device, hub_files, write_release
@@ -12,6 +13,7 @@ from hubkit import device, hub_files, write_release
 from pvreal.hub.client import HttpClient, HubClientError, operator_for, publish
 from pvreal.hub.listen import ListenError, parse_listen
 from pvreal.hub.server import running
+from shared import rollout
 
 
 class Clock:
@@ -241,3 +243,44 @@ def test_listen_is_loopback_unless_allowed():
     for text in ("12365", "127.0.0.1:http", "127.0.0.1:70000"):
         with pytest.raises(ListenError, match="expected HOST:PORT"):
             parse_listen(text)
+
+
+class OneAtATime(rollout.Controller):
+    """A test strategy: one device per second; the first device waits 5 s before it sees its step."""
+
+    name = "one-at-a-time"
+
+    def admit(self, now, tally):
+        if self.state != rollout.RUNNING or tally.admitted >= self.fleet:
+            return 0, None
+        return 1, now + 1.0
+
+    def start_delay(self, device, now):
+        return 5.0 if device == 0 else 0.0
+
+
+def test_the_hub_only_carries_out_the_controllers_decisions(tmp_path, monkeypatch):
+    monkeypatch.setitem(rollout.REGISTRY, OneAtATime.name, OneAtATime)
+    files = hub_files(tmp_path)
+    clock = Clock()
+    with running(files, clock=clock) as url:
+        d0, d1 = device(url, files, "d0"), device(url, files, "d1")
+        state, objects = write_release(tmp_path / "r", "v1")
+        op = operator_for(files.database)
+        rel = publish(op, state, "web-1.1", "one-at-a-time", {}, objects)
+        assert rel["admitted"] == 1
+        assert d0.steps() == [] and d1.steps() == []  # d0 admitted, but its delay runs
+        clock.now += 1.0  # the controller asked to be asked again now: the Hub's ticker does
+        for _ in range(100):
+            if op.status()["releases"][0]["admitted"] == 2:
+                break
+            time.sleep(0.1)
+        assert op.status()["releases"][0]["admitted"] == 2
+        assert d0.steps() == [] and len(d1.steps()) == 1
+        clock.now += 4.0
+        assert len(d0.steps()) == 1
+        assert op.operate("web-1.1", "pause")["state"] == "paused"
+        for d in (d0, d1):
+            d.put_progress(1, {"status": "DONE", "status-msg": "", "progress": 100})
+        assert op.status()["releases"][0]["state"] == "paused"  # halted, even with all done
+        assert op.operate("web-1.1", "resume")["state"] == "completed"

@@ -348,7 +348,7 @@ class Hub:
                                 "PUT /operator/objects/<sha> first")  # fmt: skip
         now = self.clock()
         with self._tx() as c:
-            devices = [r["id"] for r in c.execute("SELECT id FROM devices ORDER BY created, id")]
+            devices = [r["id"] for r in c.execute("SELECT id FROM devices ORDER BY created, rowid")]
             controller = make_controller(RolloutConfig(strategy, options), len(devices))
             seq = c.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM releases").fetchone()[0]
             c.execute(
@@ -485,7 +485,7 @@ class Hub:
         devices = [
             {"id": r["id"], "nick": r["nick"], "revision": r["revision"], "status": r["status"],
              "status-msg": r["status_msg"], "last-seen": iso(r["last_seen"])}
-            for r in self.conn.execute("SELECT * FROM devices ORDER BY created, id")
+            for r in self.conn.execute("SELECT * FROM devices ORDER BY created, rowid")
         ]  # fmt: skip
         return {"releases": [self.release_json(n) for n in names], "devices": devices}
 
