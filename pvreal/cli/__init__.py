@@ -26,6 +26,7 @@ pvtwin's real backend and revision tools.
   pvreal ctl ...                   talk to a running device over its control socket
   pvreal bench                     LOCAL_RUN latency and write amplification on a real device
   pvreal qemu build|run            a bootable QEMU image: real GRUB latch, pvtwin as PID 1
+  pvreal hub serve|release|status  a real Hub: device API, rollouts, live dashboard
 """
 
 GROUPS = (
@@ -36,6 +37,7 @@ GROUPS = (
     "pvreal.cli.ctl",
     "pvreal.cli.qemu",
     "pvreal.cli.bench",
+    "pvreal.cli.hub",
 )
 
 
