@@ -36,6 +36,7 @@ GROUPS = (
     "pvreal.cli.ctl",
     "pvreal.cli.qemu",
     "pvreal.cli.bench",
+    "pvreal.cli.crashcheck",
 )
 
 
