@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Protocol
 
 import pytest
 
+from pvreal.crashcheck.standins import MountsOnPaper, NoRunc
 from pvreal.device.clock import Timers
 from pvreal.device.containers import ContainerRunner
 from pvreal.device.executor import Executor
@@ -184,39 +184,6 @@ class FleetModel:
     def disk(self) -> tuple[Any, ...]:
         d = self.brain.disk
         return _disk(d.pv_rev, d.pv_try, d.trails, d.objects)
-
-
-class MountsOnPaper:
-    """pvreal.mounts.MountOps that mounts nothing (as tests/test_real_runtime_plan.py does)."""
-
-    def mount(self, source: str, target: Path, fstype: str | None, flags: int, data: str) -> None:
-        pass
-
-    def loop_mount(self, image: Path, target: Path, fstype: str) -> None:
-        pass
-
-    def umount(self, target: Path, *, lazy: bool = False) -> None:
-        pass
-
-
-class NoRunc:
-    """pvreal.runc.Runc's interface, running nothing: every init stays up."""
-
-    def __init__(self) -> None:
-        self.started: dict[str, Any] = {}
-
-    def create(self, cid: str, bundle: Path, *, console_log: Path | None = None) -> Any:
-        self.started[cid] = init = SimpleNamespace(pid=0, alive=lambda: True)
-        return init
-
-    def start(self, cid: str) -> None:
-        pass
-
-    def stop(self, cid: str, *, grace: float) -> None:
-        self.started.pop(cid, None)
-
-    def delete(self, cid: str, *, force: bool = False) -> None:
-        self.started.pop(cid, None)
 
 
 class RealExecutor:

@@ -36,6 +36,7 @@ from pvreal.crashcheck.standins import MountsOnPaper, NoRunc
 from pvreal.ctrl.api import CtrlApi
 from pvreal.device import daemon as device_module
 from pvreal.device.daemon import Device, DeviceError, DeviceOptions, _Item
+from pvreal.storage import Storage
 from shared import canonical
 from shared.engine.driver import StartOutcome, container_events
 from shared.engine.events import (
@@ -46,10 +47,12 @@ from shared.engine.events import (
 )
 from shared.engine.invariants import MAX_BOOTS
 from shared.engine.progress import Progress, Status
+from shared.errors import PvError
 from shared.state import Container
 
 MAX_EVENTS = 5000  # per process: more is no quiescence (I5)
 RESULT = "result.json"
+NOTEBOOK = "operator.json"
 
 
 @dataclass(order=True)
@@ -83,6 +86,27 @@ class World:
         return heapq.heappop(self._heap)
 
 
+class _HeldReply(Future):  # type: ignore[type-arg]
+    """A pv-ctrl request's answer, handed over only once the engine thread has carried out
+    everything that event led to. The real daemon answers as soon as the engine replies, so a
+    request thread may run on (write a state, an object) while a GC or a progress write is still
+    under way: which of the two reaches the disk first would then vary from run to run."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._held: list[Any] = []
+
+    def set_result(self, result: Any) -> None:
+        if not self._held:
+            self._held.append(result)
+
+    def done(self) -> bool:
+        return bool(self._held) or super().done()
+
+    def release(self) -> None:
+        super().set_result(self._held[0] if self._held else None)
+
+
 class CrashDaemon:
     """The real Device, driven synchronously (see the module docstring)."""
 
@@ -100,6 +124,7 @@ class CrashDaemon:
         runner.runc = NoRunc()  # type: ignore[assignment]
         self._start = runner.start
         runner.start = self._start_container  # type: ignore[method-assign]
+        device.submit = self._submit  # type: ignore[method-assign]
         self.api = CtrlApi(device)
         self.events = 0
         self._acted_in_boot = 0
@@ -127,6 +152,17 @@ class CrashDaemon:
         if name in kind.never_ready:
             return StartOutcome.NEVER_READY
         return StartOutcome.OK
+
+    def _submit(self, event: Event, timeout: float = 120.0) -> Any:
+        reply = _HeldReply()
+        self.device._queue.put(_Item(event, reply))
+        return reply.result(timeout)
+
+    def _handle(self, item: _Item) -> None:
+        if item.event is not None:
+            self.device._handle_item(item)
+        if isinstance(item.reply, _HeldReply):
+            item.reply.release()
 
     # ------------------------------------------------------------------ the loop
 
@@ -166,8 +202,7 @@ class CrashDaemon:
                 item = None
             if item is not None:
                 self._count()
-                if item.event is not None:
-                    device._handle_item(item)
+                self._handle(item)
                 continue
             if self._next_in_time():
                 continue
@@ -230,22 +265,22 @@ class CrashDaemon:
             except queue.Empty:
                 continue
             self._count()
-            if item.event is not None:
-                device._handle_item(item)
+            self._handle(item)
         if failure:
             raise failure[0]
 
     def _requests(self) -> None:
+        """What the person asks, in order. They remember a final record (their notebook, outside
+        the storage folder, as the Hub keeps a step's record in pvsim) and never run that update
+        again, even once GC has removed its trail."""
         kind = self.kind
         assert kind is not None
         api, storage = self.api, self.device.storage
+        record = _read_record(storage, kind.rev) or self.noted()
+        if record is not None and record.is_final:
+            self.note(record)
         if kind.gc_base:
             api.post_command(canonical.dump_bytes({"op": "RUN_GC", "payload": ""}))
-        try:
-            raw = storage.read_progress(kind.rev)
-        except Exception:  # an unreadable record: as none
-            raw = None
-        record = Progress.from_json(raw, source="progress") if raw is not None else None
         if record is not None and record.status is not Status.NEW:
             return
         if not storage.has_state(kind.rev):
@@ -255,6 +290,31 @@ class CrashDaemon:
             name = kind.rev.removeprefix("locals/")
             api.put_step(name, io.BytesIO(body), len(body), "application/json")
         api.post_command(canonical.dump_bytes({"op": kind.op, "payload": kind.rev}))
+
+    @property
+    def notebook(self) -> Path:
+        return self.device.storage.root.parent / NOTEBOOK
+
+    def noted(self) -> Progress | None:
+        return read_notebook(self.notebook)
+
+    def note(self, record: Progress) -> None:
+        self.notebook.write_bytes(canonical.dump_bytes(dict(record.to_json())))
+
+
+def read_notebook(path: Path) -> Progress | None:
+    """The final record the person at pv-ctrl saw, if any."""
+    if not path.is_file():
+        return None
+    return Progress.from_json(canonical.loads_object(path.read_bytes(), source=str(path)), source=str(path))
+
+
+def _read_record(storage: Storage, rev: str) -> Progress | None:
+    try:
+        raw = storage.read_progress(rev)
+        return Progress.from_json(raw, source="progress") if raw is not None else None
+    except (OSError, PvError):  # an unreadable record: as none
+        return None
 
 
 def run_daemon(storage: Path, run_dir: Path, kind: RealKind | None, ordering: str) -> None:

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pvreal.crashcheck.daemon import RESULT, run_daemon
+from pvreal.crashcheck.daemon import NOTEBOOK, RESULT, read_notebook, run_daemon
 from pvreal.crashcheck.kinds import RealKind, kinds
 from pvreal.device.crashpoint import AT_STEP, KILLED, STEPS, TORN
 from pvreal.device.latch import boot_files, set_env
@@ -215,6 +215,9 @@ class KindRun:
         record = _progress(storage, rev)
         if written_failure is None and record is not None and record.is_failed:
             written_failure = record
+        if record is None and not storage.trail_dir(rev).exists():
+            # GC collected the revision: its outcome lives on in what the person at pv-ctrl saw
+            record = read_notebook(self.run_root / NOTEBOOK)
         if result["error"]:
             return RunResult("none", violations, steps, tearable, record)
         outcome, found = check_outcome(
