@@ -61,6 +61,12 @@ def test_the_daemon_dies_right_before_its_nth_durable_step(app_good: KindRun):
     assert log.read_text().splitlines() == [f"{int(t)}\t{s}" for t, s in ran]
 
 
+def test_a_replay_reaches_the_same_steps(app_good: KindRun):
+    """The enumeration relies on it: step N of a replay is step N of the reference."""
+    first, again = app_good.run_once(), app_good.run_once()
+    assert first.steps == again.steps and first.record == again.record
+
+
 def test_a_torn_link_leaves_part_of_the_trail_and_the_restart_repairs_it(app_good: KindRun):
     ref = app_good.run_once()
     link = ref.steps.index("link objects into trail locals/update")

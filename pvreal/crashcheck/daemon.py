@@ -31,6 +31,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from pvreal.bootenv.errors import EnvCorrupt
 from pvreal.crashcheck.kinds import RealKind
 from pvreal.crashcheck.standins import MountsOnPaper, NoRunc
 from pvreal.ctrl.api import CtrlApi
@@ -175,12 +176,15 @@ class CrashDaemon:
         try:
             device._boot()
             self._settle()
-        except DeviceError as exc:
-            error = f"I5 {exc}"
-        except RuntimeError as exc:
+        except EnvCorrupt as exc:  # the bootloader has nothing to boot (pvsim says the same)
+            error = f"I1 no bootable revision: boot env unreadable (torn write): {exc}"
+        except (DeviceError, RuntimeError) as exc:
             error = f"I5 {exc}"
         updater = device.updater
-        env = device.boot_files.env.load()
+        try:
+            env = device.boot_files.env.load()
+        except EnvCorrupt:
+            env = {}
         return {
             "running": updater.running_rev if updater is not None else None,
             "pv_rev": env.get("pv_rev", ""),

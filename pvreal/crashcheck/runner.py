@@ -226,11 +226,16 @@ class KindRun:
             running=result["running"],
             pv_rev=result["pv_rev"],
             pv_try=result["pv_try"],
-            unbootable=lambda r: unbootable(storage, r),
+            unbootable=lambda r: unbootable(storage, r) if r in (self.old, rev) else torn_name(r),
             record=record,
             written_failure=written_failure,
         )
         return RunResult(outcome, violations + found, steps, tearable, record)
+
+
+def torn_name(rev: str) -> str:
+    """An env naming a revision that never existed: only a torn in-place write leaves one."""
+    return f"named by a torn write: no revision {rev!r} was ever installed"
 
 
 def _last_line(text: str) -> str:

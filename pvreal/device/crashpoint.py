@@ -69,18 +69,24 @@ class CrashPlan:
 
 @contextlib.contextmanager
 def first_write_cut_short() -> Iterator[None]:
-    """The first in-place write (`os.pwrite`, as pvreal.durable.write_in_place does it) writes
-    half its bytes, syncs them and the process dies: a write torn by a power cut. A write by temp
-    file and rename cannot tear; it completes, and the caller dies after it."""
+    """The first in-place write (`os.pwrite`, as pvreal.durable.write_in_place does it) stops
+    half-way through the bytes it changes, syncs them, and the process dies: a write torn by a
+    power cut. (Half of the whole block would often change nothing: a 1 KiB uboot.txt is mostly
+    padding.) A write by temp file and rename cannot tear; it completes, and the caller dies
+    after it."""
     real = os.pwrite
 
-    def half(fd: int, data: bytes | memoryview, offset: int) -> int:
-        real(fd, bytes(data)[: max(1, len(data) // 2)], offset)
+    def torn(fd: int, data: bytes | memoryview, offset: int) -> int:
+        new = bytes(data)
+        old = os.pread(fd, len(new), offset).ljust(len(new), b"\0")
+        changed = [i for i, (a, b) in enumerate(zip(old, new, strict=True)) if a != b]
+        cut = (changed[0] + changed[-1] + 1) // 2 if changed else len(new) // 2
+        real(fd, new[: max(1, cut)], offset)
         os.fsync(fd)
         die()
         return 0  # not reached
 
-    os.pwrite = half
+    os.pwrite = torn
     try:
         yield
     finally:
