@@ -87,7 +87,7 @@ class World:
         return heapq.heappop(self._heap)
 
 
-class _HeldReply(Future):  # type: ignore[type-arg]
+class _HeldReply(Future[Any]):
     """A pv-ctrl request's answer, handed over only once the engine thread has carried out
     everything that event led to. The real daemon answers as soon as the engine replies, so a
     request thread may run on (write a state, an object) while a GC or a progress write is still
