@@ -14,13 +14,15 @@ from pvreal.crashcheck.kinds import LEFT_OUT, kinds
 from pvreal.crashcheck.runner import crashcheck
 from shared.engine.config import Ordering
 from shared.engine.invariants import (
-    WINDOWS,
+    KIND_COLUMNS,
     CrashReport,
     as_expected,
     both_to_json,
-    by_window,
+    kind_rows,
+    shown_violations,
     summary_line,
-    window_of,
+    verdict_line,
+    window_rows,
 )
 from shared.errors import EXIT_INVALID, EXIT_OK
 
@@ -90,45 +92,24 @@ def handle(args: argparse.Namespace) -> int:
 
 
 def print_report(report: CrashReport, console: Console, *, every_violation: bool = True) -> None:
-    """pvsim crashcheck's table and summary line, for the real daemon."""
+    """pvsim crashcheck's table, violations and summary line, for the real daemon."""
     table = Table(title=f"pvreal crashcheck — ordering {report.ordering}, latch {report.latch}")
-    for column in ("kind", "durable steps", "crash points", "old", "new", "violations"):
-        table.add_column(column, justify="left" if column == "kind" else "right")
-    table.add_column("without a kill")
-    table.add_column("s", justify="right")
-    for k in report.kinds.values():
-        table.add_row(
-            k.kind, str(len(k.steps)), str(k.crash_points), str(k.outcomes.get("old", 0)),
-            str(k.outcomes.get("new", 0)),
-            f"[red]{len(k.violations)}[/red]" if k.violations else "0", k.reference,
-            f"{k.seconds:.2f}",
-        )
+    for column in KIND_COLUMNS:
+        table.add_column(column.replace("cut", "kill"), justify="left" if column in ("kind", "without a cut") else "right")
+    for *head, count, reference, seconds in kind_rows(report):
+        table.add_row(*head, f"[red]{count}[/red]" if count != "0" else "0", reference, seconds)
     console.print(table)
-    shown: set[str] = set()
-    for k in report.kinds.values():
-        for violation in k.violations:
-            window = window_of(violation)
-            if every_violation or window not in shown:
-                shown.add(window)
-                console.print(f"[red]{window} {k.kind}[/red]: {violation}", highlight=False)
+    for window, kind, violation in shown_violations(report, every=every_violation):
+        console.print(f"[red]{window} {kind}[/red]: {violation}", highlight=False)
     console.print(summary_line(report), highlight=False)
 
 
 def print_summary(reports: list[CrashReport], console: Console) -> None:
     table = Table(title="pvreal crashcheck — both orderings")
-    table.add_column("window")
-    table.add_column("C function")
-    for r in reports:
-        table.add_column(r.ordering, justify="right")
-    for w in WINDOWS:
-        table.add_row(f"{w.name} {w.title}", w.c_function, *(str(r.windows.get(w.name, 0)) for r in reports))
-    table.add_row("unnamed", "", *(str(r.windows.get("unnamed", 0)) for r in reports))
-    table.add_row("crash points", "", *(str(r.total_crash_points) for r in reports))
+    for column in ("window", "C function", *(r.ordering for r in reports)):
+        table.add_column(column, justify="left" if column in ("window", "C function") else "right")
+    for row in window_rows(reports):
+        table.add_row(*row)
     console.print(table)
     for r in reports:
-        verdict = "as expected" if as_expected(r) else "[red]NOT as expected[/red]"
-        console.print(
-            f"{r.ordering}: {r.total_crash_points} crash points, {r.violation_count} violations"
-            f"{by_window(r)} — {verdict}",
-            highlight=False,
-        )
+        console.print(verdict_line(r, "as expected", "[red]NOT as expected[/red]"), highlight=False)

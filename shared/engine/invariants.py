@@ -304,3 +304,57 @@ def summary_line(report: CrashReport) -> str:
         f"{report.ordering}: {report.total_crash_points} crash points, "
         f"{report.violation_count} violations{by_window(report)}, {report.seconds:.1f} s"
     )
+
+
+# ----------------------------------------------------------------------------- printed tables
+
+KIND_COLUMNS = ("kind", "durable steps", "crash points", "old", "new", "violations", "without a cut", "s")
+
+
+def kind_rows(report: CrashReport) -> list[tuple[str, ...]]:
+    """One row per kind, in KIND_COLUMNS' order (the violations as a count)."""
+    return [
+        (
+            k.kind,
+            str(len(k.steps)),
+            str(k.crash_points),
+            str(k.outcomes.get("old", 0)),
+            str(k.outcomes.get("new", 0)),
+            str(len(k.violations)),
+            k.reference,
+            f"{k.seconds:.2f}",
+        )
+        for k in report.kinds.values()
+    ]
+
+
+def shown_violations(report: CrashReport, *, every: bool) -> list[tuple[str, str, str]]:
+    """(window, kind, violation): every violation, or (`every` False) one per window."""
+    shown: list[tuple[str, str, str]] = []
+    seen: set[str] = set()
+    for k in report.kinds.values():
+        for violation in k.violations:
+            window = window_of(violation)
+            if every or window not in seen:
+                seen.add(window)
+                shown.append((window, k.kind, violation))
+    return shown
+
+
+def window_rows(reports: list[CrashReport]) -> list[tuple[str, ...]]:
+    """Both orderings side by side: violations per window, then the crash points."""
+    rows = [
+        (f"{w.name} {w.title}", w.c_function, *(str(r.windows.get(w.name, 0)) for r in reports))
+        for w in WINDOWS
+    ]
+    rows.append(("unnamed", "", *(str(r.windows.get(UNNAMED, 0)) for r in reports)))
+    rows.append(("crash points", "", *(str(r.total_crash_points) for r in reports)))
+    return rows
+
+
+def verdict_line(report: CrashReport, as_expected_text: str, not_expected_text: str) -> str:
+    verdict = as_expected_text if as_expected(report) else not_expected_text
+    return (
+        f"{report.ordering}: {report.total_crash_points} crash points, {report.violation_count} "
+        f"violations{by_window(report)} — {verdict}"
+    )
