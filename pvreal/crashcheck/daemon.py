@@ -109,7 +109,8 @@ class _HeldReply(Future[Any]):
 
 
 class CrashDaemon:
-    """The real Device, driven synchronously (see the module docstring)."""
+    """The real Device, driven synchronously (see the module docstring). Meant for a process of
+    its own (`runner` forks one per daemon run): it sets the daemon module's clock."""
 
     def __init__(self, storage: Path, run_dir: Path, kind: RealKind | None, ordering: str):
         self.kind = kind
