@@ -305,18 +305,30 @@ class Storage:
 
     # -- revisions ----------------------------------------------------------------------------
     def revisions(self) -> list[str]:
-        """Every revision that has a state JSON, local ones as `locals/<name>`."""
+        """Every revision that has a trail on disk, local ones as `locals/<name>`. A trail is
+        there once any of its files is: the state JSON, or only a progress record or a done
+        marker (a step refused before its state was written, a queued one), which GC removes
+        like any other trail."""
         found: list[str] = []
         if not self.trails_dir.is_dir():
             return found
         for name in sorted(os.listdir(self.trails_dir)):
             if name == "locals":
                 for local in sorted(os.listdir(self.trails_dir / "locals")):
-                    if (self.trails_dir / "locals" / local / ".pvr" / "json").is_file():
+                    if self._has_trail(self.trails_dir / "locals" / local):
                         found.append(LOCAL_PREFIX + local)
-            elif name != "current" and (self.trails_dir / name / ".pvr" / "json").is_file():
+            elif name != "current" and self._has_trail(self.trails_dir / name):
                 found.append(name)
         return found
+
+    @staticmethod
+    def _has_trail(trail: Path) -> bool:
+        if trail.is_symlink():
+            return False
+        return any((trail / f).is_file() for f in (".pvr/json", ".pv/progress", ".pv/done"))
+
+    def has_state(self, rev: str) -> bool:
+        return self.state_path(rev).is_file()
 
     def write_state(self, rev: str, state: Mapping[str, Any]) -> None:
         """trails/<rev>/.pvr/json (canonical) and .pvr/config, each durably."""
@@ -499,7 +511,8 @@ class Storage:
         report = CheckReport()
         report.partial_objects = self.objects.partial_names()
         whole_pool = revs is None
-        revs = self.revisions() if whole_pool else list(revs)
+        # a trail that is only a progress record has nothing checked out to compare
+        revs = [r for r in self.revisions() if self.has_state(r)] if whole_pool else list(revs)
         if whole_pool:
             to_hash = self.objects.names()
         else:

@@ -1,85 +1,21 @@
 """The update kinds `pvsim crashcheck` runs: small revisions, what goes wrong in each kind
 (`Behaviour`), the settled device each run starts from, and the person at pv-ctrl for the kinds
-that need one. The runner and the invariants are in `pvsim.crashcheck`.
+that need one. The runner is `pvsim.crashcheck`; the revisions and the invariants are shared
+(`shared.crashrevisions`, `shared.engine.invariants`) with `pvreal crashcheck`.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cache
-from typing import Any
 
 from pvsim.memdevice import Behaviour, MemDevice, MemDisk
+from shared.crashrevisions import build_state  # the revisions are pvreal crashcheck's too
 from shared.engine.config import Config
 from shared.engine.events import CtrlCommand, Event, LocalStepStarted, LocalStepUploaded, TrailView
+from shared.engine.invariants import NEW, OLD
 from shared.engine.progress import Msg, Progress, Status
-from shared.state import State, parse_state
-
-OLD, NEW = "old", "new"
-
-# ----------------------------------------------------------------------------- revisions
-
-
-def _sha(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _container(name: str, group: str, policy: str, goal: str | None = None) -> dict[str, Any]:
-    run: dict[str, Any] = {
-        "#spec": "service-manifest-run@1",
-        "config": "lxc.container.conf",
-        "drivers": {"manual": [], "optional": [], "required": []},
-        "group": group,
-        "name": name,
-        "restart_policy": policy,
-        "root-volume": "root.squashfs",
-        "storage": {"lxc-overlay": {"persistence": "boot"}},
-        "type": "lxc",
-        "volumes": [],
-    }
-    if goal:
-        run["status_goal"] = goal
-    return run
-
-
-@cache
-def build_state(kernel: str = "k1", app: str = "a1", sysc: str = "s1", app_goal: str = "") -> State:
-    """A small revision: BSP, a system-policy container `sysc`, an app container `app`."""
-    groups = [
-        {"name": "data", "status_goal": "MOUNTED", "restart_policy": "system", "timeout": 30},
-        {"name": "root", "status_goal": "STARTED", "restart_policy": "system", "timeout": 30},
-        {"name": "platform", "status_goal": "STARTED", "restart_policy": "system", "timeout": 30},
-        {
-            "name": "app",
-            "status_goal": "STARTED",
-            "restart_policy": "container",
-            "timeout": 60,
-            "auto_recovery": {
-                "policy": "on-failure",
-                "max_retries": 3,
-                "retry_delay": 5,
-                "backoff_factor": 2.0,
-                "stable_timeout": 30,
-            },
-        },
-    ]
-    doc: dict[str, Any] = {
-        "#spec": "pantavisor-service-system@1",
-        "bsp/run.json": {"linux": "kernel.img", "initrd": "pantavisor", "addons": []},
-        "bsp/kernel.img": _sha("kernel " + kernel),
-        "bsp/pantavisor": _sha("pantavisor " + kernel),
-        "device.json": {"groups": groups},
-        "sysc/run.json": _container("sysc", "platform", "system"),
-        "sysc/root.squashfs": _sha("sysc " + sysc),
-        "sysc/lxc.container.conf": _sha("sysc conf"),
-        "app/run.json": _container("app", "app", "container", app_goal or None),
-        "app/root.squashfs": _sha("app " + app),
-        "app/lxc.container.conf": _sha("app conf"),
-    }
-    return parse_state(doc, source=f"crashcheck revision ({kernel}, {app}, {sysc})")
-
+from shared.state import State
 
 # ----------------------------------------------------------------------------- kinds
 

@@ -24,20 +24,13 @@ from shared.engine.commands import (
     CancelTimer,
     Command,
     CtrlReply,
-    DeleteRevision,
     FetchMetadata,
     FetchObject,
-    LinkObjects,
-    PersistProgress,
     Reboot,
     ReportProgress,
-    RunGc,
-    SetBootEnv,
     StartContainers,
     StopContainers,
     SwitchRevision,
-    WriteDoneMarker,
-    WriteTrail,
 )
 from shared.engine.config import Config
 from shared.engine.driver import StartOutcome, TimerGenerations, container_events
@@ -56,6 +49,8 @@ from shared.engine.events import (
     TimerFired,
     TrailView,
 )
+from shared.engine.invariants import CutPoint
+from shared.engine.invariants import describe_step as describe
 from shared.engine.progress import PENDING_STATUSES, Progress
 from shared.engine.updater import Phase, Updater
 from shared.state import State
@@ -121,12 +116,6 @@ class HubStep:
 
 class PowerCut(Exception):
     """Raised inside `execute` when the configured cut point is reached."""
-
-
-@dataclass(frozen=True, slots=True)
-class CutPoint:
-    step: int  # index of the durable step (counted from the start of the run)
-    torn: bool = False  # cut inside the step instead of before it
 
 
 class BootFailure(Exception):
@@ -389,28 +378,3 @@ class _Armed(Event):
 @dataclass(frozen=True, slots=True)
 class HubTick(Event):
     """The Hub client's periodic request while an update is being tested."""
-
-
-def describe(command: Command) -> str:
-    """A short readable name for a durable step."""
-    match command:
-        case PersistProgress(rev=rev, record=r):
-            return f"progress {rev} {r.status.value} '{r.status_msg}'"
-        case SetBootEnv(pv_rev=pv_rev, pv_try=pv_try, redundant=redundant):
-            parts = [
-                f"{k}={v or '(unset)'}"
-                for k, v in (("pv_rev", pv_rev), ("pv_try", pv_try))
-                if v is not None
-            ]
-            return "env " + " ".join(parts) + (" (redundant)" if redundant else " (in place)")
-        case WriteTrail(rev=rev):
-            return f"trail {rev} .pvr/json"
-        case LinkObjects(rev=rev):
-            return f"link objects into trail {rev}"
-        case WriteDoneMarker(rev=rev):
-            return f"done marker {rev}"
-        case DeleteRevision(rev=rev):
-            return f"delete revision {rev}"
-        case RunGc(reason=reason):
-            return f"gc ({reason})"
-    return type(command).__name__

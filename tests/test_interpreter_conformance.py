@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Protocol
 
 import pytest
 
+from pvreal.crashcheck.standins import MountsOnPaper, NoRunc
 from pvreal.device.clock import Timers
 from pvreal.device.containers import ContainerRunner
 from pvreal.device.executor import Executor
 from pvreal.device.latch import boot_files, set_env
-from pvreal.runc import StopResult
 from pvreal.storage import Storage
 from pvsim.device import DeviceRun
 from pvsim.memdevice import Behaviour, MemDevice, MemDisk
@@ -115,6 +114,16 @@ SCRIPT: list[C.Command | str] = [
     PASS_TIME,
 ]
 
+# Progress records for revisions whose state JSON was never written (a queued step, a step refused
+# for its signature or format): they are on the disk like any trail, and GC removes them.
+RECORDS_ONLY: list[C.Command | str] = [
+    C.PersistProgress("3", Progress.make(Status.QUEUED, Msg.retried(1, 10))),
+    C.PersistProgress("4", Progress.make(Status.WONTGO, Msg.SIG_FAILED)),
+    C.PersistProgress("locals/bad", Progress.make(Status.WONTGO, Msg.BAD_FORMAT)),
+    C.RunGc(frozenset({"0", "4"})),
+]
+SCRIPTS = {"update": SCRIPT, "records only": RECORDS_ONLY}
+
 
 # ----------------------------------------------------------------------------- the backends
 
@@ -175,40 +184,6 @@ class FleetModel:
     def disk(self) -> tuple[Any, ...]:
         d = self.brain.disk
         return _disk(d.pv_rev, d.pv_try, d.trails, d.objects)
-
-
-class MountsOnPaper:
-    """pvreal.mounts.MountOps that mounts nothing (as tests/test_real_runtime_plan.py does)."""
-
-    def mount(self, source: str, target: Path, fstype: str | None, flags: int, data: str) -> None:
-        pass
-
-    def loop_mount(self, image: Path, target: Path, fstype: str) -> None:
-        pass
-
-    def umount(self, target: Path, *, lazy: bool = False) -> None:
-        pass
-
-
-class NoRunc:
-    """pvreal.runc.Runc's interface, running nothing: every init stays up."""
-
-    def __init__(self) -> None:
-        self.started: dict[str, Any] = {}
-
-    def create(self, cid: str, bundle: Path, *, console_log: Path | None = None) -> Any:
-        self.started[cid] = init = SimpleNamespace(pid=0, alive=lambda: True)
-        return init
-
-    def start(self, cid: str) -> None:
-        pass
-
-    def stop(self, cid: str, *, grace: float) -> StopResult:
-        self.started.pop(cid, None)
-        return StopResult("exited", 0.0)
-
-    def delete(self, cid: str, *, force: bool = False) -> None:
-        self.started.pop(cid, None)
 
 
 class RealExecutor:
@@ -277,9 +252,9 @@ def _normal(command: C.Command | str, events: list[E.Event]) -> list[Any]:
     return out
 
 
-def transcript(backend: Backend) -> tuple[list[Any], tuple[Any, ...]]:
+def transcript(backend: Backend, script: list[C.Command | str]) -> tuple[list[Any], tuple[Any, ...]]:
     answers = []
-    for step in SCRIPT:
+    for step in script:
         if step == PASS_TIME:
             answers.append((step, _normal(step, backend.pass_time())))
         else:
@@ -288,18 +263,19 @@ def transcript(backend: Backend) -> tuple[list[Any], tuple[Any, ...]]:
     return answers, backend.disk()
 
 
-@pytest.fixture(name="transcripts")
-def transcripts_fixture(tmp_path: Path) -> dict[str, tuple[list[Any], tuple[Any, ...]]]:
+@pytest.fixture(name="transcripts", params=list(SCRIPTS))
+def transcripts_fixture(request, tmp_path: Path) -> dict[str, tuple[list[Any], tuple[Any, ...]]]:
+    script = SCRIPTS[request.param]
     return {
-        "crashcheck device": transcript(Crashcheck()),
-        "fleet model": transcript(FleetModel()),
-        "real executor": transcript(RealExecutor(tmp_path)),
+        "crashcheck device": transcript(Crashcheck(), script),
+        "fleet model": transcript(FleetModel(), script),
+        "real executor": transcript(RealExecutor(tmp_path), script),
     }
 
 
-def test_the_script_means_what_it_says(transcripts):
+def test_the_script_means_what_it_says(tmp_path: Path):
     """The expected answers, spelt out once (so that three equal wrong transcripts fail too)."""
-    answers, disk = transcripts["crashcheck device"]
+    answers, disk = transcript(Crashcheck(), SCRIPT)
     by_step = dict(enumerate(answers))
     start = by_step[4][1]
     assert start == [
@@ -329,9 +305,22 @@ def test_backends_answer_and_store_alike(transcripts, backend):
     assert disk == reference_disk
 
 
-def test_answers_are_the_ones_the_contract_allows(transcripts):
+def test_records_without_a_state_are_on_every_disk(tmp_path: Path):
+    """A progress record alone makes a trail: the real disk lists it and real GC removes it."""
+    real = RealExecutor(tmp_path)
+    answers, disk = transcript(real, RECORDS_ONLY)
+    unlinked = NEW.object_shas() - OLD.object_shas()  # in the pool, linked by no trail
+    assert answers[-1][1] == [("GcDone", frozenset({"3", "locals/bad"}), unlinked)]
+    _, _, trails, _ = disk
+    assert trails["4"] == (None, Progress.make(Status.WONTGO, Msg.SIG_FAILED), False)
+    assert set(trails) == {"0", "4"}
+    assert not real.storage.trail_dir("3").exists()
+
+
+def test_answers_are_the_ones_the_contract_allows(transcripts, request):
+    script = SCRIPTS[request.node.callspec.params["transcripts"]]
     for answers, _ in transcripts.values():
-        for (step, events), command in zip(answers, SCRIPT, strict=True):
+        for (step, events), command in zip(answers, script, strict=True):
             if isinstance(command, C.Command):
                 allowed = ANSWERS[type(command)]
                 assert all(type(e) in allowed or isinstance(e, tuple) for e in events), step

@@ -38,6 +38,7 @@ GROUPS = (
     "pvreal.cli.qemu",
     "pvreal.cli.bench",
     "pvreal.cli.hub",
+    "pvreal.cli.crashcheck",
 )
 
 

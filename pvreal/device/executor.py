@@ -9,12 +9,14 @@ its control socket): they are dropped, and the engine never asks for them in loc
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
 
 from pvreal.device.clock import Timers
 from pvreal.device.containers import ContainerRunner
+from pvreal.device.crashpoint import CrashPlan, die, first_write_cut_short
 from pvreal.device.latch import BootFiles, set_env
 from pvreal.device.secureboot import valid_pool
 from pvreal.storage import Storage
@@ -44,9 +46,10 @@ from shared.engine.events import (
     StorageStats,
     TrailView,
 )
+from shared.engine.gc import GcPlan
 from shared.engine.progress import Msg, Progress
 from shared.errors import PvError
-from shared.state import State, parse_state
+from shared.state import State, is_sha256, parse_state
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +71,7 @@ class Executor:
         self.runner = runner
         self.config = config
         self._states: dict[str, State] = {}
+        self.crash = CrashPlan.from_env()  # `pvreal crashcheck`'s injected exits (crashpoint.py)
         self._handlers: dict[type, Callable[[Command], list[Event]]] = {
             PersistProgress: self._persist_progress,
             WriteTrail: self._write_trail,
@@ -84,6 +88,9 @@ class Executor:
         }
 
     def execute(self, command: Command) -> list[Event]:
+        if command.durable and self.crash.armed and self.crash.before(command):
+            self._tear(command)
+            die()
         handler = self._handlers.get(type(command))
         if handler is None:
             log.debug("no effect here: %r", command)
@@ -177,6 +184,27 @@ class Executor:
                 frozenset(result.removed_revisions),
             )
         ]
+
+    def _tear(self, command: Command) -> None:
+        """Part of a tearable command, as a power cut inside it leaves it (shared.engine.driver
+        D1): an env write torn half-way, half of a trail's objects linked, a GC's trails deleted
+        but not yet its objects."""
+        if isinstance(command, SetBootEnv):
+            with first_write_cut_short():
+                self._set_boot_env(command)
+        elif isinstance(command, LinkObjects):
+            objects = [key for key, value in command.state.entries.items() if is_sha256(value)]
+            linked = set(objects[: len(objects) // 2])
+            part = {
+                key: value
+                for key, value in command.state.entries.items()
+                if key in linked or not is_sha256(value)
+            }
+            with contextlib.suppress(PvError, OSError):  # as _link_objects: no completeness check
+                self.storage.link_trail(command.rev, part)
+        elif isinstance(command, RunGc):
+            plan = self.storage.plan_gc(command.keep_revisions, command.keep_objects)
+            self.storage.run_gc(GcPlan(plan.revisions, ()))
 
     # ------------------------------------------------------------------ the rest
 

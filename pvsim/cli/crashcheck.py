@@ -9,16 +9,16 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from pvsim.crashcheck import (
-    WINDOWS,
-    CrashReport,
-    as_expected,
-    both_to_json,
-    crashcheck,
-    kinds,
-    window_of,
-)
+from pvsim.crashcheck import CrashReport, as_expected, both_to_json, crashcheck, kinds
 from shared.engine.config import BootLatch, Config, Ordering
+from shared.engine.invariants import (
+    KIND_COLUMNS,
+    kind_rows,
+    shown_violations,
+    summary_line,
+    verdict_line,
+    window_rows,
+)
 from shared.errors import EXIT_INVALID, EXIT_OK, PvError
 
 
@@ -91,45 +91,14 @@ def print_report(report: CrashReport, console: Console, *, every_violation: bool
     """The table of one ordering; every violation with its window, or (`every_violation`
     False) one example of each window."""
     table = Table(title=f"crashcheck — ordering {report.ordering}, latch {report.latch}")
-    table.add_column("kind")
-    table.add_column("durable steps", justify="right")
-    table.add_column("crash points", justify="right")
-    table.add_column("old", justify="right")
-    table.add_column("new", justify="right")
-    table.add_column("violations", justify="right")
-    table.add_column("without a cut")
-    table.add_column("s", justify="right")
-    for k in report.kinds.values():
-        table.add_row(
-            k.kind,
-            str(len(k.steps)),
-            str(k.crash_points),
-            str(k.outcomes.get("old", 0)),
-            str(k.outcomes.get("new", 0)),
-            f"[red]{len(k.violations)}[/red]" if k.violations else "0",
-            k.reference,
-            f"{k.seconds:.2f}",
-        )
+    for column in KIND_COLUMNS:
+        table.add_column(column, justify="left" if column in ("kind", "without a cut") else "right")
+    for *head, count, reference, seconds in kind_rows(report):
+        table.add_row(*head, f"[red]{count}[/red]" if count != "0" else "0", reference, seconds)
     console.print(table)
-    shown: set[str] = set()
-    for k in report.kinds.values():
-        for violation in k.violations:
-            window = window_of(violation)
-            if every_violation or window not in shown:
-                shown.add(window)
-                console.print(f"[red]{window} {k.kind}[/red]: {violation}", highlight=False)
-    console.print(
-        f"{report.ordering}: {report.total_crash_points} crash points, "
-        f"{report.violation_count} violations{_by_window(report)}, {report.seconds:.1f} s",
-        highlight=False,
-    )
-
-
-def _by_window(report: CrashReport) -> str:
-    counts = report.windows
-    if not counts:
-        return ""
-    return " (" + ", ".join(f"{name} {n}" for name, n in sorted(counts.items())) + ")"
+    for window, kind, violation in shown_violations(report, every=every_violation):
+        console.print(f"[red]{window} {kind}[/red]: {violation}", highlight=False)
+    console.print(summary_line(report), highlight=False)
 
 
 def print_summary(reports: list[CrashReport], console: Console) -> None:
@@ -139,15 +108,8 @@ def print_summary(reports: list[CrashReport], console: Console) -> None:
     table.add_column("C function")
     for r in reports:
         table.add_column(r.ordering, justify="right")
-    for w in WINDOWS:
-        table.add_row(f"{w.name} {w.title}", w.c_function, *(str(r.windows.get(w.name, 0)) for r in reports))
-    table.add_row("unnamed", "", *(str(r.windows.get("unnamed", 0)) for r in reports))
-    table.add_row("crash points", "", *(str(r.total_crash_points) for r in reports))
+    for row in window_rows(reports):
+        table.add_row(*row)
     console.print(table)
     for r in reports:
-        verdict = "as expected" if as_expected(r) else "[red]NOT as expected[/red]"
-        console.print(
-            f"{r.ordering}: {r.total_crash_points} crash points, {r.violation_count} violations"
-            f"{_by_window(r)} — {verdict}",
-            highlight=False,
-        )
+        console.print(verdict_line(r, "as expected", "[red]NOT as expected[/red]"), highlight=False)

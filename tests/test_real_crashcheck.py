@@ -1,0 +1,121 @@
+"""`pvreal crashcheck`: the real daemon killed at every durable step of an update (an exit injected
+by PVTWIN_CRASH_AT_STEP), restarted on the same folder, and checked with pvsim's invariants.
+
+The full set (every kind, both orderings, both sweeps) takes minutes (docs/real-backend.md);
+here: the kill itself, a torn step, the invariants on a damaged folder, and a subset of kinds.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pvreal.cli import build_parser, run
+from pvreal.crashcheck.kinds import LEFT_OUT, kinds
+from pvreal.crashcheck.runner import KindRun, copy_folder, crashcheck, unbootable
+from pvreal.device.crashpoint import AT_STEP, KILLED, STEPS, TORN, CrashPlan
+from pvreal.storage import Storage
+from shared.engine import commands as C
+from shared.engine.config import Ordering
+from shared.engine.invariants import CutPoint
+from shared.engine.progress import Msg, Progress, Status
+
+
+@pytest.fixture(name="app_good")
+def app_good_fixture(tmp_path: Path) -> KindRun:
+    run = KindRun(kinds()["app-good"], "hardened", tmp_path / "app-good")
+    run.install_base()
+    return run
+
+
+def test_the_kinds_are_pvsims_own_or_said_to_be_left_out():
+    pvsim_kinds = {  # pvsim crashcheck --help, spelt out: pvreal may not import pvsim
+        "app-good", "app-crash", "app-never-ready", "bsp-good", "bsp-panic", "system-container",
+        "system-container-crash", "bad-signature", "corrupt-object", "hub-unreachable-testing",
+        "local-run-commit", "gc-during-update",
+    }
+    assert set(kinds()) | set(LEFT_OUT) == pvsim_kinds
+    assert not set(kinds()) & set(LEFT_OUT)
+
+
+def test_the_plan_is_read_from_the_environment(tmp_path: Path):
+    assert not CrashPlan.from_env({}).armed
+    plan = CrashPlan.from_env({AT_STEP: "3", TORN: "1", STEPS: str(tmp_path / "log")})
+    assert (plan.at, plan.torn, plan.steps_log) == (3, True, tmp_path / "log")
+    record = Progress.make(Status.NEW, Msg.NOT_INSTALLED)
+    assert plan.before(C.PersistProgress("x", record)) is False  # step 0 runs, and is logged
+    assert (tmp_path / "log").read_text() == "0\tprogress x NEW 'Update not yet installed'\n"
+
+
+def test_the_daemon_dies_right_before_its_nth_durable_step(app_good: KindRun):
+    ref = app_good.run_once()
+    assert len(ref.steps) > 5 and ref.outcome == "new"
+    folder = app_good.work / "fresh" / "storage"
+    copy_folder(app_good.base, folder)
+    log = app_good.work / "fresh" / "killed.log"
+    code, _ = app_good.daemon(folder, app_good.kind, {AT_STEP: "3", STEPS: str(log)})
+    assert code == KILLED
+    ran = zip(ref.tearable[:3], ref.steps[:3], strict=True)
+    assert log.read_text().splitlines() == [f"{int(t)}\t{s}" for t, s in ran]
+
+
+def test_a_replay_reaches_the_same_steps(app_good: KindRun):
+    """The enumeration relies on it: step N of a replay is step N of the reference."""
+    first, again = app_good.run_once(), app_good.run_once()
+    assert first.steps == again.steps and first.record == again.record
+
+
+def test_a_torn_link_leaves_part_of_the_trail_and_the_restart_repairs_it(app_good: KindRun):
+    ref = app_good.run_once()
+    link = ref.steps.index("link objects into trail locals/update")
+    assert ref.tearable[link]
+    folder = app_good.work / "fresh" / "storage"
+    copy_folder(app_good.base, folder)
+    code, _ = app_good.daemon(folder, app_good.kind, {AT_STEP: str(link), TORN: "1"})
+    assert code == KILLED
+    storage = Storage(folder)
+    assert unbootable(storage, "locals/update") == "objects not linked into its trail"
+    assert any((folder / "trails/locals/update").rglob("root.squashfs")) or any(
+        (folder / "trails/locals/update").rglob("lxc.container.conf")
+    )
+    result = app_good.run_once((CutPoint(link, torn=True),))
+    assert (result.outcome, result.violations) == ("new", [])
+
+
+def test_the_invariants_see_a_damaged_folder(app_good: KindRun):
+    """The checks can fail: a committed trail whose object is gone, or not linked, or missing."""
+    app_good.run_once()
+    storage = Storage(app_good.run_root / "storage")
+    assert unbootable(storage, "0") is None
+    (storage.trail_dir("0") / "app" / "root.squashfs").unlink()
+    assert unbootable(storage, "0") == "objects not linked into its trail"
+    sha = storage.read_state("0")["bsp/kernel.img"]
+    storage.objects.path(sha).unlink()
+    assert unbootable(storage, "0") == "objects missing from the pool"
+    storage.remove_revision("0")
+    assert unbootable(storage, "0") == "its trail is missing"
+    assert unbootable(storage, "") == "no revision set"
+
+
+@pytest.mark.parametrize("name", ["local-run-commit", "app-crash"])
+def test_every_step_of_a_kind_recovers(tmp_path: Path, name: str):
+    """The first sweep of two kinds: each step, each torn step, a restart once quiet."""
+    report = crashcheck(Ordering.HARDENED, [name], second_sweep=False, work=tmp_path).kinds[name]
+    assert report.violations == []
+    assert report.reference == f"{kinds()[name].expected} {kinds()[name].expected_status.value}"
+    tearable = sum(1 for s in report.steps if s.startswith(("env ", "link ", "gc ")))  # TEARABLE
+    assert report.crash_points == len(report.steps) + tearable + 1  # before, inside, once quiet
+
+
+def test_the_command_prints_pvsims_summary_and_json(tmp_path: Path, capsys):
+    out = tmp_path / "report.json"
+    argv = ["crashcheck", "--ordering", "hardened", "--kind", "app-never-ready",
+            "--no-second-sweep", "--json", str(out), "--work", str(tmp_path / "work")]
+    assert run(build_parser(), argv) == 0
+    doc = json.loads(out.read_text())
+    points = doc["total_crash_points"]
+    assert points > 10 and doc["violations"] == 0
+    assert doc["kinds"]["app-never-ready"]["reference"] == "old ERROR"
+    assert f"hardened: {points} crash points, 0 violations" in capsys.readouterr().out
