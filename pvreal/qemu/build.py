@@ -111,10 +111,12 @@ def build(
     fresh_disk: bool = False,
     repo: Path = REPO,
     device_disk: bool = True,
+    kernel_flavour: str = kernel_mod.DEFAULT_FLAVOUR,
 ) -> Image:
     """Build (or reuse) every artifact in `out`; each Artifact says where it came from.
 
-    `repo` is the folder holding `shared/` and `pvreal/` to put in the guest (this checkout).
+    `repo` is the folder holding `shared/` and `pvreal/` to put in the guest (this checkout);
+    `kernel_flavour` is "cloud" (fast) or "generic" (has the i6300esb driver), pvreal.qemu.kernel.
     """
     cache = cache or default_cache()
     out.mkdir(parents=True, exist_ok=True)
@@ -122,7 +124,7 @@ def build(
     env = dict(env or {"pv_rev": revisions[0]})
     with _locked(cache):
         started = time.monotonic()
-        kern = kernel_mod.fetch(cache)
+        kern = kernel_mod.fetch(cache, flavour=kernel_flavour)
         image = Image(out, kern.version)
         kernel_key = _key("kernel", kern.package)
         source = "downloaded" if kern.source == "downloaded" else "cache hit"

@@ -16,6 +16,8 @@ import signal
 import subprocess
 import threading
 import time
+import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,6 +89,8 @@ class QemuRun:
         self.returncode: int | None = None
         self.timed_out = False
         self.last_index = 0  # the console line the last wait_for matched
+        self.killed = False  # the host killed QEMU (the run's end or its timeout), not the guest
+        self.on_line: list[Callable[[ConsoleLine], None]] = []  # called by the reader, in order
         self._proc: subprocess.Popen[bytes] | None = None
         self._changed = threading.Condition()
         self._reader: threading.Thread | None = None
@@ -122,6 +126,11 @@ class QemuRun:
                 with self._changed:
                     self.lines.append(line)
                     self._changed.notify_all()
+                for listener in self.on_line:
+                    try:
+                        listener(line)
+                    except Exception:  # a listener's bug must not stop the console capture
+                        traceback.print_exc()
         self.returncode = self._proc.wait()
         with self._changed:
             self._changed.notify_all()
@@ -129,6 +138,10 @@ class QemuRun:
     def _expire(self) -> None:
         self.timed_out = True
         self.kill()
+
+    def elapsed(self) -> float:
+        """Seconds since QEMU started (the clock of ConsoleLine.t)."""
+        return round(time.monotonic() - self._start, 3)
 
     @property
     def running(self) -> bool:
@@ -176,6 +189,7 @@ class QemuRun:
     def kill(self) -> None:
         """Kill QEMU's whole process group (idempotent)."""
         if self._proc is not None and self._proc.poll() is None:
+            self.killed = True
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self._proc.pid, signal.SIGKILL)
             self._proc.wait()
