@@ -55,7 +55,10 @@ def qemu_argv(
 ) -> list[str]:
     """The QEMU command line: TCG (KVM is unusable here), GRUB as -kernel, the disk on virtio."""
     argv = [
-        QEMU, "-accel", "tcg", "-m", str(memory_mb), "-display", "none", "-monitor", "none",
+        # qemu64 + RDRAND: the kernel (RANDOM_TRUST_CPU) seeds its RNG at once; without it
+        # Python's start as PID 1 waits ~1 s under TCG for the jitter entropy (docs/qemu.md)
+        QEMU, "-accel", "tcg", "-cpu", "qemu64,+rdrand",
+        "-m", str(memory_mb), "-display", "none", "-monitor", "none",
         "-serial", "stdio", "-nic", "none", "-no-user-config",
         "-kernel", str(grub_lnx),
         "-drive", f"file={disk},if=virtio,format=raw" + (",readonly=on" if read_only else ""),
