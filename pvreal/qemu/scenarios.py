@@ -115,7 +115,7 @@ class Session:
         if event == "booted":
             print(f"{at} {timeline.render_boot(boot).rsplit(' -> ', 1)[0]}", flush=True)
         elif event == "up":
-            phases = ", ".join(f"{label.split(' (')[0]} {sec:.1f}" for label, sec in boot.breakdown())
+            phases = ", ".join(f"{name} {sec:.1f}" for name, sec in boot.breakdown(short=True))
             print(f"{at} boot {boot.index}: daemon up {boot.up_seconds()} s after the boot "
                   f"started ({phases})", flush=True)  # fmt: skip
         elif event == "event" and boot.events[-1].startswith(LIVE_EVENTS):
@@ -339,31 +339,30 @@ def hard_reset(s: Session, points: int = 5, seed: int = 1) -> None:
     keeps the new one.
 
     One update runs uncut first to measure, from the console, how long its stages take on this
-    host (TCG speed varies several times with load): LOCAL_RUN → the device's reboot, GRUB's
-    first attempt of the try → the commit. Each point then has an anchor (plan_reset_anchors)
-    and a random moment within it: before the try (0 to the reboot after LOCAL_RUN), in the try
-    (after GRUB latched it, before the commit) or after the commit (0-2 s after its grubenv
-    write). Where it really landed is read back from the console at the reset (`landing`)."""
+    host (TCG speed varies several times with load): LOCAL_RUN → GRUB's first attempt of the try
+    (the device's shutdown and GRUB), that first attempt → the commit. Each point then has an
+    anchor (plan_reset_anchors) and a random moment within it: before the try (from LOCAL_RUN,
+    before GRUB latched it), in the try (after GRUB latched it, before the commit) or after the
+    commit (0-2 s after its grubenv write). Where it really landed is read back from the console
+    at the reset (`landing`)."""
     assert s.revisions is not None and s.client is not None and s.vm is not None
     rng = random.Random(seed)
     s.wait_up()
     base = "locals/reset-baseline"
-    mark = len(s.vm.lines)
-    started = s.vm.elapsed()
-    s.push_and_run(base, s.revisions.bsp(s.running_state(), "pvtwin.point=b"))
-    s.vm.wait_for(r"PVTWIN DEVICE reboot", timeout=BOOT_TIMEOUT, start=mark)
-    reboot_t = s.vm.lines[s.vm.last_index].t
-    s.vm.wait_for(try_pattern(base), timeout=BOOT_TIMEOUT, start=s.vm.last_index)
+    s.client.push(base, s.revisions.bsp(s.running_state(), "pvtwin.point=b"), s.revisions.objects)
+    mark, started = len(s.vm.lines), s.vm.elapsed()
+    s.note(f"LOCAL_RUN {base}", status=s.client.command_retry("LOCAL_RUN", base).status)
+    s.vm.wait_for(try_pattern(base), timeout=BOOT_TIMEOUT, start=mark)
     try_t = s.vm.lines[s.vm.last_index].t
     s.vm.wait_for(commit_pattern(base), timeout=BOOT_TIMEOUT * 2, start=s.vm.last_index)
     commit_t = s.vm.lines[s.vm.last_index].t
     s.expect_status(base, ("DONE",))
     windows = {
-        BEFORE_TRY: max(reboot_t - started, 0.5),
+        BEFORE_TRY: max(try_t - started, 0.5),
         IN_TRY: max(commit_t - try_t, 0.5),
         AFTER_COMMIT: AFTER_COMMIT_SPREAD,
     }
-    s.note("baseline update", to_reboot=round(reboot_t - started, 1),
+    s.note("baseline update", to_try=round(try_t - started, 1),
            try_to_commit=round(commit_t - try_t, 1))  # fmt: skip
     for point, anchor in enumerate(plan_reset_anchors(points, seed)):
         old = s.wait_idle()["pv_rev"]

@@ -19,6 +19,7 @@ _ENDINGS = (  # (pattern, how the boot ended)
     (re.compile(r"PVTWIN REBOOT"), "reboot"),
     (re.compile(r"PVTWIN PANIC|Kernel panic"), "panic"),
     (re.compile(r"PVTWIN HANG"), "hang"),
+    (re.compile(r"PVGRUB: cannot boot"), "GRUB could not load it"),  # then GRUB resets
 )
 UNKNOWN_END = "reset"  # watchdog, or anything else the console does not say
 HOST_RESET = "reset (QMP)"  # the host's system_reset
@@ -37,17 +38,18 @@ _MARKS = (
     ("up", re.compile(r"PVTWIN DEVICE up")),
 )
 _GUEST_CLOCK = re.compile(r"^\[\s*(\d+\.\d+)\]|uptime=(\d+\.\d+)")
-# (label, from mark, to mark) for the breakdown; a phase whose marks are missing is left out.
+# (short name, label, from mark, to mark) for the breakdown; a phase whose marks are missing is
+# left out.
 PHASES = (
-    ("firmware (QEMU start or reset -> GRUB up)", "start", "grub"),
-    ("GRUB reads kernel + initramfs (int13)", "grub", "initrd_loaded"),
-    ("GRUB hand-over + kernel decompression", "initrd_loaded", "kernel"),
-    ("kernel: start -> initramfs unpacked", "kernel", "unpacked"),
-    ("kernel: unpacked -> /init (python) runs", "unpacked", "init"),
-    ("kernel: start -> /init (python) runs", "kernel", "init"),
-    ("PID 1: python start-up, modules, /storage", "init", "storage"),
-    ("daemon imports", "storage", "imported"),
-    ("daemon start -> device up", "imported", "up"),
+    ("firmware", "firmware (QEMU start or reset -> GRUB up)", "start", "grub"),
+    ("GRUB reads", "GRUB reads kernel + initramfs (BIOS int13)", "grub", "initrd_loaded"),
+    ("hand-over", "GRUB hand-over + kernel decompression", "initrd_loaded", "kernel"),
+    ("kernel+unpack", "kernel: start -> initramfs unpacked", "kernel", "unpacked"),
+    ("kernel->init", "kernel: unpacked -> /init (python) runs", "unpacked", "init"),
+    ("kernel", "kernel: start -> /init (python) runs", "kernel", "init"),
+    ("PID 1", "PID 1: python start-up, modules, /storage", "init", "storage"),
+    ("imports", "daemon imports", "storage", "imported"),
+    ("daemon", "daemon start -> device up", "imported", "up"),
 )
 
 
@@ -67,16 +69,14 @@ class Boot:
     def to_json(self) -> dict:
         return asdict(self)
 
-    def breakdown(self) -> list[tuple[str, float]]:
+    def breakdown(self, short: bool = False) -> list[tuple[str, float]]:
         """(phase, seconds) for the phases whose marks this boot has, in boot order."""
         rows = []
-        for label, start, end in PHASES:
+        for name, label, start, end in PHASES:
             if start in self.marks and end in self.marks:
                 if start == "kernel" and end == "init" and "unpacked" in self.marks:
                     continue  # shown as its two halves
-                if {start, end} & {"unpacked"} and "kernel" not in self.marks:
-                    continue
-                rows.append((label, round(self.marks[end] - self.marks[start], 2)))
+                rows.append((name if short else label, round(self.marks[end] - self.marks[start], 2)))
         return rows
 
     def up_seconds(self) -> float | None:
@@ -124,7 +124,7 @@ class Follower:
             boot.events.append(line.text[line.text.index("PVTWIN") :])
             self.on_boot("up" if "PVTWIN DEVICE up" in line.text else "event", boot)
         for pattern, ending in _ENDINGS:
-            if pattern.search(line.text):
+            if boot.index not in self._ended and pattern.search(line.text):
                 boot.ended = ending
                 if ending in ("poweroff", "reboot"):
                     self._end(boot)
