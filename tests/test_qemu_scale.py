@@ -215,3 +215,18 @@ def test_lz4_initramfs_uses_the_legacy_frame_the_kernel_unpacks(tmp_path: Path) 
     initramfs.write(plan, out, "none")
     assert out.read_bytes()[:6] == b"070701"
     assert io.BytesIO(out.read_bytes()).read(6) == b"070701"
+
+
+def test_status_probe_gives_up_on_a_forward_that_accepts_but_never_answers(monkeypatch) -> None:
+    """QEMU's hostfwd accepts at once while the guest is still booting: the probe must give up
+    after PROBE_TIMEOUT and let the caller poll again, not wait the client's long timeout."""
+    import socket
+
+    from pvreal.ctrl.client import CtrlError
+    from pvreal.qemu import control
+
+    monkeypatch.setattr(control, "PROBE_TIMEOUT", 0.2)
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        client = control.TcpCtrlClient(silent.getsockname()[1], timeout=3600)
+        with pytest.raises(CtrlError, match="timed out"):
+            client.probe_status()

@@ -157,12 +157,12 @@ class Session:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
-                status = self.client.status()
+                status = self.client.probe_status()
                 if status.get("booted") and status.get("update") is None:
                     return status
             except CtrlError:
                 pass
-            time.sleep(1.0)
+            time.sleep(0.5)
         raise ScenarioFailed(f"the device was not idle within {timeout} s", source="status")
 
     def push_and_run(self, rev: str, state: dict[str, Any], op: str = "LOCAL_RUN") -> None:
