@@ -19,7 +19,6 @@ from pvreal.ctrl.client import Answer, CtrlClient, CtrlError
 from pvreal.storage import ObjectStore, is_sha
 from shared import canonical
 
-
 PROBE_TIMEOUT = 3.0  # s, for polls while the guest may be rebooting (TcpCtrlClient.probe_status)
 
 
