@@ -42,7 +42,8 @@ def run_harness(image: Image, log: Path, *, timeout: float, watchdog: bool) -> H
                 code: int | None = vm.wait_exit(timeout=timeout + 5)
             except runner.QemuTimeout:
                 code = None
-    return HarnessRun(timeline.boots(vm.lines), code == 0 and not vm.timed_out, vm.timed_out)
+    boots = timeline.boots(vm.lines, killed=vm.killed)
+    return HarnessRun(boots, code == 0 and not vm.timed_out, vm.timed_out)
 
 
 def run_device(
