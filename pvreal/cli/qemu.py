@@ -65,8 +65,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Boot IMAGE/device.img (a copy: the image stays factory-fresh) with the real daemon "
             "as PID 1, wait for it to come up, push each --update through pv-ctrl (a loopback "
-            "port forwarded into the guest) and follow its progress, or run a --scenario; then "
-            "print the timeline of boots, statuses and the revision running. --harness boots "
+            "port forwarded into the guest) and follow its progress, or run a --scenario. Each "
+            "boot (GRUB's decision, the revision, where its time went, how it ended) and each "
+            "step is printed as it happens; a summary at the end. --harness boots "
             "IMAGE/storage.img with the boot chain test harness instead (until it powers off)."
         ),
     )
@@ -82,7 +83,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="an end-to-end scenario (repeatable, run in order in the same VM)",
     )  # fmt: skip
     boot.add_argument(
-        "--points", type=int, default=5, help="hard-reset: reset points to try (default: 5)"
+        "--points", type=int, default=5, help="hard-reset: reset points (anchored before the try, in the try or after the "
+        "commit, in turns shuffled by --seed; default: 5)",
     )
     boot.add_argument("--seed", type=int, default=1, help="hard-reset: random seed (default: 1)")
     boot.add_argument(
@@ -92,7 +94,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     boot.add_argument("--json", type=Path, help="write the timeline as JSON to this file")
     boot.add_argument(
-        "--watchdog", action="store_true", help="add an i6300esb watchdog that resets the VM"
+        "--watchdog", action="store_true", help="add QEMU's i6300esb watchdog device (driven by the generic kernel; the cloud "
+        "kernel's softdog needs no device)",
     )
     boot.add_argument("--harness", action="store_true", help="boot storage.img (test harness)")
     boot.add_argument("--log", type=Path, help="serial console log (default: IMAGE/console.log)")
