@@ -83,9 +83,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="an end-to-end scenario (repeatable, run in order in the same VM)",
     )  # fmt: skip
     boot.add_argument(
-        "--points", type=int, default=5, help="hard-reset: reset points (anchored before the try, in the try or after the "
+        "--points", type=int, default=5,
+        help="hard-reset: reset points (anchored before the try, in the try or after the "
         "commit, in turns shuffled by --seed; default: 5)",
-    )
+    )  # fmt: skip
     boot.add_argument("--seed", type=int, default=1, help="hard-reset: random seed (default: 1)")
     boot.add_argument(
         "--timeout", type=float, default=None,
@@ -94,9 +95,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     boot.add_argument("--json", type=Path, help="write the timeline as JSON to this file")
     boot.add_argument(
-        "--watchdog", action="store_true", help="add QEMU's i6300esb watchdog device (driven by the generic kernel; the cloud "
+        "--watchdog", action="store_true",
+        help="add QEMU's i6300esb watchdog device (driven by the generic kernel; the cloud "
         "kernel's softdog needs no device)",
-    )
+    )  # fmt: skip
     boot.add_argument("--harness", action="store_true", help="boot storage.img (test harness)")
     boot.add_argument("--log", type=Path, help="serial console log (default: IMAGE/console.log)")
     boot.set_defaults(func=_run)
