@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from pvreal.qemu import build, scenarios
+from pvreal.qemu import build, resetpoints, scenarios
 from pvreal.tools import ToolError
 
 pytestmark = [pytest.mark.qemu, pytest.mark.slow, pytest.mark.xdist_group("qemu-e2e")]
@@ -117,10 +117,10 @@ def test_hard_reset_at_random_points_of_a_reboot_update(
     assert len(settled) == 5
     # both branches of the update were cut: before GRUB latched the try, and after the commit
     # (which must have kept the new revision: checked per point in the scenario)
-    print(scenarios.reset_summary(session.reset_points))
-    assert {p["anchor"] for p in session.reset_points} == set(scenarios.RESET_ANCHORS)
+    print(resetpoints.reset_summary(session.reset_points))
+    assert {p["anchor"] for p in session.reset_points} == set(resetpoints.RESET_ANCHORS)
     landed = [p["landed"] for p in session.reset_points]
-    assert scenarios.AFTER_COMMIT in landed
+    assert resetpoints.AFTER_COMMIT in landed
     assert any(p["committed"] == "new" for p in session.reset_points)
     env = scenarios.read_grubenv(session)
     assert set(env) <= {"pv_rev", "pv_try"} and "pv_trying" not in env, env

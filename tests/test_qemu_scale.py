@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from pvreal.qemu import initramfs, runner, scenarios, timeline
+from pvreal.qemu import initramfs, resetpoints, runner, scenarios, timeline
+from pvreal.qemu.resetpoints import AFTER_COMMIT, BEFORE_TRY, IN_TRY
 from pvreal.qemu.runner import ConsoleLine
-from pvreal.qemu.scenarios import AFTER_COMMIT, BEFORE_TRY, IN_TRY
 
 REV = "locals/reset-7-0"
 
@@ -42,18 +42,18 @@ def _lines() -> list[ConsoleLine]:
 @pytest.mark.parametrize("points", [2, 3, 5, 20])
 def test_every_seed_puts_reset_points_before_the_try_and_after_the_commit(points: int) -> None:
     for seed in range(1, 60):
-        anchors = scenarios.plan_reset_anchors(points, seed)
+        anchors = resetpoints.plan_reset_anchors(points, seed)
         assert len(anchors) == points
         assert BEFORE_TRY in anchors and AFTER_COMMIT in anchors, (seed, anchors)
         if points >= 3:
             assert IN_TRY in anchors, (seed, anchors)
-        counts = [anchors.count(a) for a in scenarios.RESET_ANCHORS if a in anchors]
+        counts = [anchors.count(a) for a in resetpoints.RESET_ANCHORS if a in anchors]
         assert max(counts) - min(counts) <= 1  # spread evenly over the branches
 
 
 def test_reset_anchor_order_depends_on_the_seed_and_is_reproducible() -> None:
-    assert scenarios.plan_reset_anchors(6, 3) == scenarios.plan_reset_anchors(6, 3)
-    orders = {tuple(scenarios.plan_reset_anchors(6, seed)) for seed in range(20)}
+    assert resetpoints.plan_reset_anchors(6, 3) == resetpoints.plan_reset_anchors(6, 3)
+    orders = {tuple(resetpoints.plan_reset_anchors(6, seed)) for seed in range(20)}
     assert len(orders) > 1
 
 
@@ -61,21 +61,21 @@ def test_landing_is_read_from_the_console_lines_before_the_reset() -> None:
     latched = f"PVGRUB: first attempt of {REV}"
     trying = f"PVTWIN ENV pv_rev=0 pv_try={REV}"
     committed = f"PVTWIN ENV pv_rev={REV}"
-    assert scenarios.landing(["PVTWIN STATUS x", trying], REV) == BEFORE_TRY
-    assert scenarios.landing([trying, "PVTWIN DEVICE reboot: x", latched], REV) == IN_TRY
-    assert scenarios.landing([trying, latched, committed], REV) == AFTER_COMMIT
+    assert resetpoints.landing(["PVTWIN STATUS x", trying], REV) == BEFORE_TRY
+    assert resetpoints.landing([trying, "PVTWIN DEVICE reboot: x", latched], REV) == IN_TRY
+    assert resetpoints.landing([trying, latched, committed], REV) == AFTER_COMMIT
     # another revision's lines, or a commit that still names a try, do not count
-    assert scenarios.landing([f"PVGRUB: first attempt of {REV}9"], REV) == BEFORE_TRY
-    assert scenarios.landing([f"PVTWIN ENV pv_rev={REV} pv_try=other"], REV) == BEFORE_TRY
-    assert scenarios.landing([f"PVTWIN ENV pv_rev={REV} pv_trying={REV}"], REV) == AFTER_COMMIT
+    assert resetpoints.landing([f"PVGRUB: first attempt of {REV}9"], REV) == BEFORE_TRY
+    assert resetpoints.landing([f"PVTWIN ENV pv_rev={REV} pv_try=other"], REV) == BEFORE_TRY
+    assert resetpoints.landing([f"PVTWIN ENV pv_rev={REV} pv_trying={REV}"], REV) == AFTER_COMMIT
 
 
 def test_a_reset_after_the_commit_must_keep_the_new_revision() -> None:
-    assert scenarios.check_point(AFTER_COMMIT, REV, "0", REV) is None
-    assert "lost the commit" in (scenarios.check_point(AFTER_COMMIT, "0", "0", REV) or "")
+    assert resetpoints.check_point(AFTER_COMMIT, REV, "0", REV) is None
+    assert "lost the commit" in (resetpoints.check_point(AFTER_COMMIT, "0", "0", REV) or "")
     for where in (BEFORE_TRY, IN_TRY):  # pv_try may already be in the env: either is right
-        assert scenarios.check_point(where, "0", "0", REV) is None
-    assert "neither" in (scenarios.check_point(BEFORE_TRY, "locals/x", "0", REV) or "")
+        assert resetpoints.check_point(where, "0", "0", REV) is None
+    assert "neither" in (resetpoints.check_point(BEFORE_TRY, "locals/x", "0", REV) or "")
 
 
 def test_reset_summary_counts_landings_and_outcomes() -> None:
@@ -84,7 +84,7 @@ def test_reset_summary_counts_landings_and_outcomes() -> None:
         {"landed": AFTER_COMMIT, "committed": "new"},
         {"landed": AFTER_COMMIT, "committed": "new"},
     ]
-    assert scenarios.reset_summary(points) == {
+    assert resetpoints.reset_summary(points) == {
         "landed": {BEFORE_TRY: 1, IN_TRY: 0, AFTER_COMMIT: 2},
         "committed": {"old": 1, "new": 2},
     }

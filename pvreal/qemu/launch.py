@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pvreal.ctrl.client import FINAL
-from pvreal.qemu import runner, scenarios, timeline
+from pvreal.qemu import resetpoints, runner, scenarios, timeline
 from pvreal.qemu.build import Image
 from pvreal.qemu.factory import Revisions
 from pvreal.rev.build import load_state
@@ -93,7 +93,7 @@ def run_device(
             report["timeout"] = timeout
             if session.reset_points:
                 report["reset_points"] = session.reset_points
-                report["reset_summary"] = scenarios.reset_summary(session.reset_points)
+                report["reset_summary"] = resetpoints.reset_summary(session.reset_points)
             if (Path(scratch) / "console.log").exists():
                 shutil.copyfile(Path(scratch) / "console.log", log)
     return report, failure
