@@ -6,5 +6,7 @@
 - `disk`: the raw storage disk (MBR + one ext4 partition holding boot/grubenv and trails/<rev>/.pv/)
 - `build`: the cached, incremental build of all four; `runner` + `qmp`: boot them under a timeout
 - `guest_init`: PID 1 in the guest until pvreal.device exists (the boot chain test harness)
+- `timeline`: the console turned into boots, live or afterwards, with each boot's time breakdown
+- `scenarios` + `resetpoints`: end-to-end runs of the real device, hard-reset points
 See docs/qemu.md.
 """

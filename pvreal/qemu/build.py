@@ -2,7 +2,7 @@
 
 `build(out)` produces, in `out/`:
   pv-kernel.img   the Debian kernel (vmlinuz)           from the kernel package cache
-  pv-initrd.img   the Python initramfs (zstd or gzip)    rebuilt when any input file changes
+  pv-initrd.img   the Python initramfs (lz4 by default)  rebuilt when any input file changes
   grub.lnx        GRUB with the latch, for -kernel       rebuilt when the script or GRUB changes
   storage.img     the storage disk (grubenv + trails)    rebuilt when kernel/initrd/layout change
                   (boots the boot chain test harness)
@@ -111,10 +111,13 @@ def build(
     fresh_disk: bool = False,
     repo: Path = REPO,
     device_disk: bool = True,
+    kernel_flavour: str = kernel_mod.DEFAULT_FLAVOUR,
+    compression: str = initramfs.DEFAULT_COMPRESSION,
 ) -> Image:
     """Build (or reuse) every artifact in `out`; each Artifact says where it came from.
 
-    `repo` is the folder holding `shared/` and `pvreal/` to put in the guest (this checkout).
+    `repo` is the folder holding `shared/` and `pvreal/` to put in the guest (this checkout);
+    `kernel_flavour` is "cloud" (fast) or "generic" (has the i6300esb driver), pvreal.qemu.kernel.
     """
     cache = cache or default_cache()
     out.mkdir(parents=True, exist_ok=True)
@@ -122,7 +125,7 @@ def build(
     env = dict(env or {"pv_rev": revisions[0]})
     with _locked(cache):
         started = time.monotonic()
-        kern = kernel_mod.fetch(cache)
+        kern = kernel_mod.fetch(cache, flavour=kernel_flavour)
         image = Image(out, kern.version)
         kernel_key = _key("kernel", kern.package)
         source = "downloaded" if kern.source == "downloaded" else "cache hit"
@@ -132,10 +135,10 @@ def build(
 
         started = time.monotonic()
         plan = initramfs.plan(kern, repo, cache)
-        initrd_key = _key("initrd", kern.package, plan.fingerprint())
+        initrd_key = _key("initrd", kern.package, plan.fingerprint(), compression)
         source = "cache hit"
         if previous.get("initrd") != initrd_key or not image.initrd.exists():
-            initramfs.write(plan, image.initrd)
+            initramfs.write(plan, image.initrd, compression)
             source = "built"
         image.artifacts["initrd"] = _artifact("initrd", image.initrd, source, started, initrd_key)
 

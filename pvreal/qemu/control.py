@@ -19,6 +19,8 @@ from pvreal.ctrl.client import Answer, CtrlClient, CtrlError
 from pvreal.storage import ObjectStore, is_sha
 from shared import canonical
 
+PROBE_TIMEOUT = 3.0  # s, for polls while the guest may be rebooting (TcpCtrlClient.probe_status)
+
 
 def free_port() -> int:
     """A loopback TCP port that was free a moment ago (for QEMU's hostfwd)."""
@@ -37,13 +39,20 @@ class TcpCtrlClient(CtrlClient):
     def _connection(self) -> http.client.HTTPConnection:
         return http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout)
 
+    def probe_status(self) -> dict[str, Any]:
+        """/status with a short timeout: while the guest boots, QEMU's forward accepts the
+        connection at once and then waits for the guest's TCP stack (retransmits back off to
+        seconds), so a long timeout would sit out that backoff instead of trying again."""
+        probe = TcpCtrlClient(self.port, timeout=PROBE_TIMEOUT)
+        return probe.status()
+
     def wait_up(self, timeout: float) -> dict[str, Any]:
         """Poll /status until the device answers with a booted revision; its status."""
         deadline = time.monotonic() + timeout
         last: Exception | None = None
         while time.monotonic() < deadline:
             try:
-                status = self.status()
+                status = self.probe_status()
                 if status.get("booted"):
                     return status
             except CtrlError as exc:

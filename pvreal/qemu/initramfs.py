@@ -43,11 +43,13 @@ RUNTIME_MODULES = (
     "squashfs",
     "overlay",
     "dm_verity",
-    "i6300esb",
     "veth",
     "bridge",
     "virtio_net",
 )
+# The guest's watchdog driver: the first of these the kernel has (the cloud kernel has no i6300esb,
+# pvreal.qemu.kernel); pvtwin-modules.json names it for guest_init's `watchdog` action.
+WATCHDOG_MODULES = ("i6300esb", "softdog")
 
 # Every byte is read by GRUB through BIOS int13 and unpacked by the kernel at every boot under
 # TCG: what a device never imports stays out (interactive tools, databases, GUIs, test suites).
@@ -73,8 +75,10 @@ DEVICES = {  # name: (major, minor); Python as PID 1 dies without /dev/urandom (
 }  # fmt: skip
 
 INIT_SCRIPT = f"""#!/usr/bin/python3 -S
-# PID 1: hand over to pvreal.qemu.guest_init at once (see docs/qemu.md).
-import sys
+# PID 1: hand over to pvreal.qemu.guest_init at once (see docs/qemu.md). The first line is the
+# boot-time breakdown's "Python started" mark (CLOCK_BOOTTIME = /proc/uptime, not mounted yet).
+import sys, time
+print(f"PVTWIN INIT uptime={{time.clock_gettime(time.CLOCK_BOOTTIME):.2f}}", flush=True)
 sys.path.insert(0, "{GUEST_PYTHON_PATH}")
 from pvreal.qemu.guest_init import main
 main()
@@ -274,7 +278,9 @@ def _add_shared_libraries(result: Plan, binaries: Iterable[Path]) -> None:
 
 
 def _add_modules(result: Plan, kern: kernel_mod.Kernel) -> None:
-    names = [*BOOT_MODULES, *RUNTIME_MODULES]
+    available = kernel_mod.module_index(kern.modules_dir)
+    watchdog = next((m for m in WATCHDOG_MODULES if m in available), "")
+    names = [*BOOT_MODULES, *RUNTIME_MODULES, *([watchdog] if watchdog else [])]
     order = kernel_mod.load_order(names, kern.modules_dir)
     table = {}
     for ko in order:
@@ -282,14 +288,28 @@ def _add_modules(result: Plan, kern: kernel_mod.Kernel) -> None:
         name = kernel_mod.module_name(ko.name)
         table[name] = {"path": str(relative), "depends": kernel_mod.module_depends(ko)}
         result.files[f"lib/modules/{kern.version}/{relative}"] = ko
-    index = {"version": kern.version, "boot": list(BOOT_MODULES), "modules": table}
+    index = {
+        "version": kern.version, "boot": list(BOOT_MODULES), "watchdog": watchdog, "modules": table,
+    }  # fmt: skip
     result.generated[f"lib/modules/{kern.version}/pvtwin-modules.json"] = json.dumps(
         index, indent=1, sort_keys=True
     ).encode()
 
 
-def write(result: Plan, out: Path) -> None:
-    """Write the archive to `out`, zstd-compressed when zstd is installed, else gzip."""
+# How the archive is compressed (the kernel has all of these built in: CONFIG_RD_*). The host
+# tool, then the command; "gzip" and "none" need no tool.
+COMPRESSORS = {
+    "zstd": ("zstd", ["-12", "-T0", "-q", "-c"]),
+    "lz4": ("lz4", ["-l", "-9", "-q", "-c"]),  # -l: the legacy frame the kernel unpacks
+    "gzip": ("", []),
+    "none": ("", []),
+}
+DEFAULT_COMPRESSION = "lz4"  # measured fastest overall under TCG (docs/qemu.md, "Boot time")
+
+
+def write(result: Plan, out: Path, compression: str = DEFAULT_COMPRESSION) -> None:
+    """Write the archive to `out`, compressed with `compression` (COMPRESSORS; gzip when its
+    tool is missing)."""
     raw = io.BytesIO()
     archive = CpioWriter(raw)
     for directory in sorted(result.directories):
@@ -304,13 +324,13 @@ def write(result: Plan, out: Path) -> None:
         archive.symlink(dest, result.symlinks[dest])
     archive.close()
     tmp = out.with_name(out.name + ".tmp")
-    zstd = shutil.which("zstd")
-    if zstd:
+    tool, options = COMPRESSORS[compression]
+    found = shutil.which(tool) if tool else None
+    if found:
         with tmp.open("wb") as sink:
-            # -12: smaller costs ~2 s once here, and saves int13 reads under TCG at every boot.
-            subprocess.run(
-                [zstd, "-12", "-T0", "-q", "-c"], input=raw.getvalue(), stdout=sink, check=True
-            )
+            subprocess.run([found, *options], input=raw.getvalue(), stdout=sink, check=True)
+    elif compression == "none":
+        tmp.write_bytes(raw.getvalue())
     else:
         tmp.write_bytes(gzip.compress(raw.getvalue(), compresslevel=3))
     tmp.replace(out)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pvreal.ctrl.client import FINAL
-from pvreal.qemu import runner, scenarios, timeline
+from pvreal.qemu import resetpoints, runner, scenarios, timeline
 from pvreal.qemu.build import Image
 from pvreal.qemu.factory import Revisions
 from pvreal.rev.build import load_state
@@ -42,7 +42,8 @@ def run_harness(image: Image, log: Path, *, timeout: float, watchdog: bool) -> H
                 code: int | None = vm.wait_exit(timeout=timeout + 5)
             except runner.QemuTimeout:
                 code = None
-    return HarnessRun(timeline.boots(vm.lines), code == 0 and not vm.timed_out, vm.timed_out)
+    boots = timeline.boots(vm.lines, killed=vm.killed)
+    return HarnessRun(boots, code == 0 and not vm.timed_out, vm.timed_out)
 
 
 def run_device(
@@ -53,16 +54,20 @@ def run_device(
     scenario_names: Sequence[str] = (),
     points: int = 5,
     seed: int = 1,
-    timeout: float = 900.0,
+    timeout: float | None = None,
     watchdog: bool = False,
+    live: bool = True,
 ) -> tuple[dict[str, Any], str | None]:
-    """The session's report (boots and steps) and the failure that ended it, if any; the serial
-    console is copied to `log` either way."""
+    """The session's report (boots, steps, reset points) and the failure that ended it, if any;
+    the serial console is copied to `log` either way. `timeout` None: grows with hard-reset's
+    points (scenarios.run_timeout). `live`: print each boot and step as it happens."""
     if not image.device_disk.exists():
         raise PvError("no device.img; rebuild with `pvreal qemu build`", source=str(image.out))
+    if timeout is None:
+        timeout = scenarios.run_timeout(scenario_names, points)
     with tempfile.TemporaryDirectory(prefix="pvtwin-qemu-run-") as scratch:
         session = scenarios.Session(
-            image, Path(scratch), timeout=timeout,
+            image, Path(scratch), timeout=timeout, live=live,
             watchdog=watchdog or any(n in scenarios.NEEDS_WATCHDOG for n in scenario_names),
         )  # fmt: skip
         failure: str | None = None
@@ -79,11 +84,16 @@ def run_device(
                     session.note(f"scenario {name} passed")
                 status = session.wait_idle()
                 session.note("final", running=status["running"], pv_rev=status["pv_rev"])
-                report = session.report()
         except PvError as error:
             failure = str(error)
-            report = session.report()
         finally:
+            # after QEMU is gone: the last boot is then labelled as killed by the host
+            report = session.report() if session.vm is not None else {"boots": [], "steps": []}
+            report["timed_out"] = bool(session.vm and session.vm.timed_out)
+            report["timeout"] = timeout
+            if session.reset_points:
+                report["reset_points"] = session.reset_points
+                report["reset_summary"] = resetpoints.reset_summary(session.reset_points)
             if (Path(scratch) / "console.log").exists():
                 shutil.copyfile(Path(scratch) / "console.log", log)
     return report, failure

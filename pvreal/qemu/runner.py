@@ -16,6 +16,8 @@ import signal
 import subprocess
 import threading
 import time
+import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,7 +55,10 @@ def qemu_argv(
 ) -> list[str]:
     """The QEMU command line: TCG (KVM is unusable here), GRUB as -kernel, the disk on virtio."""
     argv = [
-        QEMU, "-accel", "tcg", "-m", str(memory_mb), "-display", "none", "-monitor", "none",
+        # qemu64 + RDRAND: the kernel (RANDOM_TRUST_CPU) seeds its RNG at once; without it
+        # Python's start as PID 1 waits ~1 s under TCG for the jitter entropy (docs/qemu.md)
+        QEMU, "-accel", "tcg", "-cpu", "qemu64,+rdrand",
+        "-m", str(memory_mb), "-display", "none", "-monitor", "none",
         "-serial", "stdio", "-nic", "none", "-no-user-config",
         "-kernel", str(grub_lnx),
         "-drive", f"file={disk},if=virtio,format=raw" + (",readonly=on" if read_only else ""),
@@ -87,6 +92,8 @@ class QemuRun:
         self.returncode: int | None = None
         self.timed_out = False
         self.last_index = 0  # the console line the last wait_for matched
+        self.killed = False  # the host killed QEMU (the run's end or its timeout), not the guest
+        self.on_line: list[Callable[[ConsoleLine], None]] = []  # called by the reader, in order
         self._proc: subprocess.Popen[bytes] | None = None
         self._changed = threading.Condition()
         self._reader: threading.Thread | None = None
@@ -122,6 +129,11 @@ class QemuRun:
                 with self._changed:
                     self.lines.append(line)
                     self._changed.notify_all()
+                for listener in self.on_line:
+                    try:
+                        listener(line)
+                    except Exception:  # a listener's bug must not stop the console capture
+                        traceback.print_exc()
         self.returncode = self._proc.wait()
         with self._changed:
             self._changed.notify_all()
@@ -129,6 +141,10 @@ class QemuRun:
     def _expire(self) -> None:
         self.timed_out = True
         self.kill()
+
+    def elapsed(self) -> float:
+        """Seconds since QEMU started (the clock of ConsoleLine.t)."""
+        return round(time.monotonic() - self._start, 3)
 
     @property
     def running(self) -> bool:
@@ -176,6 +192,7 @@ class QemuRun:
     def kill(self) -> None:
         """Kill QEMU's whole process group (idempotent)."""
         if self._proc is not None and self._proc.poll() is None:
+            self.killed = True
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self._proc.pid, signal.SIGKILL)
             self._proc.wait()

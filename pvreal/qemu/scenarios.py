@@ -12,7 +12,7 @@ import random
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,9 +24,34 @@ from pvreal.qemu.build import Image
 from pvreal.qemu.control import TcpCtrlClient, free_port
 from pvreal.qemu.factory import CRASHING_INIT, SERVICE_INIT, Revisions
 from pvreal.qemu.qmp import QmpClient
+from pvreal.qemu.resetpoints import (
+    AFTER_COMMIT,
+    AFTER_COMMIT_SPREAD,
+    BEFORE_TRY,
+    IN_TRY,
+    check_point,
+    commit_pattern,
+    landing,
+    plan_reset_anchors,
+    reset_summary,
+    try_pattern,
+)
 from shared.errors import PvError
 
 BOOT_TIMEOUT = 240.0  # one boot under a loaded TCG host can take a minute; several per update
+# The run's QEMU timeout when none is given: a base for the boots and the other scenarios, and
+# more per hard-reset point (an update, the reset, one or two boots: 30-150 s under TCG).
+BASE_TIMEOUT = 900.0
+SECONDS_PER_RESET_POINT = 180.0
+# Console events `pvreal qemu run` shows under each boot as they happen.
+LIVE_EVENTS = ("PVTWIN STATUS", "PVTWIN ENV", "PVTWIN DEVICE reboot", "PVTWIN DEVICE poweroff",
+               "PVTWIN VERITY", "PVTWIN COMMIT")  # fmt: skip
+
+
+def run_timeout(names: Sequence[str], points: int) -> float:
+    """The QEMU timeout for running `names` in one VM (grows with hard-reset's points)."""
+    extra = SECONDS_PER_RESET_POINT * (points + 1) if "hard-reset" in names else 0.0
+    return BASE_TIMEOUT + extra
 
 
 class ScenarioFailed(PvError):
@@ -52,7 +77,12 @@ class Session:
     qmp: QmpClient | None = None
     revisions: Revisions | None = None
     disk: Path | None = None
+    live: bool = False  # print each boot as it happens (pvreal qemu run)
+    resets: list[float] = field(default_factory=list)  # host resets, s since QEMU started
+    reset_points: list[dict[str, Any]] = field(default_factory=list)  # hard-reset's points
     _t0: float = 0.0
+    _up_noted: int = -1  # the boot count `device up` was last noted for
+    _follower: timeline.Follower | None = None
 
     @contextmanager
     def running(self) -> Iterator[Session]:
@@ -71,10 +101,15 @@ class Session:
             self._t0 = time.monotonic()
             with runner.QemuRun(argv, self.work / "console.log", timeout=self.timeout) as vm:
                 self.vm = vm
+                if self.live:
+                    self._follower = timeline.Follower(self._print_boot)
+                    vm.on_line.append(self._follower.feed)
                 self.client = TcpCtrlClient(port, timeout=15)
                 with QmpClient(qmp_path) as qmp:
                     self.qmp = qmp
                     yield self
+            if self._follower is not None:  # QEMU is gone: say how the last boot ended
+                self._follower.finish(killed=vm.killed)
 
     # ---------------------------------------------------------------- recording
 
@@ -84,9 +119,32 @@ class Session:
         print(f"{step.t:7.1f}s {what} {result}", flush=True)
         return step
 
+    def _print_boot(self, event: str, boot: timeline.Boot) -> None:
+        """A boot as it happens (called from the console reader: one print per line)."""
+        assert self.vm is not None
+        at = f"{self.vm.elapsed():7.1f}s"
+        if event == "booted":
+            print(f"{at} {timeline.render_boot(boot).rsplit(' -> ', 1)[0]}", flush=True)
+        elif event == "up":
+            phases = ", ".join(f"{name} {sec:.1f}" for name, sec in boot.breakdown(short=True))
+            print(f"{at} boot {boot.index}: daemon up {boot.up_seconds()} s after the boot "
+                  f"started ({phases})", flush=True)  # fmt: skip
+        elif event == "event" and boot.events[-1].startswith(LIVE_EVENTS):
+            print(f"{at}     {boot.events[-1]}", flush=True)
+        elif event == "ended":
+            print(f"{at} boot {boot.index} ended: {boot.ended}", flush=True)
+
+    def reset(self) -> None:
+        """QMP system_reset, remembered so the timeline says the host did it."""
+        assert self.qmp is not None and self.vm is not None
+        self.resets.append(self.vm.elapsed())
+        self.qmp.system_reset()
+        if self._follower is not None:
+            self._follower.host_reset(self.resets[-1])
+
     def boots(self) -> list[timeline.Boot]:
         assert self.vm is not None
-        return timeline.boots(self.vm.lines)
+        return timeline.boots(self.vm.lines, killed=self.vm.killed, resets=self.resets)
 
     def report(self) -> dict[str, Any]:
         return {
@@ -99,7 +157,9 @@ class Session:
     def wait_up(self, timeout: float = BOOT_TIMEOUT) -> dict[str, Any]:
         assert self.client is not None
         status = self.client.wait_up(timeout)
-        self.note("device up", booted=status["booted"], running=status["running"])
+        if status.get("boots") != self._up_noted:  # once per boot, however many wait for it
+            self._up_noted = status.get("boots", 0)
+            self.note("device up", booted=status["booted"], running=status["running"])
         return status
 
     def wait_idle(self, timeout: float = BOOT_TIMEOUT * 2) -> dict[str, Any]:
@@ -108,12 +168,12 @@ class Session:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
-                status = self.client.status()
+                status = self.client.probe_status()
                 if status.get("booted") and status.get("update") is None:
                     return status
             except CtrlError:
                 pass
-            time.sleep(1.0)
+            time.sleep(0.5)
         raise ScenarioFailed(f"the device was not idle within {timeout} s", source="status")
 
     def push_and_run(self, rev: str, state: dict[str, Any], op: str = "LOCAL_RUN") -> None:
@@ -237,39 +297,67 @@ def hang(s: Session) -> None:
 
 
 def hard_reset(s: Session, points: int = 5, seed: int = 1) -> None:
-    """6. QMP system_reset at seeded random moments of a reboot update: every run ends on the old
-    or the new committed revision, booted and idle (never unbootable).
+    """6. QMP system_reset at seeded moments of reboot updates: every point ends on the old or
+    the new committed revision, booted and idle (never unbootable); a reset after the commit
+    keeps the new one.
 
-    One update runs uncut first to measure how long LOCAL_RUN → DONE takes on this host (TCG
-    speed varies several times with load); the reset moments are drawn from 0 to 1.1 times that,
-    so they fall before the reboot, in GRUB, in the kernel, in the daemon's start, in TESTING and
-    after the commit."""
-    assert s.revisions is not None and s.qmp is not None and s.client is not None
+    One update runs uncut first to measure, from the console, how long its stages take on this
+    host (TCG speed varies several times with load): LOCAL_RUN → GRUB's first attempt of the try
+    (the device's shutdown and GRUB), that first attempt → the commit. Each point then has an
+    anchor (plan_reset_anchors) and a random moment within it: before the try (in the first half
+    of the time from LOCAL_RUN to GRUB's latch), in the try (after GRUB latched it, before the commit) or after the
+    commit (0-2 s after its grubenv write). Where it really landed is read back from the console
+    at the reset (`landing`)."""
+    assert s.revisions is not None and s.client is not None and s.vm is not None
     rng = random.Random(seed)
     s.wait_up()
-    started = time.monotonic()
-    s.push_and_run("locals/reset-baseline", s.revisions.bsp(s.running_state(), "pvtwin.point=b"))
-    s.expect_status("locals/reset-baseline", ("DONE",))
-    window = (time.monotonic() - started) * 1.1
-    s.note("baseline update", seconds=round(window / 1.1, 1))
-    for point in range(points):
-        old = s.wait_idle()
+    base = "locals/reset-baseline"
+    s.client.push(base, s.revisions.bsp(s.running_state(), "pvtwin.point=b"), s.revisions.objects)
+    mark, started = len(s.vm.lines), s.vm.elapsed()
+    s.note(f"LOCAL_RUN {base}", status=s.client.command_retry("LOCAL_RUN", base).status)
+    s.vm.wait_for(try_pattern(base), timeout=BOOT_TIMEOUT, start=mark)
+    try_t = s.vm.lines[s.vm.last_index].t
+    s.vm.wait_for(commit_pattern(base), timeout=BOOT_TIMEOUT * 2, start=s.vm.last_index)
+    commit_t = s.vm.lines[s.vm.last_index].t
+    s.expect_status(base, ("DONE",))
+    windows = {
+        # the first half: a point no faster than the baseline still lands before GRUB's latch
+        BEFORE_TRY: max((try_t - started) / 2, 0.3),
+        IN_TRY: max(commit_t - try_t, 0.5),
+        AFTER_COMMIT: AFTER_COMMIT_SPREAD,
+    }
+    s.note("baseline update", to_try=round(try_t - started, 1),
+           try_to_commit=round(commit_t - try_t, 1))  # fmt: skip
+    for point, anchor in enumerate(plan_reset_anchors(points, seed)):
+        old = s.wait_idle()["pv_rev"]
         rev = f"locals/reset-{seed}-{point}"
         state = s.revisions.bsp(s.running_state(), cmdline=f"pvtwin.point={point}")
         s.client.push(rev, state, s.revisions.objects)
-        delay = round(rng.uniform(0.0, window), 1)
+        delay = round(rng.uniform(0.0, windows[anchor]), 1)
+        mark = len(s.vm.lines)
         answer = s.client.command_retry("LOCAL_RUN", rev)
-        s.note(f"LOCAL_RUN {rev}", status=answer.status, reset_after=delay)
+        s.note(f"LOCAL_RUN {rev}", status=answer.status, anchor=anchor, reset_after=delay)
+        if anchor == IN_TRY:
+            s.vm.wait_for(try_pattern(rev), timeout=BOOT_TIMEOUT * 2, start=mark)
+        elif anchor == AFTER_COMMIT:
+            s.vm.wait_for(commit_pattern(rev), timeout=BOOT_TIMEOUT * 2, start=mark)
         time.sleep(delay)
-        s.qmp.system_reset()
-        s.note("QMP system_reset", point=point)
+        s.reset()
+        where = landing([line.text for line in s.vm.lines[mark:]], rev)
+        s.note("QMP system_reset", point=point, landed=where)
         status = s.wait_idle()
         committed = status["pv_rev"]
         progress = s.client.progress(rev) or {}
-        s.note(f"point {point} settled", running=status["running"], pv_rev=committed,
+        result = "new" if committed == rev else "old"
+        s.reset_points.append({"point": point, "anchor": anchor, "delay": delay,
+                               "landed": where, "committed": result})  # fmt: skip
+        s.note(f"point {point} settled", landed=where, committed=result, running=status["running"],
                progress=progress.get("status"), msg=progress.get("status-msg"))  # fmt: skip
-        if committed not in (old["pv_rev"], rev) or status["running"] != committed:
-            raise ScenarioFailed(f"reset point {point} ({delay} s): {status}", source=rev)
+        wrong = check_point(where, committed, old, rev)
+        if wrong or status["running"] != committed:
+            raise ScenarioFailed(f"reset point {point} ({where}, +{delay} s): "
+                                 f"{wrong or 'runs another revision'}: {status}", source=rev)  # fmt: skip
+    s.note("reset points", **reset_summary(s.reset_points))
 
 
 def verity(s: Session) -> None:
