@@ -176,6 +176,18 @@ class Session:
             time.sleep(0.5)
         raise ScenarioFailed(f"the device was not idle within {timeout} s", source="status")
 
+    def wait_container(self, name: str, status: str, timeout: float = BOOT_TIMEOUT) -> dict[str, Any]:
+        """The device's status once container `name` reports `status` (or the last one seen when
+        `timeout` passes first; the caller says what was wrong)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            seen = self.status()
+            if seen["containers"].get(name, {}).get("status") == status:
+                return seen
+            if time.monotonic() >= deadline:
+                return seen
+            time.sleep(0.5)
+
     def push_and_run(self, rev: str, state: dict[str, Any], op: str = "LOCAL_RUN") -> None:
         assert self.client is not None and self.revisions is not None
         self.client.push(rev, state, self.revisions.objects)
@@ -219,7 +231,9 @@ def factory(s: Session) -> None:
     """1. factory boot → containers running → revision 0 DONE."""
     s.wait_up()
     s.expect_status("0", ("DONE",))
-    status = s.status()
+    # revision 0 can read DONE before its containers are up (the record survives from the
+    # install): wait for the app to run rather than catch it starting on a loaded host
+    status = s.wait_container("app", "STARTED")
     app = status["containers"].get("app", {})
     if status["running"] != "0" or app.get("status") != "STARTED":
         raise ScenarioFailed(f"factory boot: {status}", source="0")
