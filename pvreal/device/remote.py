@@ -113,7 +113,7 @@ class HubLink:
         self._unsent: dict[str, Progress] = {}  # rev → its latest record the Hub has not got
         self._next_tick = -math.inf
         self._tick_queued = False
-        self.requests = {"ok": 0, "failed": 0}  # for status()
+        self.requests = {"ok": 0, "refused": 0, "failed": 0}  # for status()
         self.last_error: str | None = None
         self._closed = False
         self._generation = 0  # bumped at every reboot: answers to an older boot's requests are lost
@@ -196,7 +196,8 @@ class HubLink:
                 self._session()
                 answer = request()
         except (HubClientError, OSError, KeyError, TypeError, ValueError) as exc:
-            self.requests["failed"] += 1
+            self.requests["failed" if not isinstance(exc, HubClientError) or exc.status <= 0
+                          else "refused"] += 1
             self.last_error = str(exc)
             log.info("Hub request failed: %s", exc)
             if isinstance(exc, HubClientError):
@@ -219,15 +220,16 @@ class HubLink:
         with self._lock:
             if self._unsent.get(rev) is not record:
                 return  # a later record of this revision was queued: it is sent instead
+        answered = True
         try:
             self._call(lambda: self.client.put_progress(rev, record.to_json()))
-        except HubClientError:
-            post(HubRequestFailed())
-            return
-        with self._lock:
-            if self._unsent.get(rev) is record:
-                del self._unsent[rev]
-        post(HubReached())
+        except HubClientError as exc:
+            answered = _answered(exc)
+        if answered:  # taken or refused (e.g. the factory revision 0, which is no Hub step)
+            with self._lock:
+                if self._unsent.get(rev) is record:
+                    del self._unsent[rev]
+        post(_outcome(answered))
 
     def _periodic(self, watches_hub: bool, running_rev: str, post: Callable[[Event], None]) -> None:
         self._tick_queued = False
@@ -237,12 +239,12 @@ class HubLink:
             self._report(rev, record, post)
         if watches_hub:
             # the report state's request (pantahub.c: device metadata while an update is tried)
+            answered = True
             try:
                 self._call(lambda: self.client.put_meta({"pvtwin.running": running_rev}))
-            except HubClientError:
-                post(HubRequestFailed())
-                return
-            post(HubReached())
+            except HubClientError as exc:
+                answered = _answered(exc)
+            post(_outcome(answered))
             return
         try:
             listed = self._call(self.client.steps)
@@ -276,6 +278,16 @@ class HubLink:
             post(ObjectFetched(sha, ok=False, hash_mismatch=isinstance(exc, ObjectHashMismatch)))
             return
         post(ObjectFetched(sha))
+
+
+def _answered(exc: HubClientError) -> bool:
+    """Pantavisor's Hub client counts any HTTP answer, whatever its status, as the Hub being
+    responsive (pantahub_proto.c `_recv_buffer`); only a request that got no answer failed."""
+    return exc.status > 0
+
+
+def _outcome(answered: bool) -> Event:
+    return HubReached() if answered else HubRequestFailed()
 
 
 def _step(doc: dict[str, Any]) -> Step:
