@@ -141,8 +141,8 @@ class Device:
         self.hub: HubLink | None = None
         if options.hub is not None:
             h = options.hub
-            self.hub = HubLink(h.url, h.token, self.storage, self.config, self.post, nick=h.nick,
-                               timeout=h.timeout)  # fmt: skip
+            self.hub = HubLink(h.url, h.token, self.storage, self.config, self.post,
+                               watching=self._watches_hub, nick=h.nick, timeout=h.timeout)  # fmt: skip
         self.executor = Executor(self.storage, self.boot_files, self.timers, self.runner,
                                  self.config, self.hub.execute if self.hub else None)  # fmt: skip
         self.updater: Updater | None = None
@@ -290,6 +290,10 @@ class Device:
             self.error = exc
             self._stopping.set()
             self._publish()
+
+    def _watches_hub(self) -> bool:
+        u = self.updater  # read from the Hub client's threads: a moment stale at worst (R5)
+        return u is not None and u.watches_hub
 
     def _hub_tick(self) -> None:
         """Remote mode: let the Hub client make its periodic request, of the kind the engine's

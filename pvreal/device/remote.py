@@ -96,11 +96,18 @@ class HubLink:
         config: Config,
         post: Callable[[Event], None],
         *,
+        watching: Callable[[], bool] = lambda: True,
         nick: str | None = None,
         timeout: float = REQUEST_TIMEOUT_S,
     ) -> None:
         self.url, self.fleet_token, self.nick = url, fleet_token, nick
         self.storage, self.config, self.post = storage, config, post
+        # whether the engine watches the Hub now (Updater.watches_hub): a request's outcome
+        # (HubReached / HubRequestFailed) is fed only then, as pvsim's fleet model feeds it;
+        # in any other phase the engine ignores it (R5)
+        self.watching = watching
+        self._pending = 0  # requests queued or under way (`wait_idle`)
+        self._idle = threading.Condition()
         self.credentials = Credentials(storage.root / CREDENTIALS)
         self.client = DeviceClient(url, self.credentials.device, timeout=timeout)
         self._jobs: queue.Queue[Callable[[], None] | None] = queue.Queue()
@@ -135,11 +142,16 @@ class HubLink:
         if isinstance(command, ReportProgress):
             with self._lock:
                 self._unsent[command.rev] = command.record
-            self._jobs.put(lambda: self._report(command.rev, command.record, post))
+            self._queue(lambda: self._report(command.rev, command.record, post))
         elif isinstance(command, FetchMetadata):
-            self._jobs.put(lambda: self._metadata(command.rev, command.shas, post))
+            self._queue(lambda: self._metadata(command.rev, command.shas, post))
         elif isinstance(command, FetchObject):
-            self._downloads.submit(self._fetch, command.sha, post)
+            self._queue(lambda: self._fetch(command.sha, post), download=True)
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until every queued request has been answered (tests, a clean stop)."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._pending == 0, timeout)
 
     def rebooted(self) -> None:
         """The device rebooted: what its requests answer no longer reaches the new boot's engine
@@ -151,8 +163,11 @@ class HubLink:
         generation = self._generation
 
         def post(event: Event) -> None:
-            if generation == self._generation and not self._closed:
-                self.post(event)
+            if generation != self._generation or self._closed:
+                return
+            if isinstance(event, HubReached | HubRequestFailed) and not self.watching():
+                return
+            self.post(event)
 
         return post
 
@@ -165,7 +180,7 @@ class HubLink:
         self._next_tick = now + self.config.updater_interval
         self._tick_queued = True
         post = self._poster()
-        self._jobs.put(lambda: self._periodic(watches_hub, running_rev, post))
+        self._queue(lambda: self._periodic(watches_hub, running_rev, post))
 
     def status(self) -> dict[str, Any]:
         with self._lock:
@@ -175,12 +190,27 @@ class HubLink:
 
     # ------------------------------------------------------------------ the worker
 
+    def _queue(self, job: Callable[[], None], *, download: bool = False) -> None:
+        with self._idle:
+            self._pending += 1
+        if download:
+            self._downloads.submit(self._run, job)
+        else:
+            self._jobs.put(lambda: self._run(job))
+
+    def _run(self, job: Callable[[], None]) -> None:
+        try:
+            job()
+        except Exception:  # a bug here must not end the Hub client (nor the daemon)
+            log.exception("Hub client job failed")
+        finally:
+            with self._idle:
+                self._pending -= 1
+                self._idle.notify_all()
+
     def _work(self) -> None:
         while (job := self._jobs.get()) is not None:
-            try:
-                job()
-            except Exception:  # a bug here must not end the Hub client (nor the daemon)
-                log.exception("Hub client job failed")
+            job()
 
     def _call(self, request: Callable[[], Any]) -> Any:
         """One request with a session: register once, log in when there is no token or the Hub
