@@ -242,6 +242,9 @@ class Device:
             f"runc root {runc_root} (runc --root {runc_root} list); container ids "
             f"{self.prefix}-<name>; stop grace {self.config.stop_grace:g} s",
         ]
+        if self.hub is not None:
+            lines.append(f"remote mode: Hub {self.hub.url}, credentials in "
+                         f"{self.hub.credentials.path} (device id {self.hub.client.device or 'not yet registered'})")  # fmt: skip
         if self.network is None:
             lines.append("network: none (--no-network); containers share the daemon's netns")
         else:
