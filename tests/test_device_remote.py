@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 from hubkit import hub_files, write_release
 
+from pvreal.cli import main
 from pvreal.crashcheck.standins import MountsOnPaper, NoRunc
 from pvreal.device.daemon import Device, DeviceOptions, HubOptions
 from pvreal.device.install import install_factory
@@ -288,3 +289,12 @@ def test_a_corrupt_object_is_retried_then_the_update_is_refused(rig_factory):
     assert corrupt not in rig.storage.objects.names()
     assert not rig.storage.objects.partial_names()
     assert rig.device.status()["running"] == "0"
+
+
+def test_the_command_line_wants_a_token_until_the_device_has_credentials(tmp_path, capsys):
+    storage = tmp_path / "storage"
+    storage.mkdir()
+    assert main(["device", "run", "--storage", str(storage), "--hub", "http://127.0.0.1:1"]) == 1
+    assert "--hub needs --token" in capsys.readouterr().err
+    assert main(["device", "run", "--storage", str(storage), "--token", "T"]) == 1
+    assert "go with --hub" in capsys.readouterr().err

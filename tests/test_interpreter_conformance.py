@@ -411,6 +411,7 @@ def test_records_without_a_state_are_on_every_disk(tmp_path: Path):
     """A progress record alone makes a trail: the real disk lists it and real GC removes it."""
     real = RealExecutor(tmp_path)
     answers, disk = transcript(real, RECORDS_ONLY)
+    real.hub.close()
     unlinked = NEW.object_shas() - OLD.object_shas()  # in the pool, linked by no trail
     assert answers[-1][1] == [("GcDone", frozenset({"3", "locals/bad"}), unlinked)]
     _, _, trails, _ = disk

@@ -95,13 +95,13 @@ def run_command(args: argparse.Namespace) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s pvreal[%(process)d] %(levelname)s %(message)s",
     )
-    if os.geteuid() != 0:
-        raise PvError("device run needs root (mounts, network namespaces, runc)")
     if args.hub is None and (args.token or args.nick):
         raise PvError("--token and --nick go with --hub URL")
     if args.hub and not args.token and not (args.storage / CREDENTIALS).exists():
         raise PvError(f"--hub needs --token (the fleet's registration token): {args.storage} "
                       "holds no credentials of an earlier registration")  # fmt: skip
+    if os.geteuid() != 0:
+        raise PvError("device run needs root (mounts, network namespaces, runc)")
     overrides = parse_overrides(args.config)
     if args.secureboot_mode:
         overrides["PV_SECUREBOOT_MODE"] = args.secureboot_mode

@@ -116,6 +116,7 @@ class HubLink:
             max(1, config.transfer_max_count), thread_name_prefix="pv-hub-get"
         )
         self._lock = threading.Lock()
+        self._session_lock = threading.Lock()  # one registration, one login at a time
         self._urls: dict[str, str] = {}  # sha → the signed-geturl the step listed
         self._unsent: dict[str, Progress] = {}  # rev → its latest record the Hub has not got
         self._next_tick = -math.inf
@@ -134,7 +135,7 @@ class HubLink:
         self._closed = True
         self._jobs.put(None)
         self._downloads.shutdown(wait=False, cancel_futures=True)
-        self._worker.join(REQUEST_TIMEOUT_S)
+        self._worker.join(5.0)  # a request under way ends with its timeout; nobody waits for it
 
     def execute(self, command: Command) -> None:
         """Queue a Hub command's request; its answer comes later as an event (D2)."""
@@ -184,9 +185,8 @@ class HubLink:
 
     def status(self) -> dict[str, Any]:
         with self._lock:
-            unsent = sorted(self._unsent)
-        return {"hub": self.url, "device": self.client.device, "requests": dict(self.requests),
-                "unsent_reports": unsent, "last_error": self.last_error}  # fmt: skip
+            return {"hub": self.url, "device": self.client.device, "requests": dict(self.requests),
+                    "unsent_reports": sorted(self._unsent), "last_error": self.last_error}  # fmt: skip
 
     # ------------------------------------------------------------------ the worker
 
@@ -226,25 +226,28 @@ class HubLink:
                 self._session()
                 answer = request()
         except (HubClientError, OSError, KeyError, TypeError, ValueError) as exc:
-            self.requests["failed" if not isinstance(exc, HubClientError) or exc.status <= 0
-                          else "refused"] += 1
-            self.last_error = str(exc)
+            answered = isinstance(exc, HubClientError) and _answered(exc)
+            with self._lock:
+                self.requests["refused" if answered else "failed"] += 1
+                self.last_error = str(exc)
             log.info("Hub request failed: %s", exc)
             if isinstance(exc, HubClientError):
                 raise
             raise HubClientError(str(exc)) from None
-        self.requests["ok"] += 1
+        with self._lock:
+            self.requests["ok"] += 1
         return answer
 
     def _session(self) -> None:
         client, creds = self.client, self.credentials
-        if client.device is None:
-            client.register(self.fleet_token, creds.secret, self.nick)
-            creds.device = client.device
-            creds.save(self.url)
-            log.info("registered with the Hub at %s as %s", self.url, client.device)
-        if client.token is None:
-            client.login(creds.secret)
+        with self._session_lock:
+            if client.device is None:
+                client.register(self.fleet_token, creds.secret, self.nick)
+                creds.device = client.device
+                creds.save(self.url)
+                log.info("registered with the Hub at %s as %s", self.url, client.device)
+            if client.token is None:
+                client.login(creds.secret)
 
     def _report(self, rev: str, record: Progress, post: Callable[[Event], None]) -> None:
         with self._lock:
