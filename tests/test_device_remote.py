@@ -203,6 +203,8 @@ def test_a_release_reaches_the_device_and_the_hub_hears_it_through(rig_factory):
     rig.publish()
     rig.wait("DONE on the Hub", lambda: rig.hub_status() in ("DONE", "UPDATED"))
     final = rig.hub_status()
+    # the Hub has it; the test's recorder notes it once the PUT has returned, a moment later
+    rig.wait("the record", lambda: rig.reported[-1][1] == final)
     assert rig.device.status()["running"] == "1"
     assert rig.disk_progress("1").status.value == final
     statuses = [status for rev, status, _ in rig.reported if rev == "1"]
