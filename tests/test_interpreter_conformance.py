@@ -1,7 +1,8 @@
 """One command script, three interpreters: the crashcheck device (pvsim.memdevice), the fleet
 model (pvsim.pantavisor) and the real executor (pvreal.device.executor with its container runner,
-on a temp dir, with mounts and runc that do nothing). They must feed back the
-same events and leave the same disk (shared.engine.driver states the contract).
+on a temp dir, with mounts and runc that do nothing, and its Hub client, pvreal.device.remote,
+talking to a Hub answering in-process). They must feed back the same events and leave the same
+disk (shared.engine.driver states the contract).
 
 Timing is each backend's own, so answers are compared per command, and within a StartContainers
 per container (D3: each container's script in order; containers are independent).
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Protocol
 
 import pytest
@@ -20,6 +22,8 @@ from pvreal.device.clock import Timers
 from pvreal.device.containers import ContainerRunner
 from pvreal.device.executor import Executor
 from pvreal.device.latch import boot_files, set_env
+from pvreal.device.remote import HubLink
+from pvreal.hub.client import HubClientError, ObjectHashMismatch
 from pvreal.storage import Storage
 from pvsim.device import DeviceRun
 from pvsim.memdevice import Behaviour, MemDevice, MemDisk
@@ -122,7 +126,15 @@ RECORDS_ONLY: list[C.Command | str] = [
     C.PersistProgress("locals/bad", Progress.make(Status.WONTGO, Msg.BAD_FORMAT)),
     C.RunGc(frozenset({"0", "4"})),
 ]
-SCRIPTS = {"update": SCRIPT, "records only": RECORDS_ONLY}
+# A remote update's Hub commands: the new objects' metadata, their downloads, a report (while the
+# engine does not watch the Hub, so its outcome is not fed: D7).
+HUB_OBJECTS = sorted(NEW.object_shas() - OLD.object_shas())
+HUB_SCRIPT: list[C.Command | str] = [
+    C.FetchMetadata("1", frozenset(HUB_OBJECTS)),
+    *(C.FetchObject("1", sha, len(BLOBS[sha])) for sha in HUB_OBJECTS),
+    C.ReportProgress("1", Progress.make(Status.DOWNLOADING, Msg.download_retry(1, 10))),
+]
+SCRIPTS = {"update": SCRIPT, "records only": RECORDS_ONLY, "hub": HUB_SCRIPT}
 
 
 # ----------------------------------------------------------------------------- the backends
@@ -173,7 +185,9 @@ class FleetModel:
         self.model = world.model
         self.run = DeviceRun(world, 0, None)  # type: ignore[arg-type]
         disk = SimDisk("0", "", Latch(), {"0": E.TrailView(OLD, FACTORY, True)}, _start_pool())
-        self.brain = DeviceBrain(None, disk, "0")  # type: ignore[arg-type]  # no engine: no Hub here
+        # no engine; where a Hub request's outcome would be fed, the engine does not watch the Hub
+        engine = SimpleNamespace(watches_hub=False)
+        self.brain = DeviceBrain(engine, disk, "0")  # type: ignore[arg-type]
 
     def execute(self, command: C.Command) -> list[E.Event]:
         return self.model.interpret(self.run, self.brain, [command])
@@ -186,12 +200,45 @@ class FleetModel:
         return _disk(d.pv_rev, d.pv_try, d.trails, d.objects)
 
 
+class InProcessHub:
+    """What pvreal.hub.client.DeviceClient asks a Hub, answered in-process: the conformance
+    blobs (any in `corrupt` served with other bytes), or no answer at all when `down`."""
+
+    def __init__(self, corrupt: frozenset[str] = frozenset(), down: bool = False) -> None:
+        self.device, self.token = "conformance", "session"  # registered and logged in
+        self.corrupt, self.down = corrupt, down
+        self.progress: dict[str, Any] = {}
+
+    def _reach(self) -> None:
+        if self.down:
+            raise HubClientError("Hub not reachable: connection refused")
+
+    def step_objects(self, rev: str) -> list[dict[str, Any]]:
+        self._reach()
+        return [{"sha256sum": sha, "size": len(data), "signed-geturl": f"/objects/{sha}/blob"}
+                for sha, data in BLOBS.items()]  # fmt: skip
+
+    def download(self, sha: str, folder: Path, *, url: str | None = None) -> Path:
+        self._reach()
+        data = b"corrupted" if sha in self.corrupt else BLOBS[sha]
+        if hashlib.sha256(data).hexdigest() != sha:
+            raise ObjectHashMismatch(f"object {sha}: downloaded bytes do not match their name")
+        (Path(folder) / sha).write_bytes(data)
+        return Path(folder) / sha
+
+    def put_progress(self, rev: str, progress: Any) -> dict[str, Any]:
+        self._reach()
+        self.progress[rev] = progress
+        return {}
+
+
 class RealExecutor:
     """The executor and the real container runner (pvreal.device.containers), on a temp dir, with
     mounts and runc that do nothing. A container whose goal is READY signals ready once it runs,
-    as its process would through pv-ctrl's /signal."""
+    as its process would through pv-ctrl's /signal. Hub commands go through the device's Hub
+    client (pvreal.device.remote) to an `InProcessHub`; its answers are waited for."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, hub: InProcessHub | None = None) -> None:
         self.now = 0.0
         self.storage = Storage(root / "storage")
         self.storage.init_layout()
@@ -210,10 +257,16 @@ class RealExecutor:
             self.storage, root / "run", "pvconf", self.emitted.append, mount_ops=MountsOnPaper()
         )
         self.runner.runc = NoRunc()  # type: ignore[assignment]
-        self.executor = Executor(self.storage, self.files, self.timers, self.runner, Config())
+        self.hub = HubLink("http://hub.invalid", "", self.storage, Config(), self.emitted.append,
+                           watching=lambda: False)  # fmt: skip
+        self.hub.client = hub or InProcessHub()  # type: ignore[assignment]
+        self.hub.start()
+        self.executor = Executor(self.storage, self.files, self.timers, self.runner, Config(),
+                                 self.hub.execute)  # fmt: skip
 
     def execute(self, command: C.Command) -> list[E.Event]:
         events = self.executor.execute(command)
+        assert self.hub.wait_idle(30.0)
         for event in list(events):
             if isinstance(event, E.ContainerStarted) and isinstance(command, C.StartContainers):
                 spec = self.executor.load_state(command.rev)[0].container(event.name)  # type: ignore[union-attr]
@@ -244,6 +297,8 @@ def _normal(command: C.Command | str, events: list[E.Event]) -> list[Any]:
     for event in events:
         if isinstance(event, E.GcDone):
             out.append(("GcDone", event.removed_revisions, event.removed_objects))
+        elif isinstance(event, E.MetadataReceived):  # sizes and storage: the backend's figures
+            out.append(("MetadataReceived", event.rev, frozenset(event.sizes)))
         else:
             out.append(event)
     if isinstance(command, C.StartContainers):
@@ -266,11 +321,15 @@ def transcript(backend: Backend, script: list[C.Command | str]) -> tuple[list[An
 @pytest.fixture(name="transcripts", params=list(SCRIPTS))
 def transcripts_fixture(request, tmp_path: Path) -> dict[str, tuple[list[Any], tuple[Any, ...]]]:
     script = SCRIPTS[request.param]
-    return {
-        "crashcheck device": transcript(Crashcheck(), script),
-        "fleet model": transcript(FleetModel(), script),
-        "real executor": transcript(RealExecutor(tmp_path), script),
-    }
+    real = RealExecutor(tmp_path)
+    try:
+        return {
+            "crashcheck device": transcript(Crashcheck(), script),
+            "fleet model": transcript(FleetModel(), script),
+            "real executor": transcript(real, script),
+        }
+    finally:
+        real.hub.close()
 
 
 def test_the_script_means_what_it_says(tmp_path: Path):
@@ -305,10 +364,54 @@ def test_backends_answer_and_store_alike(transcripts, backend):
     assert disk == reference_disk
 
 
+def test_hub_answers_mean_what_they_say(transcripts, request):
+    if request.node.callspec.params["transcripts"] != "hub":
+        return
+    answers, disk = transcripts["crashcheck device"]
+    assert answers[0][1] == [("MetadataReceived", "1", frozenset(HUB_OBJECTS))]
+    assert [a for _, a in answers[1:-1]] == [[E.ObjectFetched(sha)] for sha in HUB_OBJECTS]
+    assert answers[-1][1] == []  # a report's outcome, while the engine does not watch the Hub
+    assert disk[3] == _start_pool()
+
+
+def test_a_corrupt_object_is_answered_alike(tmp_path: Path):
+    """The Hub serves other bytes than the name says: a hash mismatch, the object not in the pool."""
+    bad = HUB_OBJECTS[0]
+    fetch = C.FetchObject("1", bad)
+    reference = MemDevice(MemDisk.settled({"0": E.TrailView(OLD, FACTORY, True)}, OLD.object_shas(),
+                                          "0"), Config(), Behaviour(corrupt_objects=frozenset({bad})))
+    reference.execute(fetch)
+    real = RealExecutor(tmp_path, InProcessHub(corrupt=frozenset({bad})))
+    real.storage.objects.path(bad).unlink()  # the pool holds what revision 0 names, as above
+    try:
+        assert real.execute(fetch) == reference.take_answers()
+        assert real.execute(fetch) == [E.ObjectFetched(bad, ok=False, hash_mismatch=True)]
+    finally:
+        real.hub.close()
+    assert bad not in real.storage.objects.names() and not real.storage.objects.partial_names()
+
+
+def test_a_hub_that_does_not_answer_is_a_failure_event(tmp_path: Path):
+    """No answer is an event the contract allows, never an exception in the device."""
+    real = RealExecutor(tmp_path, InProcessHub(down=True))
+    real.hub.watching = lambda: True  # the engine watches the Hub: the report's outcome is fed
+    try:
+        script = [C.FetchMetadata("1", frozenset(HUB_OBJECTS)), C.FetchObject("1", HUB_OBJECTS[0]),
+                  C.ReportProgress("1", Progress.make(Status.TESTING, Msg.TESTING_REBOOT))]
+        answers = [real.execute(command) for command in script]
+    finally:
+        real.hub.close()
+    assert answers == [[E.MetadataFailed("1")], [E.ObjectFetched(HUB_OBJECTS[0], ok=False)],
+                       [E.HubRequestFailed()]]  # fmt: skip
+    for command, events in zip(script, answers, strict=True):
+        assert all(type(e) in ANSWERS[type(command)] for e in events)
+
+
 def test_records_without_a_state_are_on_every_disk(tmp_path: Path):
     """A progress record alone makes a trail: the real disk lists it and real GC removes it."""
     real = RealExecutor(tmp_path)
     answers, disk = transcript(real, RECORDS_ONLY)
+    real.hub.close()
     unlinked = NEW.object_shas() - OLD.object_shas()  # in the pool, linked by no trail
     assert answers[-1][1] == [("GcDone", frozenset({"3", "locals/bad"}), unlinked)]
     _, _, trails, _ = disk

@@ -42,6 +42,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="seconds between SIGTERM and SIGKILL when containers stop (pvtwin's "
              "PVTWIN_STOP_GRACE; Pantavisor's is a fixed 5)",
     )
+    remote = run.add_argument_group("remote mode (updates from a Hub: docs/device.md)")
+    remote.add_argument("--hub", metavar="URL", help="the Hub, e.g. http://127.0.0.1:12365")
+    remote.add_argument("--token", metavar="T",
+                        help="the fleet's registration token (first start only: the device keeps "
+                             "its own credentials in the storage folder)")
+    remote.add_argument("--nick", metavar="NAME", help="the name the Hub shows (at registration)")
     sig = run.add_argument_group("secure boot (pvs@2 signatures, pantavisor.md §1.8)")
     sig.add_argument("--truststore", type=Path, metavar="DIR",
                      help="PV_SECUREBOOT_TRUSTSTORE: a folder of certificates or a bundle")
@@ -80,7 +86,8 @@ def parse_overrides(items: list[str]) -> dict[str, str]:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from pvreal.device.daemon import DeviceOptions
+    from pvreal.device.daemon import DeviceOptions, HubOptions
+    from pvreal.device.remote import CREDENTIALS
     from pvreal.device.secureboot import TrustOptions
     from pvreal.device.service import serve
 
@@ -88,6 +95,11 @@ def run_command(args: argparse.Namespace) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s pvreal[%(process)d] %(levelname)s %(message)s",
     )
+    if args.hub is None and (args.token or args.nick):
+        raise PvError("--token and --nick go with --hub URL")
+    if args.hub and not args.token and not (args.storage / CREDENTIALS).exists():
+        raise PvError(f"--hub needs --token (the fleet's registration token): {args.storage} "
+                      "holds no credentials of an earlier registration")  # fmt: skip
     if os.geteuid() != 0:
         raise PvError("device run needs root (mounts, network namespaces, runc)")
     overrides = parse_overrides(args.config)
@@ -103,6 +115,7 @@ def run_command(args: argparse.Namespace) -> int:
         run_dir=args.run_dir,
         network=not args.no_network,
         trust=TrustOptions(args.truststore, args.oem_truststore, args.oem_name, args.pubkey),
+        hub=HubOptions(args.hub, args.token or "", args.nick) if args.hub else None,
     )
     serve(options, args.socket)
     return 0

@@ -40,6 +40,7 @@ from pvreal.device.clock import Timers
 from pvreal.device.containers import ContainerRunner
 from pvreal.device.executor import Executor, storage_prefix
 from pvreal.device.latch import BootFiles, apply_latch, boot_files
+from pvreal.device.remote import REQUEST_TIMEOUT_S, HubLink
 from pvreal.device.secureboot import TrustOptions, with_verifier
 from pvreal.device.storagelock import StorageLock
 from pvreal.storage import Storage
@@ -77,6 +78,14 @@ class _Item:
 
 
 @dataclass
+class HubOptions:
+    url: str
+    token: str  # the fleet's registration token (used once; the device keeps its credentials)
+    nick: str | None = None
+    timeout: float = REQUEST_TIMEOUT_S
+
+
+@dataclass
 class DeviceOptions:
     storage: Path
     bootloader: str = "uboot"
@@ -87,6 +96,7 @@ class DeviceOptions:
     subnet: str | None = None
     trust: TrustOptions = field(default_factory=TrustOptions)  # pvs@2 trust material (§1.8)
     device_netns: str | None = ""  # "": a netns of its own; None: the current one (QEMU PID 1)
+    hub: HubOptions | None = None  # remote mode: updates come from this Hub (pvreal.device.remote)
 
 
 class Device:
@@ -128,7 +138,13 @@ class Device:
             network=self.network,
             ctrl_opener=None,  # set by the control server (pvreal.ctrl.server.serve_device)
         )
-        self.executor = Executor(self.storage, self.boot_files, self.timers, self.runner, self.config)
+        self.hub: HubLink | None = None
+        if options.hub is not None:
+            h = options.hub
+            self.hub = HubLink(h.url, h.token, self.storage, self.config, self.post,
+                               watching=self._watches_hub, nick=h.nick, timeout=h.timeout)  # fmt: skip
+        self.executor = Executor(self.storage, self.boot_files, self.timers, self.runner,
+                                 self.config, self.hub.execute if self.hub else None)  # fmt: skip
         self.updater: Updater | None = None
         self.booted_rev = ""
         self.boots = 0
@@ -153,6 +169,8 @@ class Device:
     def start(self) -> None:
         """Prepare the machine, boot, and run the engine loop in a thread."""
         self._prepare()
+        if self.hub is not None:
+            self.hub.start()
         self._thread = threading.Thread(target=self._main, name="pv-engine", daemon=True)
         self._thread.start()
 
@@ -168,6 +186,8 @@ class Device:
         self._stopping.set()
         self._queue.put(_Item(None))
         self.join()
+        if self.hub is not None:
+            self.hub.close()
         self._shutdown_machine()
         self.storage_lock.release()
 
@@ -222,6 +242,9 @@ class Device:
             f"runc root {runc_root} (runc --root {runc_root} list); container ids "
             f"{self.prefix}-<name>; stop grace {self.config.stop_grace:g} s",
         ]
+        if self.hub is not None:
+            lines.append(f"remote mode: Hub {self.hub.url}, credentials in "
+                         f"{self.hub.credentials.path} (device id {self.hub.client.device or 'not yet registered'})")  # fmt: skip
         if self.network is None:
             lines.append("network: none (--no-network); containers share the daemon's netns")
         else:
@@ -263,12 +286,25 @@ class Device:
                     self._guarded(TimerFired(name), None)
                 if item is not None and item.event is not None:
                     self._handle_item(item)
+                self._hub_tick()
                 self._publish()
         except BaseException as exc:  # the engine thread must never die silently
             log.exception("device loop stopped")
             self.error = exc
             self._stopping.set()
             self._publish()
+
+    def _watches_hub(self) -> bool:
+        u = self.updater  # read from the Hub client's threads: a moment stale at worst (R5)
+        return u is not None and u.watches_hub
+
+    def _hub_tick(self) -> None:
+        """Remote mode: let the Hub client make its periodic request, of the kind the engine's
+        phase calls for (its answers come back through the queue)."""
+        u = self.updater
+        if self.hub is not None and u is not None and not u.finished:
+            self.hub.tick(accepts_steps=u.accepts_remote_steps, watches_hub=u.watches_hub,
+                          running_rev=u.running_rev)  # fmt: skip
 
     def updater_handle(self, event: Event) -> list[Command]:
         assert self.updater is not None
@@ -386,6 +422,8 @@ class Device:
                            f" ({command.reason})")
         self.runner.stop_all(self.config.stop_grace)
         self.timers.clear()
+        if self.hub is not None:
+            self.hub.rebooted()
         self.last_reboot = command.reason
         if command.poweroff:
             self._set_activity("powered off")
@@ -453,6 +491,7 @@ class Device:
             "error": str(self.error) if self.error else None,
             "failures": self.failures,
             "last_failure": self.last_failure,
+            "hub": self.hub.status() if self.hub is not None else None,
         }
         with self._lock:
             self._status = status

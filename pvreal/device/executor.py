@@ -3,8 +3,9 @@ as the interpreter contract (shared.engine.driver) states them.
 
 Durable commands are executed synchronously and in order, each one written and synced (through
 pvreal.storage / pvreal.durable / pvreal.bootenv) before `execute` returns, which is exactly the
-engine's contract. Hub commands have no Hub to talk to here (a pvreal device is updated through
-its control socket): they are dropped, and the engine never asks for them in local mode.
+engine's contract. Hub commands (ReportProgress, FetchMetadata, FetchObject) go to the device's
+Hub client when it has one (remote mode, pvreal.device.remote), which answers them later through
+the daemon's queue; without one they are dropped (a device updated through pv-ctrl only).
 """
 
 from __future__ import annotations
@@ -25,8 +26,11 @@ from shared.engine.commands import (
     CancelTimer,
     Command,
     DeleteRevision,
+    FetchMetadata,
+    FetchObject,
     LinkObjects,
     PersistProgress,
+    ReportProgress,
     RunGc,
     SetBootEnv,
     StartContainers,
@@ -64,8 +68,10 @@ class Executor:
         timers: Timers,
         runner: ContainerRunner,
         config: Config,
+        hub: Callable[[Command], None] | None = None,
     ):
         self.storage = storage
+        self.hub = hub  # remote mode: queues a Hub command's request (its answer comes later)
         self.boot = boot
         self.timers = timers
         self.runner = runner
@@ -85,6 +91,9 @@ class Executor:
             StopContainers: self._stop_containers,
             ArmTimer: self._arm_timer,
             CancelTimer: self._cancel_timer,
+            ReportProgress: self._to_hub,
+            FetchMetadata: self._to_hub,
+            FetchObject: self._to_hub,
         }
 
     def execute(self, command: Command) -> list[Event]:
@@ -236,6 +245,12 @@ class Executor:
 
     def _cancel_timer(self, cmd: CancelTimer) -> list[Event]:
         self.timers.cancel(cmd.name)
+        return []
+
+    def _to_hub(self, cmd: Command) -> list[Event]:
+        """D2: a Hub command has no immediate answer; the Hub client feeds its events later."""
+        if self.hub is not None:
+            self.hub(cmd)
         return []
 
 

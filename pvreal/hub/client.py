@@ -35,6 +35,10 @@ class HubClientError(PvError):
         self.status = status
 
 
+class ObjectHashMismatch(HubClientError):
+    """A downloaded object's bytes do not hash to its name (the `.tmp` is deleted)."""
+
+
 class HttpClient:
     def __init__(self, url: str, timeout: float = 30.0) -> None:
         parts = urlsplit(url)
@@ -144,7 +148,7 @@ class DeviceClient(HttpClient):
             conn.close()
         if _sha256_of(tmp) != sha:
             tmp.unlink(missing_ok=True)
-            raise HubClientError(f"object {sha}: downloaded bytes do not match their name")
+            raise ObjectHashMismatch(f"object {sha}: downloaded bytes do not match their name")
         os.replace(tmp, target)
         fsync_dir(folder)
         return target

@@ -25,7 +25,13 @@ D5 `RunGc` deletes what `gc.plan_gc` says, for the trails' linked objects, and a
 D6 `Reboot` is terminal: nothing after it in the batch runs; the backend boots again from what
    survived (`disk_view`), through the bootloader latch (`bootloader.choose_boot`).
 D7 Non-durable commands may be lost by a power cut; Hub commands (ReportProgress, FetchMetadata,
-   FetchObject) are answered only by backends that have a Hub.
+   FetchObject) are answered only by backends that have a Hub; a real Hub's answer comes when the
+   request ends (pvreal's Hub client, pvreal/device/remote.py, answers from worker
+   threads through the daemon's queue; answers to requests of an earlier boot are lost). A request
+   that got no answer is a failure event (MetadataFailed, ObjectFetched(ok=False),
+   HubRequestFailed), never an error of the backend; any HTTP answer, whatever its status, means
+   the Hub was reached. The outcome of a Hub request (HubReached / HubRequestFailed) is fed while
+   the engine watches the Hub (`Updater.watches_hub`), which every other phase ignores (R5).
 """
 
 from __future__ import annotations
