@@ -281,7 +281,8 @@ def bad_app(s: Session, rev: str = "locals/bad-app") -> None:
     state = s.revisions.container(s.running_state(), init_script=CRASHING_INIT)
     s.push_and_run(rev, state)
     s.expect_status(rev, FAILED)
-    status = s.wait_idle()
+    s.wait_idle()
+    status = s.wait_container("app", "STARTED")  # the old revision's app, started again
     s.note("after the failed update", running=status["running"], pv_rev=status["pv_rev"])
     if status["running"] != old or status["containers"].get("app", {}).get("status") != "STARTED":
         raise ScenarioFailed(f"after the bad update the device runs {status}", source=rev)
