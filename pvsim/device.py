@@ -10,6 +10,7 @@ are likewise intervals known in advance; a transfer stops at the first one and r
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +44,7 @@ class DeviceRun:
         "link_mb_s",
         "write_mb_s",
         "mb_downloaded",
+    "mb_wasted",
         "mb_written",
         "reboots",
         "exposed",
@@ -57,7 +59,8 @@ class DeviceRun:
         self.rollout = rollout
         self.link_mb_s = world.table.link_mb_s[device]
         self.write_mb_s = world.table.write_mb_s[device]
-        self.mb_downloaded = 0.0
+        self.mb_downloaded = 0.0  # every megabyte moved to it (pvsim.transfer counts them)
+        self.mb_wasted = 0.0  # of those, what the update model threw away
         self.mb_written = 0.0
         self.reboots = 0
         self.exposed = False
@@ -153,22 +156,28 @@ class DeviceRun:
     def download(self, mb: float, written_mb: float | None = None) -> Generator[Any, Any, None]:
         """Stream `mb` megabytes from the Hub, writing `written_mb` (default `mb`) to storage as
         they arrive, in `pvsim.transfer` attempts (the network Pantavisor's model uses too): after
-        an attempt fails, the client waits RETRY_S and resumes where it was."""
-        world = self.world
+        an attempt fails, the client waits RETRY_S and resumes where it was. A power cut stops the
+        attempt where it is (its bytes were moved, and count) and raises PowerCut."""
         env = self.env
         remaining = mb
         written = mb if written_mb is None else written_mb
         while remaining > 1e-9:
             yield from self.reach_hub()
-            now = env._now
-            end, moved_by_end, ok, rate = attempt(self, now, remaining, written * remaining / mb)
-            try:
-                yield from self.wait(end - now)
-            finally:
-                world.egress.active -= 1
-                moved = min(remaining, moved_by_end, (env._now - now) * rate)
-                remaining -= moved
-                self.mb_downloaded += moved
-                self.mb_written += written * moved / mb
+            done = env.event()
+            flow = attempt(self, remaining, lambda at, ok, moved, done=done: done.succeed((at, ok, moved)), written * remaining / mb)
+            if self.cut_at < self.world.until_s:
+                cut = functools.partial(self._cut_download, done, flow, written / mb)
+                env.call_later(self.cut_at - env._now, cut)
+            at, ok, moved = yield done
+            remaining -= min(remaining, moved)
+            self.mb_written += written * moved / mb
+            if at > env._now:
+                yield from self.wait(at - env._now)  # the stall before a dead request times out
             if not ok:
                 yield from self.wait(RETRY_S)
+
+    def _cut_download(self, done: Any, flow: Any, written_per_mb: float, _call: Any) -> None:
+        if done.triggered:
+            return
+        self.mb_written += written_per_mb * self.world.egress.stop(flow)  # reached storage before the cut
+        done.fail(PowerCut())

@@ -1,4 +1,4 @@
-"""The hub: offers releases, runs one rollout per release, shares its egress bandwidth, goes down.
+"""The hub: offers releases, runs one rollout per release, goes down (its egress: pvsim.transfer).
 
 Idle devices cost nothing: a device only schedules SimPy events once a strategy admits it, and its
 first contact is its next poll, computed arithmetically from its poll phase. Outages are a sorted
@@ -90,19 +90,3 @@ class Rollout:
         if self.tally.admitted >= self.tally.fleet and self.tally.in_flight == 0:
             return COMPLETED
         return RUNNING
-
-
-class Egress:
-    """The hub's shared uplink. A transfer gets min(its link, egress / active transfers), fixed when
-    it starts (a snapshot of processor sharing: no event is spent re-planning running transfers)."""
-
-    __slots__ = ("mbps", "active")
-
-    def __init__(self, mbps: float) -> None:
-        self.mbps = mbps
-        self.active = 0
-
-    def share(self, link_mbps: float) -> float:
-        if self.mbps <= 0:
-            return link_mbps
-        return min(link_mbps, self.mbps / (self.active + 1))

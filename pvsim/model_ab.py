@@ -81,6 +81,7 @@ class ABModel:
         defect = world.defective_for(device, target)
         corrupt_seen = 0
         while True:
+            kept_from = run.mb_downloaded  # what this try moves is lost if it has to start over
             try:
                 yield from run.reach_hub()
                 if defect == "bad_signature":
@@ -92,17 +93,18 @@ class ABModel:
                 yield from run.write(0.0)
                 if defect == "corrupt_object":
                     world.count("corrupt_object")
+                    run.mb_wasted += run.mb_downloaded - kept_from
                     corrupt_seen += 1
                     if corrupt_seen >= CHECKSUM_ATTEMPTS:
                         return WONTGO, FAIL
                     continue
                 yield from self._env_write(run)
                 break
-            except StorageWriteError:
-                return WONTGO, FAIL
-            except TornEnv:
-                return BRICKED_OUT, SILENT
+            except (StorageWriteError, TornEnv) as fault:
+                run.mb_wasted += run.mb_downloaded - kept_from  # the slot is never booted
+                return (WONTGO, FAIL) if isinstance(fault, StorageWriteError) else (BRICKED_OUT, SILENT)
             except PowerCut:
+                run.mb_wasted += run.mb_downloaded - kept_from  # the slot is written again from the start
                 yield from self._recover(run)
         return (yield from self._try_boot(run, old, target, defect))
 

@@ -20,11 +20,12 @@ import numpy as np
 
 from pvsim.device import INF, DeviceRun
 from pvsim.dists import SimRandom
-from pvsim.hub import Egress, HubOutages, Rollout
+from pvsim.hub import HubOutages, Rollout
 from pvsim.kernel import CountingEnvironment
 from pvsim.revisions import RevisionSet
 from pvsim.scenario import Scenario
 from pvsim.strategies import RUNNING, Tally, make_strategy
+from pvsim.transfer import Egress
 
 IDLE, BUSY, BRICKED = 0, 1, 2
 
@@ -72,7 +73,7 @@ class World:
         self.revisions = RevisionSet(scenario)
         self.table = DeviceTable(scenario)
         self.hub_outages = HubOutages(scenario.faults, self.until_s, random.Random(scenario.fleet.seed + 1))
-        self.egress = Egress(scenario.fleet.hub_egress_mbit_s / 8.0)
+        self.egress = Egress(self.env, scenario.fleet.hub_egress_mbit_s / 8.0, scenario.run.timeline_step_s, self.until_s)
         self.fault_counts: Counter[str] = Counter()
         self.rollouts: list[Rollout] = []
         self.pending: dict[int, Rollout] = {}

@@ -132,32 +132,46 @@ class Network:
         queue.append(E.MetadataReceived(command.rev, sizes, self._storage(run.device, brain.disk)))
 
     def _fetch(self, run: DeviceRun, brain: DeviceBrain, command: C.FetchObject, t: float) -> None:
-        """Plan one object transfer: when it ends and how (ok, dropped, outage, hash mismatch)."""
-        world = self.world
+        """Start one object transfer. It starts now even when the batch's durable writes before it
+        end at `t` (milliseconds): the Hub's egress only admits transfers at the present."""
         sha = command.sha
         mb = self.size_mb.get(sha, command.size / MB)
-        now = run.env._now
-        start = max(t, now)
         if not self._hub_ok(run, brain):
-            brain.push(start + HTTP_TIMEOUT_S, E.ObjectFetched(sha, ok=False))
+            brain.push(max(t, run.env._now) + HTTP_TIMEOUT_S, E.ObjectFetched(sha, ok=False))
             return
-        end, moved, ok, _ = attempt(run, start, mb)
-        if not ok:
-            brain.push(end, TransferDue(E.ObjectFetched(sha, ok=False), moved))
-        elif sha in self.corrupt and self._defect(run.device, str(self.corrupt[sha])) == "corrupt_object":
-            world.count("corrupt_object")
-            brain.push(end, TransferDue(E.ObjectFetched(sha, ok=False, hash_mismatch=True), mb))
+        if sha in self.corrupt and self._defect(run.device, str(self.corrupt[sha])) == "corrupt_object":
+            answer = E.ObjectFetched(sha, ok=False, hash_mismatch=True)
         else:
-            brain.push(end, TransferDue(self.event(E.ObjectFetched, sha), mb))
+            answer = self.event(E.ObjectFetched, sha)
+        transfers = brain.transfers
+
+        def ended(at: float, ok: bool, moved: float) -> None:
+            del transfers[flow]
+            if ok and answer.hash_mismatch:
+                self.world.count("corrupt_object")
+            brain.push(at, TransferDue(answer if ok else E.ObjectFetched(sha, ok=False), moved))
+            if brain.waker is not None:
+                brain.waker(at)
+
+        flow = attempt(run, mb, ended)
+        transfers[flow] = answer
 
     def _fetched(self, run: DeviceRun, brain: DeviceBrain, due: TransferDue, queue: deque[E.Event]) -> None:
-        """A transfer ended (ok, failed or corrupt): it leaves the Hub's egress."""
+        """A transfer ended (ok, failed or corrupt): a complete object goes into the pool; the bytes
+        of a failed or corrupt one are thrown away (the engine asks for the whole object again)."""
         event = due.event
-        self.world.egress.active -= 1
-        run.mb_downloaded += due.mb
         if event.ok:
             # renamed into place after its hash matched: the object is in the pool
             run.mb_written += due.mb
             disk = self._own_disk(brain)
             disk.objects = self._intern(disk.objects | {event.sha})
+        else:
+            run.mb_wasted += due.mb
         queue.append(event)
+
+    def _stop_transfers(self, run: DeviceRun, brain: DeviceBrain) -> None:
+        """Running transfers are cut (power, the update is over): what they moved is thrown away."""
+        egress = self.world.egress
+        for flow in brain.transfers:
+            run.mb_wasted += egress.stop(flow)
+        brain.transfers.clear()

@@ -31,7 +31,7 @@ Outcome = tuple[str, "bool | None"]
 class DeviceUpdate:
     """One device-update, driven by calls from the SimPy queue rather than a generator process."""
 
-    __slots__ = ("model", "run", "brain", "rev", "queue", "done", "writes", "poll_at")
+    __slots__ = ("model", "run", "brain", "rev", "queue", "done", "writes", "poll_at", "sleeping", "wake_at")
 
     def __init__(
         self, model: PantavisorModel, run: DeviceRun, brain: DeviceBrain, rev: str, done: Callable[[Outcome], None]
@@ -44,8 +44,11 @@ class DeviceUpdate:
         self.done = done
         self.writes: list = []
         self.poll_at = INF
+        self.sleeping: Any = None  # the pending wake-up while the device sleeps; others are stale
+        self.wake_at = INF
 
     def start(self) -> None:
+        self.brain.waker = self.nudge
         self.brain.hub_progress.pop(self.rev, None)
         self.model._poll(self.run, self.brain, self.rev, self.queue)
         self.drain()
@@ -112,15 +115,28 @@ class DeviceUpdate:
             # nothing left to wait for and the Hub has not heard a final status: a device that is
             # up but will not move (the step stays pending). Sleep to the end of the run.
             wake = model.world.until_s + 1.0
-        if wake >= run.cut_at:  # as DeviceRun.wait: the power goes first
-            self._slow(run.wait(wake - now))
-            return
-        env.call_later(wake - now if wake > now else 0.0, self._woke)
+        self._sleep(min(wake, run.cut_at))  # as DeviceRun.wait: at a tie the power goes first
 
-    def _woke(self, _call: Any) -> None:
+    def _sleep(self, until: float) -> None:
+        now = self.run.env._now
+        self.wake_at = until
+        self.sleeping = self.run.env.call_later(until - now if until > now else 0.0, self._woke)
+
+    def nudge(self, at: float) -> None:
+        """An agenda entry due at `at` was added from outside (a transfer ended): wake up for it."""
+        if self.sleeping is not None and at < self.wake_at:
+            self._sleep(at)
+
+    def _woke(self, call: Any) -> None:
         """Queue what became due while the device slept, then carry on."""
+        if call is not self.sleeping:
+            return  # superseded by an earlier wake-up (nudge)
+        self.sleeping = None
         model, run, brain, queue = self.model, self.run, self.brain, self.queue
         now = run.env._now
+        if now >= run.cut_at:
+            self._slow(_power_cut())
+            return
         agenda = brain.agenda
         while agenda and agenda[0][0] <= now:
             _, seq, entry = heapq.heappop(agenda)
@@ -157,7 +173,14 @@ class DeviceUpdate:
         self.drain()
 
     def _end(self, outcome: Outcome) -> None:
-        # transfers still listed stop counting against the Hub's egress (the engine ignores late
-        # answers, R5) and a resting device's timers are not simulated (idle devices cost no events)
+        # transfers still running leave the Hub's egress (the engine ignores late answers, R5) and a
+        # resting device's timers are not simulated (idle devices cost no events)
         self.model._lose_volatile(self.run, self.brain)
+        self.brain.waker = None
         self.done(outcome)
+
+
+def _power_cut() -> Generator[Any, Any, bool]:
+    """The power goes while the device sleeps (a process, so `_interruptible` recovers from it)."""
+    raise PowerCut
+    yield  # a generator
