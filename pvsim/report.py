@@ -34,9 +34,11 @@ def write_timeline_csv(result: RunResult, path: Path) -> None:
     timeline = result.timeline
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["t_s", *timeline["names"]])
-        for t, counts in zip(timeline["t"], timeline["counts"], strict=True):
-            writer.writerow([f"{t:.0f}", *counts])
+        # revision counts, then the megabytes moved through the Hub's egress by then (cumulative)
+        writer.writerow(["t_s", *timeline["names"], "mb_moved"])
+        moved = timeline.get("mb_moved") or [0.0] * len(timeline["t"])
+        for t, counts, mb in zip(timeline["t"], timeline["counts"], moved, strict=True):
+            writer.writerow([f"{t:.0f}", *counts, f"{mb:.3f}"])
 
 
 # rollout events marked on the plot, and their colours

@@ -92,6 +92,7 @@ def build_timeline(world: World, step: float) -> dict[str, Any]:
         "counts": counts.tolist(),
         "rolled_back": _so_far(times, world.rolled_back_t),
         "bricked": _so_far(times, world.bricked_t),
+        "mb_moved": world.egress.cumulative_mb(len(times)),  # through the Hub's egress, by then
     }
 
 
@@ -109,6 +110,7 @@ def collect(world: World, wall_s: float, events: int) -> RunResult:
     rev_counts = np.bincount(np.frombuffer(world.table.rev, dtype=np.int32), minlength=len(world.revisions))
     for rev in world.revisions.revisions:
         final_counts[rev.name] = int(rev_counts[rev.index])
+    world.egress.settle()  # transfers still running count what they moved
     stuck = len(world.active_runs)
     for run in world.active_runs.values():  # unfinished updates still moved bytes
         run.rollout.mb_downloaded += run.mb_downloaded

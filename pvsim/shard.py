@@ -390,7 +390,7 @@ def merge(
     stacked = np.sum([np.asarray(r.timeline["counts"], dtype=np.int64) for r in results], axis=0)
     stacked[:, 0] -= (shards - 1) * n
     timeline["counts"] = stacked.tolist()
-    for key in ("rolled_back", "bricked"):
+    for key in ("rolled_back", "bricked", "mb_moved"):
         timeline[key] = np.sum([r.timeline[key] for r in results], axis=0).tolist()
     extras = dict(results[0].extras)
     for key in ("device_updates", "reboots", "wontgo", "in_progress_at_end"):
