@@ -50,6 +50,7 @@ class DeviceRun:
         "exposed",
         "first_boot",
         "up_until",
+        "reason",
     )
 
     def __init__(self, world: World, device: int, rollout: Rollout) -> None:
@@ -66,6 +67,7 @@ class DeviceRun:
         self.exposed = False
         self.first_boot = False
         self.up_until = 0.0  # the Hub is known reachable before this time (hub_reachable)
+        self.reason = ""  # why it failed, in its update client's words (Pantavisor: the final status message)
         self.cut_at = world.draw_power_cut(self.env.now)
         self.net_start, self.net_end = world.draw_net_outage(self.env.now)
 
@@ -174,6 +176,7 @@ class DeviceRun:
             if at > env._now:
                 yield from self.wait(at - env._now)  # the stall before a dead request times out
             if not ok:
+                self.world.retries["object"] += 1
                 yield from self.wait(RETRY_S)
 
     def _cut_download(self, done: Any, flow: Any, written_per_mb: float, _call: Any) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 from bisect import bisect_right
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -78,6 +79,9 @@ class Rollout:
     bricked: int = 0
     exposed: int = 0
     mb_downloaded: float = 0.0
+    mb_wasted: float = 0.0
+    reasons: Counter[tuple[str, str]] = field(default_factory=Counter)  # (outcome, reason) of failures
+    timed_out: list[int] = field(default_factory=list)  # devices counted failed for their silence
     mb_written: float = 0.0
     reboots: int = 0
     commit_times: list[float] = field(default_factory=list)

@@ -35,6 +35,7 @@ from pvsim.world import BRICKED_OUT, COMMITTED, FAIL, OK, ROLLED_BACK, SILENT, W
 
 APP_DEFECTS = ("container_crash", "never_ready", "breaks_network")
 CHECKSUM_ATTEMPTS = 3  # downloads of a corrupt artifact before the device gives up on it
+TORN = "boot env torn by a power cut"
 
 
 class TornEnv(Exception):
@@ -86,6 +87,7 @@ class ABModel:
                 yield from run.reach_hub()
                 if defect == "bad_signature":
                     world.count("bad_signature")
+                    run.reason = "artifact signature invalid"
                     return WONTGO, FAIL
                 # the artifact streams into the inactive slot (a delta is patched into a full
                 # image on the way), then the slot is synced
@@ -95,13 +97,16 @@ class ABModel:
                     world.count("corrupt_object")
                     run.mb_wasted += run.mb_downloaded - kept_from
                     corrupt_seen += 1
+                    world.retries["object"] += 1
                     if corrupt_seen >= CHECKSUM_ATTEMPTS:
+                        run.reason = f"artifact checksum mismatch ({CHECKSUM_ATTEMPTS} downloads)"
                         return WONTGO, FAIL
                     continue
                 yield from self._env_write(run)
                 break
             except (StorageWriteError, TornEnv) as fault:
                 run.mb_wasted += run.mb_downloaded - kept_from  # the slot is never booted
+                run.reason = "storage write error" if isinstance(fault, StorageWriteError) else TORN
                 return (WONTGO, FAIL) if isinstance(fault, StorageWriteError) else (BRICKED_OUT, SILENT)
             except PowerCut:
                 run.mb_wasted += run.mb_downloaded - kept_from  # the slot is written again from the start
@@ -113,6 +118,7 @@ class ABModel:
         world.set_running(run.device, target)
         run.first_boot = True
         boots = 0
+        cause = ""
         while True:
             boots += 1
             try:
@@ -121,16 +127,20 @@ class ABModel:
                 if defect == "kernel_panic":
                     world.count("kernel_panic")
                     run.exposed = True
+                    cause = "kernel panic"
                     raise BootFailed
                 yield from run.wait(world.device_cfg.container_start_s.sample(world.rng))
                 if defect in APP_DEFECTS:
                     world.count(defect)
                     run.exposed = True
+                    cause = f"health check failed: {defect.replace('_', ' ')}"
                     if not cfg.health_check:
+                        run.reason = f"committed without a health check: {defect.replace('_', ' ')}"
                         yield from self._env_write(run)  # commits blind
                         return BRICKED_OUT, (SILENT if defect == "breaks_network" else OK)
                     yield from run.wait(cfg.health_window_s)
                     if not cfg.rollback:
+                        run.reason = f"no rollback: {cause}"
                         return BRICKED_OUT, (SILENT if defect == "breaks_network" else FAIL)
                     raise BootFailed
                 if cfg.health_check:
@@ -138,17 +148,21 @@ class ABModel:
                 yield from self._env_write(run)
                 return COMMITTED, OK
             except TornEnv:
+                run.reason = TORN
                 return BRICKED_OUT, SILENT
             except PowerCut:
+                cause = "power cut during the try boot"
                 yield from run.power_restored()
             except BootFailed:
                 if not cfg.rollback:
+                    run.reason = f"no rollback: {cause}"
                     return BRICKED_OUT, SILENT
             if cfg.rollback and boots >= cfg.bootlimit:
                 # bootcount past bootlimit: altbootcmd boots the old slot
                 world.set_running(run.device, old)
                 run.first_boot = False
                 yield from self._boot_until_up(run)
+                run.reason = f"bootlimit {cfg.bootlimit} reached: {cause}"
                 return ROLLED_BACK, FAIL
 
     def _env_write(self, run: DeviceRun) -> Generator[Any, Any, None]:

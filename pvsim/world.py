@@ -75,6 +75,8 @@ class World:
         self.hub_outages = HubOutages(scenario.faults, self.until_s, random.Random(scenario.fleet.seed + 1))
         self.egress = Egress(self.env, scenario.fleet.hub_egress_mbit_s / 8.0, scenario.run.timeline_step_s, self.until_s)
         self.fault_counts: Counter[str] = Counter()
+        # requests that failed and were asked again: "metadata", "object", "intake" (update taken in again)
+        self.retries: Counter[str] = Counter({"metadata": 0, "object": 0, "intake": 0})
         self.rollouts: list[Rollout] = []
         self.pending: dict[int, Rollout] = {}
         self.active_runs: dict[int, DeviceRun] = {}
@@ -202,7 +204,10 @@ class World:
 
     def _finish(self, device: int, rollout: Rollout, run: DeviceRun, outcome: str, report: bool | None) -> None:
         rollout.mb_downloaded += run.mb_downloaded
+        rollout.mb_wasted += run.mb_wasted
         rollout.mb_written += run.mb_written
+        if outcome in (ROLLED_BACK, WONTGO, BRICKED_OUT):
+            rollout.reasons[outcome, run.reason or "unknown"] += 1
         rollout.reboots += run.reboots
         rollout.exposed += run.exposed
         if outcome == COMMITTED:

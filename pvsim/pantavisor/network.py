@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 # events without fields: one instance for every device
 HUB_REACHED = E.HubReached()
 HUB_REQUEST_FAILED = E.HubRequestFailed()
+RETRIED = Msg.retried(0, 0).split(" ")[0] + " "  # "Retried N of M": the engine's intake message
+NOT_RETRIED = Msg.retried(0, 0).rsplit(" ", 2)[0] + " "  # "Retried 0 ": a first intake
 
 
 class Network:
@@ -110,6 +112,9 @@ class Network:
         return best
 
     def _report(self, run: DeviceRun, brain: DeviceBrain, command: C.ReportProgress, queue: deque[E.Event]) -> None:
+        msg = command.record.status_msg
+        if msg.startswith(RETRIED) and not msg.startswith(NOT_RETRIED):
+            self.world.retries["intake"] += 1  # an update taken in again (after a reboot or a crash)
         ok = self._hub_ok(run, brain)
         if ok:
             brain.hub_progress[command.rev] = command.record
@@ -121,6 +126,7 @@ class Network:
         self, run: DeviceRun, brain: DeviceBrain, command: C.FetchMetadata, t: float, queue: deque[E.Event]
     ) -> None:
         if not self._hub_ok(run, brain):
+            self.world.retries["metadata"] += 1
             brain.push(t + HTTP_TIMEOUT_S, E.MetadataFailed(command.rev))
             return
         if self.world.table.full[run.device]:
@@ -137,6 +143,7 @@ class Network:
         sha = command.sha
         mb = self.size_mb.get(sha, command.size / MB)
         if not self._hub_ok(run, brain):
+            self.world.retries["object"] += 1
             brain.push(max(t, run.env._now) + HTTP_TIMEOUT_S, E.ObjectFetched(sha, ok=False))
             return
         if sha in self.corrupt and self._defect(run.device, str(self.corrupt[sha])) == "corrupt_object":
@@ -167,6 +174,7 @@ class Network:
             disk.objects = self._intern(disk.objects | {event.sha})
         else:
             run.mb_wasted += due.mb
+            self.world.retries["object"] += 1
         queue.append(event)
 
     def _stop_transfers(self, run: DeviceRun, brain: DeviceBrain) -> None:

@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     from pvsim.pantavisor.model import PantavisorModel
 
 Outcome = tuple[str, "bool | None"]
+# not a Pantavisor message: a device whose boot env was torn never reports again
+TORN_ENV = "boot env torn by a power cut (the device never reports again)"
 
 
 class DeviceUpdate:
@@ -85,11 +87,13 @@ class DeviceUpdate:
         or its next Hub request."""
         model, run, brain = self.model, self.run, self.brain
         if brain.disk.torn:
+            run.reason = TORN_ENV
             return self._end((BRICKED_OUT, SILENT))  # no readable boot env: nothing boots any more
         heard = brain.hub_progress.get(self.rev)
         if heard is not None and heard.status in FINAL_STATUSES:
             outcome = model._outcome(brain, self.rev, heard)
             if outcome is not None:
+                run.reason = heard.status_msg  # the final record's status message, as the Hub shows it
                 return self._end(outcome)
         env = run.env
         now = env._now
@@ -169,6 +173,7 @@ class DeviceUpdate:
             if not brain.disk.torn:
                 yield from model._reboot_safely(run, brain, queue)
             if brain.disk.torn:
+                run.reason = TORN_ENV
                 return self._end((BRICKED_OUT, SILENT))  # without feeding the engine what was queued
         self.drain()
 
