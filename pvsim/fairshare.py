@@ -65,6 +65,7 @@ class FairShare:
         self.capped_n = 0
         self.sharing_n = 0
         self._seq = count()
+        self._changes = 0  # dead heap entries are swept every 256 changes (_compact)
         self._capped_end: list[tuple[float, int, int, Flow]] = []  # (real end, seq, epoch, flow)
         self._capped_cap: list[tuple[float, int, int, Flow]] = []  # (-cap, ...): largest cap first
         self._sharing_end: list[tuple[float, int, int, Flow]] = []  # (virtual end, ...)
@@ -200,6 +201,12 @@ class FairShare:
     def _rebalance(self) -> None:
         """Restore max(cap of capped) <= f <= min(cap of sharing) after a change (water-filling)."""
         egress = self.egress
+        if not self.sharing_n and self.capped_sum <= egress:
+            self.fair = INF  # the common case: every transfer gets what its own path allows
+            self._changes += 1
+            if self._changes & 255 == 0:
+                self._compact()
+            return
         while True:
             if self.sharing_n:
                 self.fair = max(0.0, egress - self.capped_sum) / self.sharing_n
@@ -218,7 +225,9 @@ class FairShare:
                 self._to_capped(small, left)
                 continue
             break
-        self._compact()
+        self._changes += 1
+        if self._changes & 255 == 0:
+            self._compact()
 
     def _compact(self) -> None:
         live = self.capped_n + self.sharing_n

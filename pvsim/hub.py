@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 from bisect import bisect_right
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -82,6 +82,11 @@ class Rollout:
     mb_wasted: float = 0.0
     reasons: Counter[tuple[str, str]] = field(default_factory=Counter)  # (outcome, reason) of failures
     timed_out: list[int] = field(default_factory=list)  # devices counted failed for their silence
+    # devices that took the release and have not reported, with their deadline; and the deadlines
+    # in the order they were set (all are start + the same timeout, so a FIFO is sorted)
+    silent: dict[int, float] = field(default_factory=dict)
+    deadlines: deque[tuple[float, int]] = field(default_factory=deque)
+    watching: bool = False  # a deadline check is scheduled
     mb_written: float = 0.0
     reboots: int = 0
     commit_times: list[float] = field(default_factory=list)

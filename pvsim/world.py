@@ -87,6 +87,7 @@ class World:
         # when device-updates ended rolled back or bricked: drawn over time in adoption.png
         self.rolled_back_t = array("d")
         self.bricked_t = array("d")
+        self.timeout_s = scenario.rollout.device_timeout_s
         self.cut_rate = scenario.faults.power_cuts_per_device_day / 86400.0
         self.net_rate = scenario.faults.network_outages_per_device_day / 86400.0
         self.model = model_factory(self)
@@ -171,7 +172,8 @@ class World:
         for device in rollout.order[start:stop].tolist():
             state = status[device]
             if state == BRICKED:
-                continue  # the hub never hears from it again
+                self._expect_report(rollout, device)  # the hub never hears from it again
+                continue
             if state == BUSY:
                 self.pending[device] = rollout
                 continue
@@ -193,6 +195,7 @@ class World:
         self.env.call_later(poll - now, lambda _call: self._begin(device, rollout))
 
     def _begin(self, device: int, rollout: Rollout) -> None:
+        self._expect_report(rollout, device)
         run = DeviceRun(self, device, rollout)
         self.active_runs[device] = run
 
@@ -222,6 +225,8 @@ class World:
             rollout.bricked += 1
             self.bricked_t.append(self.env._now)
         self.table.status[device] = BRICKED if outcome == BRICKED_OUT else IDLE
+        if rollout.silent.pop(device, None) is None and self.timeout_s > 0:
+            report = SILENT  # it timed out: the hub counted it failed already and ignores it now
         if report is OK:
             rollout.tally.succeeded += 1
         elif report is FAIL:
@@ -235,6 +240,38 @@ class World:
                 self._pump(queued)
             else:
                 self._start(device, queued)
+
+    # -- silent devices -----------------------------------------------------------------------------
+    def _expect_report(self, rollout: Rollout, device: int) -> None:
+        """The device took the release: it has `rollout.device_timeout_s` to report. One pending
+        check per rollout (deadlines come in order), not one event per device."""
+        if self.timeout_s <= 0:
+            return
+        deadline = self.env._now + self.timeout_s
+        rollout.silent[device] = deadline
+        rollout.deadlines.append((deadline, device))
+        if not rollout.watching:
+            rollout.watching = True
+            self.env.call_later(self.timeout_s, lambda _call: self._check_silent(rollout))
+
+    def _check_silent(self, rollout: Rollout) -> None:
+        now = self.env._now
+        queue = rollout.deadlines
+        timed_out = 0
+        while queue and (queue[0][0] <= now or rollout.silent.get(queue[0][1]) != queue[0][0]):
+            deadline, device = queue.popleft()
+            if rollout.silent.get(device) == deadline:
+                del rollout.silent[device]
+                rollout.timed_out.append(device)
+                rollout.tally.failed += 1
+                timed_out += 1
+        if queue:
+            self.env.call_later(queue[0][0] - now, lambda _call: self._check_silent(rollout))
+        else:
+            rollout.watching = False
+        if timed_out:
+            rollout.marks.append((now, f"{rollout.name}: {len(rollout.timed_out)} silent past {self.timeout_s:g} s"))
+            self._pump(rollout)
 
     # -- running ------------------------------------------------------------------------------------
     def run(self) -> None:

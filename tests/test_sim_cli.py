@@ -23,8 +23,8 @@ def test_run_writes_results_timeline_plot_and_report(tmp_path, capsys):
     assert results["final_revision_counts"]["bsp-2.0"] == 0
     assert results["time_to_95pct_s"] is None
     lines = (out / "timeline.csv").read_text().splitlines()
-    assert lines[0] == "t_s,0,web-1.1,bsp-2.0"
-    assert all(sum(map(int, line.split(",")[1:])) == 300 for line in lines[1:])
+    assert lines[0] == "t_s,0,web-1.1,bsp-2.0,mb_moved"
+    assert all(sum(map(int, line.split(",")[1:-1])) == 300 for line in lines[1:])
     assert (out / "adoption.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = (out / "report.html").read_text()
     assert "data:image/png;base64," in report and "<img" in report and "src=\"http" not in report

@@ -14,12 +14,13 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from pvsim.device import INF, DeviceRun
+from pvsim.fairshare import ENDED
 from pvsim.pantavisor.agenda import DeviceBrain, TransferDue
 from pvsim.pantavisor.storage import MB
 from pvsim.transfer import HTTP_TIMEOUT_S, attempt
 from shared.engine import commands as C
 from shared.engine import events as E
-from shared.engine.progress import Msg
+from shared.engine.progress import Msg, Status
 
 if TYPE_CHECKING:
     from pvsim.simdisk import SimDisk
@@ -112,8 +113,8 @@ class Network:
         return best
 
     def _report(self, run: DeviceRun, brain: DeviceBrain, command: C.ReportProgress, queue: deque[E.Event]) -> None:
-        msg = command.record.status_msg
-        if msg.startswith(RETRIED) and not msg.startswith(NOT_RETRIED):
+        record = command.record
+        if record.status is Status.QUEUED and record.status_msg.startswith(RETRIED) and not record.status_msg.startswith(NOT_RETRIED):
             self.world.retries["intake"] += 1  # an update taken in again (after a reboot or a crash)
         ok = self._hub_ok(run, brain)
         if ok:
@@ -153,7 +154,8 @@ class Network:
         transfers = brain.transfers
 
         def ended(at: float, ok: bool, moved: float) -> None:
-            del transfers[flow]
+            if transfers.pop(flow, None) is None:
+                return  # the device lost it (a power cut) in the same instant
             if ok and answer.hash_mismatch:
                 self.world.count("corrupt_object")
             brain.push(at, TransferDue(answer if ok else E.ObjectFetched(sha, ok=False), moved))
@@ -181,5 +183,6 @@ class Network:
         """Running transfers are cut (power, the update is over): what they moved is thrown away."""
         egress = self.world.egress
         for flow in brain.transfers:
-            run.mb_wasted += egress.stop(flow)
+            # a flow that ended this instant, its answer not yet delivered, moved all of it
+            run.mb_wasted += egress.stop(flow) if flow.state != ENDED else flow.size
         brain.transfers.clear()

@@ -119,7 +119,10 @@ class DeviceUpdate:
             # nothing left to wait for and the Hub has not heard a final status: a device that is
             # up but will not move (the step stays pending). Sleep to the end of the run.
             wake = model.world.until_s + 1.0
-        self._sleep(min(wake, run.cut_at))  # as DeviceRun.wait: at a tie the power goes first
+        if wake >= run.cut_at:
+            wake = run.cut_at  # as DeviceRun.wait: at a tie the power goes first
+        self.wake_at = wake
+        self.sleeping = env.call_later(wake - now if wake > now else 0.0, self._woke)  # _sleep, inlined
 
     def _sleep(self, until: float) -> None:
         now = self.run.env._now
@@ -127,15 +130,23 @@ class DeviceUpdate:
         self.sleeping = self.run.env.call_later(until - now if until > now else 0.0, self._woke)
 
     def nudge(self, at: float) -> None:
-        """An agenda entry due at `at` was added from outside (a transfer ended): wake up for it."""
+        """An agenda entry due at `at` was added from outside (a transfer ended): wake up for it,
+        at once when it is due now (no event spent; the pending wake-up goes stale)."""
         if self.sleeping is not None and at < self.wake_at:
-            self._sleep(at)
+            if at <= self.run.env._now:
+                self.sleeping = None
+                self._wake()
+            else:
+                self._sleep(at)
 
     def _woke(self, call: Any) -> None:
-        """Queue what became due while the device slept, then carry on."""
         if call is not self.sleeping:
             return  # superseded by an earlier wake-up (nudge)
         self.sleeping = None
+        self._wake()
+
+    def _wake(self) -> None:
+        """Queue what became due while the device slept, then carry on."""
         model, run, brain, queue = self.model, self.run, self.brain, self.queue
         now = run.env._now
         if now >= run.cut_at:
