@@ -174,7 +174,7 @@ def collect(world: World, wall_s: float, events: int) -> RunResult:
                 "mb_downloaded": round(r.mb_downloaded, 3),
                 "mb_wasted": round(r.mb_wasted, 3),
                 "mb_written": round(r.mb_written, 3),
-                "rollback_reasons": _reasons(r.reasons, ROLLED_BACK),
+                "rolled_back_reasons": _reasons(r.reasons, ROLLED_BACK),
                 "wontgo_reasons": _reasons(r.reasons, WONTGO),
                 "bricked_reasons": _reasons(r.reasons, BRICKED_OUT),
                 "reboots": r.reboots,
@@ -212,7 +212,7 @@ def collect(world: World, wall_s: float, events: int) -> RunResult:
         "in_progress_at_end": stuck,
         "timed_out": sum(len(r.timed_out) for r in rollouts),
         "retries": dict(world.retries),
-        "rollback_reasons": merge_reasons(rel["rollback_reasons"] for rel in releases),
+        "rollback_reasons": merge_reasons(rel["rolled_back_reasons"] for rel in releases),
         "wontgo_reasons": merge_reasons(rel["wontgo_reasons"] for rel in releases),
         "releases": releases,
     }

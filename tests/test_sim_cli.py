@@ -110,9 +110,9 @@ def test_sweep_is_factorial_and_writes_csv(tmp_path, capsys):
 def test_summary_table_reads_as_a_person_would():
     from rich.console import Console
 
-    from pvsim.cli.run import summary_table
     from pvsim.runner import run_scenario
     from pvsim.scenario import load_scenario
+    from pvsim.summary import summary_table
 
     result = run_scenario(load_scenario(REPO / "scenarios" / "quickstart.toml", **{"fleet.devices": 300}))
     console = Console(record=True, width=200)

@@ -141,4 +141,4 @@ def test_a_real_run_never_exceeds_the_egress_and_fills_it_under_demand(monkeypat
     # what the timeline shows moved equals what the devices were counted
     assert math.isclose(result.timeline["mb_moved"][-1] * 1e6, result.results["bytes_downloaded"], rel_tol=1e-6)
     steps = result.timeline["mb_moved"]
-    assert all(later - earlier <= limit * 60 * (1 + 1e-9) for earlier, later in zip(steps, steps[1:]))
+    assert all(later - earlier <= limit * 60 * (1 + 1e-9) for earlier, later in zip(steps, steps[1:], strict=False))
