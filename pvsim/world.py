@@ -225,7 +225,7 @@ class World:
             rollout.bricked += 1
             self.bricked_t.append(self.env._now)
         self.table.status[device] = BRICKED if outcome == BRICKED_OUT else IDLE
-        if rollout.silent.pop(device, None) is None and self.timeout_s > 0:
+        if report is not SILENT and self.timeout_s > 0 and rollout.silent.pop(device, None) is None:
             report = SILENT  # it timed out: the hub counted it failed already and ignores it now
         if report is OK:
             rollout.tally.succeeded += 1
