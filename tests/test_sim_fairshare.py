@@ -142,3 +142,19 @@ def test_a_real_run_never_exceeds_the_egress_and_fills_it_under_demand(monkeypat
     assert math.isclose(result.timeline["mb_moved"][-1] * 1e6, result.results["bytes_downloaded"], rel_tol=1e-6)
     steps = result.timeline["mb_moved"]
     assert all(later - earlier <= limit * 60 * (1 + 1e-9) for earlier, later in zip(steps, steps[1:], strict=False))
+
+
+def test_the_issue_example_half_the_fleet_finishes_near_the_fair_time():
+    """Issue 15: devices polling over ten minutes behind a shared egress, 30 MB each. Fairly shared,
+    they progress together: half finish near total bytes / egress (here 300 x 30 MB at 1.25 MB/s =
+    7 200 s), not at half that (first-come shares fixed at the start gave ~3 650 s)."""
+    doc = {
+        "name": "fair-example",
+        "fleet": {"devices": 300, "seed": 1, "poll_interval_s": 600, "hub_egress_mbit_s": 10},
+        "release": [{"name": "app-2", "parts": ["app:web"], "size_mb": 30}],
+        "rollout": {"strategy": "all-at-once"},
+        "run": {"until_s": 20000, "timeline_step_s": 300},
+    }
+    r = run_scenario(validate_scenario(doc, "fair-example")).results
+    assert 6500 < r["time_to_50pct_s"] < 7300
+    assert r["time_to_95pct_s"] < 7400
