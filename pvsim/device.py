@@ -166,7 +166,8 @@ class DeviceRun:
         while remaining > 1e-9:
             yield from self.reach_hub()
             done = env.event()
-            flow = attempt(self, remaining, lambda at, ok, moved, done=done: done.succeed((at, ok, moved)), written * remaining / mb)
+            ended = functools.partial(_succeed, done)
+            flow = attempt(self, remaining, ended, self._at_fixed_end, written * remaining / mb)
             if self.cut_at < self.world.until_s:
                 cut = functools.partial(self._cut_download, done, flow, written / mb)
                 env.call_later(self.cut_at - env._now, cut)
@@ -179,8 +180,17 @@ class DeviceRun:
                 self.world.retries["object"] += 1
                 yield from self.wait(RETRY_S)
 
+    def _at_fixed_end(self, flow: Any, end: float, token: int) -> None:
+        egress = self.world.egress
+        self.env.call_later(end - self.env._now, lambda _call: egress.complete(flow, token))
+
     def _cut_download(self, done: Any, flow: Any, written_per_mb: float, _call: Any) -> None:
         if done.triggered:
             return
         self.mb_written += written_per_mb * self.world.egress.stop(flow)  # reached storage before the cut
         done.fail(PowerCut())
+
+
+def _succeed(done: Any, at: float, ok: bool, moved: float) -> None:
+    if not done.triggered:  # a power cut may have failed it in the same instant
+        done.succeed((at, ok, moved))

@@ -18,8 +18,9 @@ Nothing is rescanned when a transfer starts or ends (water-filling with heaps):
 
 Heap entries are deleted lazily (a flow's `epoch` says which entries are current) and a heap is
 rebuilt when dead entries outnumber live ones, so each change costs O(log n) amortised. The
-structure is pure (no SimPy): the caller says what time it is and asks when the next transfer
-finishes (`next_end`); `pvsim.transfer` turns that into one pending SimPy event for the whole egress.
+structure is pure (no SimPy): the caller says what time it is, asks when the next transfer
+finishes (`next_end`), and is told which transfers got a fixed end time (`fixed`): those finish
+then unless the egress becomes contended, so their owners can wait for that time themselves.
 """
 
 from __future__ import annotations
@@ -38,18 +39,25 @@ CAPPED, SHARING, ENDED = 0, 1, 2
 class Flow:
     """One transfer through the egress."""
 
-    __slots__ = ("size", "cap", "state", "epoch", "t0", "left0", "vend", "owner", "on_end", "tag")
+    __slots__ = ("size", "cap", "state", "epoch", "fixed", "t0", "left0", "vend", "owner", "on_end", "on_fixed", "tag")
 
-    def __init__(self, size: float, cap: float, owner: Any, on_end: Callable[[Flow], None] | None, tag: Any) -> None:
+    def __init__(
+        self, size: float, cap: float, owner: Any, on_end: Callable[[Flow], None] | None, tag: Any,
+        on_fixed: Callable[[Flow, float, int], None] | None = None,
+    ) -> None:  # fmt: skip
         self.size = size  # megabytes to move
         self.cap = cap  # megabytes per second its own path allows
         self.state = CAPPED
         self.epoch = 0  # bumped when it changes group: heap entries of older epochs are dead
+        # while capped (and after it completed as capped): the epoch its fixed end time belongs to;
+        # -1 while sharing or once stopped. Whoever waits for the fixed end checks this token.
+        self.fixed = -1
         self.t0 = 0.0  # capped: when it entered the group, with `left0` megabytes to go
         self.left0 = size
         self.vend = 0.0  # sharing: the virtual time at which it is done
         self.owner = owner  # whom its bytes are counted to (pvsim.transfer)
         self.on_end = on_end  # called when it has moved `size` (not when stopped)
+        self.on_fixed = on_fixed  # told (flow, end, token) whenever it gets a fixed end time
         self.tag = tag  # the caller's own data
 
 
@@ -64,6 +72,7 @@ class FairShare:
         self.capped_sum = 0.0  # summed caps of the capped flows
         self.capped_n = 0
         self.sharing_n = 0
+        self.fixed: list[tuple[Flow, float]] = []  # flows that got a fixed end since last taken
         self._seq = count()
         self._changes = 0  # dead heap entries are swept every 256 changes (_compact)
         self._capped_end: list[tuple[float, int, int, Flow]] = []  # (real end, seq, epoch, flow)
@@ -108,9 +117,12 @@ class FairShare:
         return flow.size - self.left(flow)
 
     # -- changes ---------------------------------------------------------------------------------------
-    def start(self, now: float, size: float, cap: float, owner: Any = None, on_end: Callable[[Flow], None] | None = None, tag: Any = None) -> Flow:
+    def start(
+        self, now: float, size: float, cap: float, owner: Any = None, on_end: Callable[[Flow], None] | None = None,
+        tag: Any = None, on_fixed: Callable[[Flow, float, int], None] | None = None,
+    ) -> Flow:  # fmt: skip
         self._clock(now)
-        flow = Flow(size, cap, owner, on_end, tag)
+        flow = Flow(size, cap, owner, on_end, tag, on_fixed)
         self._to_capped(flow, size)
         self._rebalance()
         return flow
@@ -125,24 +137,52 @@ class FairShare:
         self._rebalance()
         return moved
 
-    def advance(self, now: float) -> list[Flow]:
-        """Move the clock to `now` and end the flows that are done by then (in a deterministic order)."""
+    def finish(self, flow: Flow, now: float) -> None:
+        """End a capped flow at its fixed end (called a hair early when float rounding says so)."""
         self._clock(now)
-        done: list[Flow] = []
-        heap = self._capped_end
-        while heap and (heap[0][3].epoch != heap[0][2] or heap[0][0] <= now + EPS_S):
-            _, _, epoch, flow = heappop(heap)
-            if flow.epoch == epoch and flow.state == CAPPED:
-                done.append(flow)
-                self._leave(flow)
-        heap = self._sharing_end
-        while heap and (heap[0][3].epoch != heap[0][2] or heap[0][0] <= self.v + EPS_MB):
-            _, _, epoch, flow = heappop(heap)
-            if flow.epoch == epoch and flow.state == SHARING:
-                done.append(flow)
-                self._leave(flow)
-        if done:
+        if flow.state != ENDED:
+            self._leave(flow, completed=True)
             self._rebalance()
+
+    def advance(self, now: float, count: Callable[[float], None] | None = None) -> list[Flow]:
+        """Move the clock to `now`, ending the flows done by then in time order (each end changes
+        the others' pace, so they are replayed one by one). `count(t)` is called before each change
+        and at `now`, so a caller can integrate the aggregate rate exactly."""
+        done: list[Flow] = []
+        capped, sharing = self._capped_end, self._sharing_end
+        while True:
+            while capped and capped[0][3].epoch != capped[0][2]:
+                heappop(capped)
+            while sharing and sharing[0][3].epoch != sharing[0][2]:
+                heappop(sharing)
+            t = capped[0][0] if capped else INF
+            if sharing and self.sharing_n:
+                t = min(t, self.now + max(0.0, sharing[0][0] - self.v) / self.fair)
+            if t > now + EPS_S:
+                break
+            t = max(t, self.now)
+            if count is not None:
+                count(t)
+            self._clock(t)
+            ended = False
+            while capped and capped[0][0] <= t + EPS_S:
+                _, _, epoch, flow = heappop(capped)
+                if flow.epoch == epoch and flow.state == CAPPED:
+                    done.append(flow)
+                    self._leave(flow, completed=True)
+                    ended = True
+            while sharing and sharing[0][0] <= self.v + EPS_MB:
+                _, _, epoch, flow = heappop(sharing)
+                if flow.epoch == epoch and flow.state == SHARING:
+                    done.append(flow)
+                    self._leave(flow, completed=True)
+                    ended = True
+            if not ended:
+                break  # float rounding: what is left ends at the next call
+            self._rebalance()
+        if count is not None:
+            count(now)
+        self._clock(now)
         return done
 
     def next_end(self) -> float:
@@ -166,8 +206,11 @@ class FairShare:
         flow.epoch += 1
         flow.t0 = self.now
         flow.left0 = left
+        flow.fixed = flow.epoch
         seq = next(self._seq)
-        heappush(self._capped_end, (self.now + left / flow.cap, seq, flow.epoch, flow))
+        end = self.now + left / flow.cap
+        self.fixed.append((flow, end))
+        heappush(self._capped_end, (end, seq, flow.epoch, flow))
         heappush(self._capped_cap, (-flow.cap, seq, flow.epoch, flow))
         self.capped_sum += flow.cap
         self.capped_n += 1
@@ -181,7 +224,9 @@ class FairShare:
         heappush(self._sharing_cap, (flow.cap, seq, flow.epoch, flow))
         self.sharing_n += 1
 
-    def _leave(self, flow: Flow) -> None:
+    def _leave(self, flow: Flow, completed: bool = False) -> None:
+        if not completed:
+            flow.fixed = -1  # its fixed end, if it had one, will not come
         if flow.state == CAPPED:
             self.capped_sum -= flow.cap
             self.capped_n -= 1

@@ -1,12 +1,15 @@
 """The network, for every update model: the Hub's egress and one attempt to move bytes to a device.
 
-`Egress` is the Hub's uplink in simulated time: the max-min fair sharing of `pvsim.fairshare`, plus
-one pending SimPy event for the whole egress, at the moment the next transfer finishes. A start or
-a stop changes every sharing transfer's pace, so that moment moves; the egress then schedules a new
-event only if it came earlier (a later one is found when the earlier event fires and finds nothing
-done), so each transfer costs O(1) events however many others run beside it. Every megabyte moved
-is counted to the device it went to (`DeviceRun.mb_downloaded`) when its transfer ends or stops,
-and into the per-step totals timeline.csv shows.
+`Egress` is the Hub's uplink in simulated time: the max-min fair sharing of `pvsim.fairshare`. A
+transfer capped by its own path (link, storage) has a fixed end time as long as the egress is not
+contended; its owner waits for that time itself, as it would for any timer (`on_fixed`, then
+`complete`), so an uncontended egress costs no events of its own. While some transfers share the
+egress, their ends move with every start and stop: the egress then keeps one pending SimPy event,
+at the next end, and schedules a new one only if that moment came earlier (a later one is found
+when the earlier event fires and finds nothing done), so each transfer costs O(1) events however
+many others run beside it. Every megabyte moved is counted to the device it went to
+(`DeviceRun.mb_downloaded`) when its transfer ends or stops, and into the per-step totals
+timeline.csv shows (the aggregate rate is integrated exactly between changes).
 
 An attempt streams over the device's link and its share of the egress into the device's storage,
 so the slowest of the three sets its pace. It stops at the next outage of the device's link or of
@@ -22,7 +25,7 @@ from collections.abc import Callable
 from math import inf as INF
 from typing import TYPE_CHECKING, Any
 
-from pvsim.fairshare import ENDED, FairShare, Flow
+from pvsim.fairshare import CAPPED, ENDED, FairShare, Flow
 
 if TYPE_CHECKING:
     from pvsim.device import DeviceRun
@@ -32,12 +35,14 @@ HTTP_TIMEOUT_S = 60.0  # a request to a Hub that stopped answering fails after t
 
 # what an attempt tells its caller when it is over: (when the client hears it, completed?, MB moved)
 Ended = Callable[[float, bool, float], None]
+# a transfer got a fixed end (flow, end, token): the caller calls Egress.complete(flow, token) then
+Fixed = Callable[[Flow, float, int], None]
 
 
 class Egress:
     """The Hub's shared uplink in simulated time (see the module docstring)."""
 
-    __slots__ = ("env", "share", "wake_at", "call", "step", "until", "bins", "counted_to")
+    __slots__ = ("env", "share", "wake_at", "call", "step", "until", "bins", "counted_to", "in_tick")
 
     def __init__(self, env: CountingEnvironment, mb_s: float, step_s: float, until_s: float) -> None:
         self.env = env
@@ -49,9 +54,11 @@ class Egress:
         # megabytes moved in each timeline step (bin k: ((k-1) step, k step]), integrated exactly
         self.bins = [0.0] * (int(until_s // step_s) + 2)
         self.counted_to = 0.0
+        self.in_tick = False  # completions are being delivered from the egress's own event
 
     @property
     def active(self) -> int:
+        self._after(self._sync())
         return self.share.active
 
     @property
@@ -62,36 +69,61 @@ class Egress:
     @mbps.setter
     def mbps(self, mb_s: float) -> None:
         """A new capacity from now on (the sharded runner gives each shard its part per epoch)."""
-        self._count(self.env._now)
+        done = self._sync()
         share = self.share
-        share._clock(self.env._now)
         share.egress = mb_s if mb_s > 0 else INF
         share._rebalance()
-        self._changed(force=True)
+        self.wake_at = INF  # the pending event may now be too late
+        self._after(done)
 
     # -- transfers -------------------------------------------------------------------------------
-    def start(self, size: float, cap: float, owner: DeviceRun, on_end: Callable[[Flow], None], tag: Any) -> Flow:
-        now = self.env._now
-        self._count(now)
-        flow = self.share.start(now, size, cap, owner, on_end, tag)
-        self._changed()
+    def start(
+        self, size: float, cap: float, owner: DeviceRun, on_end: Callable[[Flow], None],
+        on_fixed: Callable[[Flow, float, int], None], tag: Any,
+    ) -> Flow:  # fmt: skip
+        """A transfer from now. `on_fixed(flow, end, token)` whenever it gets a fixed end (it runs
+        at its own cap): the owner calls `complete(flow, token)` at `end`. `on_end(flow)` when it
+        completes (from `complete`, or from the egress if it ended while sharing)."""
+        done = self._sync()
+        flow = self.share.start(self.env._now, size, cap, owner, on_end, tag, on_fixed)
+        self._after(done)
         return flow
 
+    def complete(self, flow: Flow, token: int) -> None:
+        """The fixed end `token` of `flow` has come: unless it was superseded, the flow is done."""
+        if flow.fixed != token:
+            return  # it was stopped, or the egress got contended and it shares now
+        done = self._sync()
+        if flow.state != ENDED:  # float rounding: its end is a hair after now
+            self.share.finish(flow, self.env._now)
+            done.append(flow)
+        self._after(done)
+        flow.fixed = -1
+        flow.on_end(flow)  # type: ignore[misc]
+
+    def running(self, flow: Flow) -> bool:
+        self._after(self._sync())
+        return flow.state != ENDED
+
     def stop(self, flow: Flow) -> float:
-        """Take a running transfer out (power cut, outage, the update is over); returns MB moved."""
+        """Take a transfer out (power cut, outage, the update is over): its end will not be
+        delivered. Returns the megabytes it moved (all of them if it had in fact completed)."""
+        done = self._sync()
         if flow.state == ENDED:
-            return 0.0
-        now = self.env._now
-        self._count(now)
-        moved = self.share.stop(flow, now)
-        flow.owner.mb_downloaded += moved
-        self._changed()
+            moved = flow.size
+        else:
+            moved = self.share.stop(flow, self.env._now)
+            flow.owner.mb_downloaded += moved
+        flow.fixed = -1
+        flow.on_end = None
+        self._after(done)
         return moved
 
     def settle(self) -> None:
         """The run is over: bytes of transfers still running count to their devices and the timeline."""
         now = self.env._now
-        self._count(now)
+        for flow in self._sync():
+            flow.owner.mb_downloaded += flow.size
         for flow in self.share.flows():
             flow.owner.mb_downloaded += self.share.moved(flow, now)
 
@@ -103,27 +135,45 @@ class Egress:
             out.append(round(total, 6))
         return out
 
-    # -- the one pending event -------------------------------------------------------------------
-    def _changed(self, force: bool = False) -> None:
-        at = self.share.next_end()
-        if at < self.wake_at or (force and at != self.wake_at):
-            now = self.env._now
-            self.wake_at = at
-            self.call = self.env.call_later(at - now if at > now else 0.0, self._tick) if at < INF else None
+    # -- keeping up with time --------------------------------------------------------------------
+    def _sync(self) -> list[Flow]:
+        """End what is done by now, in time order, integrating the rate exactly between ends."""
+        share = self.share
+        if not share.capped_n and not share.sharing_n:
+            self._count(self.env._now)
+            return []
+        return share.advance(self.env._now, self._count)
+
+    def _after(self, done: list[Flow]) -> None:
+        """After a change: count the bytes of what ended, tell owners of new fixed ends, deliver
+        the ends of transfers that were sharing, and keep one event pending while any is sharing
+        (while none is, nothing's pace can change: owners wait for their fixed ends themselves)."""
+        share = self.share
+        for flow in done:
+            flow.owner.mb_downloaded += flow.size
+        if share.sharing_n:
+            at = share.next_end()
+            if at < self.wake_at:
+                now = self.env._now
+                self.wake_at = at
+                self.call = self.env.call_later(at - now if at > now else 0.0, self._tick)
+        if share.fixed:
+            fixed, share.fixed = share.fixed, []
+            for flow, end in fixed:
+                if flow.state == CAPPED and flow.fixed == flow.epoch:
+                    flow.on_fixed(flow, end, flow.fixed)  # type: ignore[misc]
+        for flow in done:
+            if flow.fixed < 0 and flow.on_end is not None:
+                flow.on_end(flow)  # ended while sharing: nobody else waits for it
 
     def _tick(self, call: Any) -> None:
         if call is not self.call:
             return  # superseded by an earlier one
         self.call = None
         self.wake_at = INF
-        now = self.env._now
-        self._count(now)
-        done = self.share.advance(now)
-        for flow in done:
-            flow.owner.mb_downloaded += flow.size
-        self._changed()
-        for flow in done:
-            flow.on_end(flow)  # type: ignore[misc]
+        self.in_tick = True
+        self._after(self._sync())
+        self.in_tick = False
 
     def _count(self, now: float) -> None:
         """Add what moved since the last change to the timeline's bins (the rate was constant)."""
@@ -143,11 +193,12 @@ class Egress:
             last = edge
 
 
-def attempt(run: DeviceRun, mb: float, ended: Ended, written_mb: float | None = None) -> Flow:
+def attempt(run: DeviceRun, mb: float, ended: Ended, fixed: Fixed, written_mb: float | None = None) -> Flow:
     """One attempt, from now, to move `mb` megabytes, writing `written_mb` (default `mb`) to storage
-    as they arrive. `ended(at, ok, moved_mb)` is called once: at completion, when the connection
-    drops, or when an outage stopped it (then `at` is later: the request's timeout). The caller
-    stops the returned flow (`world.egress.stop`) if it gives up first."""
+    as they arrive. `fixed(flow, end, token)` whenever the transfer gets a fixed end: the caller
+    then calls `world.egress.complete(flow, token)` at `end`. `ended(at, ok, moved_mb)` is called
+    once: at completion, when the connection drops, or when an outage stopped it (then `at` is
+    later: the request's timeout). The caller stops the flow (`world.egress.stop`) if it gives up."""
     world = run.world
     env = world.env
     now = env._now
@@ -158,7 +209,7 @@ def attempt(run: DeviceRun, mb: float, ended: Ended, written_mb: float | None = 
     dropped = p > 0 and world.rng.random() < p
     if dropped:
         size = mb * world.rng.random()  # the connection drops at a uniformly drawn byte
-    flow = world.egress.start(size, cap, run, _finished, (ended, dropped))
+    flow = world.egress.start(size, cap, run, _finished, fixed, (ended, dropped))
     stop = min(run.net_start if run.net_start > now else INF, world.hub_outages.next_start(now))
     if stop < world.until_s:
         env.call_later(stop - now, lambda _call: _outage(run, flow, stop))
@@ -175,9 +226,9 @@ def _finished(flow: Flow) -> None:
 
 def _outage(run: DeviceRun, flow: Flow, stop: float) -> None:
     """The link or the Hub went down under a running transfer: it stalls, the request times out."""
-    if flow.state == ENDED:
-        return
     world = run.world
+    if flow.on_end is None or not world.egress.running(flow):
+        return  # it ended before (its end may not have been delivered yet), or was stopped
     moved = world.egress.stop(flow)
     world.count("transfers_cut_by_outage")
     ended, _ = flow.tag

@@ -7,9 +7,11 @@ until the earliest. An entry is one of three kinds:
 - an `Event` itself: fed to the engine when due (a container started, a Hub answer timed out);
   A `TimerFired` entry is an armed timer: its `seq` is the generation of that arming, and it fires
   only if it is still the latest arming of its name (`shared.engine.driver.TimerGenerations`, D4);
-- `TransferDue`: an object transfer ended (pushed when the Hub's egress ends it, which can be
-  earlier than the device's planned wake: `waker`); if it succeeded, the object goes into the pool
-  before the engine hears `ObjectFetched`.
+- `FlowEnd`: a running object transfer's fixed end time (it runs at its own link's pace); when
+  it comes, the Hub's egress confirms it (it may have been slowed down since: then the egress
+  ends it itself, later, and the device is woken: `waker`);
+- `TransferDue`: an object transfer ended; if it succeeded, the object goes into the pool before
+  the engine hears `ObjectFetched`.
 """
 
 from __future__ import annotations
@@ -36,7 +38,17 @@ class TransferDue:
         self.mb = mb  # megabytes moved before it ended
 
 
-Entry = Event | TransferDue
+class FlowEnd:
+    """A running transfer's fixed end (pvsim.transfer.Egress.complete decides whether it still holds)."""
+
+    __slots__ = ("flow", "token")
+
+    def __init__(self, flow: Flow, token: int) -> None:
+        self.flow = flow
+        self.token = token
+
+
+Entry = Event | TransferDue | FlowEnd
 
 
 class DeviceBrain:

@@ -14,8 +14,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from pvsim.device import INF, DeviceRun
-from pvsim.fairshare import ENDED
-from pvsim.pantavisor.agenda import DeviceBrain, TransferDue
+from pvsim.pantavisor.agenda import DeviceBrain, FlowEnd, TransferDue
 from pvsim.pantavisor.storage import MB
 from pvsim.transfer import HTTP_TIMEOUT_S, attempt
 from shared.engine import commands as C
@@ -23,6 +22,7 @@ from shared.engine import events as E
 from shared.engine.progress import Msg, Status
 
 if TYPE_CHECKING:
+    from pvsim.fairshare import Flow
     from pvsim.simdisk import SimDisk
     from pvsim.world import World
     from shared.engine.config import Config
@@ -162,7 +162,12 @@ class Network:
             if brain.waker is not None:
                 brain.waker(at)
 
-        flow = attempt(run, mb, ended)
+        def fixed(flow: Flow, end: float, token: int) -> None:
+            brain.push(end, FlowEnd(flow, token))
+            if brain.waker is not None:
+                brain.waker(end)
+
+        flow = attempt(run, mb, ended, fixed)
         transfers[flow] = answer
 
     def _fetched(self, run: DeviceRun, brain: DeviceBrain, due: TransferDue, queue: deque[E.Event]) -> None:
@@ -183,6 +188,5 @@ class Network:
         """Running transfers are cut (power, the update is over): what they moved is thrown away."""
         egress = self.world.egress
         for flow in brain.transfers:
-            # a flow that ended this instant, its answer not yet delivered, moved all of it
-            run.mb_wasted += egress.stop(flow) if flow.state != ENDED else flow.size
+            run.mb_wasted += egress.stop(flow)
         brain.transfers.clear()

@@ -15,7 +15,7 @@ from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
 from pvsim.device import INF, DeviceRun, PowerCut
-from pvsim.pantavisor.agenda import DeviceBrain, TransferDue
+from pvsim.pantavisor.agenda import DeviceBrain, FlowEnd, TransferDue
 from pvsim.pantavisor.storage import DaemonCrash
 from pvsim.world import BRICKED_OUT, SILENT
 from shared.engine import events as E
@@ -133,8 +133,8 @@ class DeviceUpdate:
         """An agenda entry due at `at` was added from outside (a transfer ended): wake up for it,
         at once when it is due now (no event spent; the pending wake-up goes stale)."""
         if self.sleeping is not None and at < self.wake_at:
-            if at <= self.run.env._now:
-                self.sleeping = None
+            if at <= self.run.env._now and self.model.world.egress.in_tick:
+                self.sleeping = None  # the egress's own event delivers it: no need for another
                 self._wake()
             else:
                 self._sleep(at)
@@ -152,6 +152,7 @@ class DeviceUpdate:
         if now >= run.cut_at:
             self._slow(_power_cut())
             return
+        egress = model.world.egress
         agenda = brain.agenda
         while agenda and agenda[0][0] <= now:
             _, seq, entry = heapq.heappop(agenda)
@@ -161,6 +162,8 @@ class DeviceUpdate:
                 if timers.get(entry.name) == seq:  # type: ignore[union-attr]  # TimerGenerations.fire, inlined (hot path)
                     del timers[entry.name]  # type: ignore[union-attr]
                     queue.append(entry)  # type: ignore[arg-type]
+            elif kind is FlowEnd:
+                egress.complete(entry.flow, entry.token)  # type: ignore[union-attr]  # may push a TransferDue for now
             elif kind is TransferDue:
                 model._fetched(run, brain, entry, queue)  # type: ignore[arg-type]
             else:
