@@ -74,7 +74,7 @@ class FairShare:
         self.sharing_n = 0
         self.fixed: list[tuple[Flow, float]] = []  # flows that got a fixed end since last taken
         self._seq = count()
-        self._changes = 0  # dead heap entries are swept every 256 changes (_compact)
+        self._changes = 0  # dead heap entries are swept every 1024 starts (_compact)
         self._capped_end: list[tuple[float, int, int, Flow]] = []  # (real end, seq, epoch, flow)
         self._capped_cap: list[tuple[float, int, int, Flow]] = []  # (-cap, ...): largest cap first
         self._sharing_end: list[tuple[float, int, int, Flow]] = []  # (virtual end, ...)
@@ -124,7 +124,11 @@ class FairShare:
         self._clock(now)
         flow = Flow(size, cap, owner, on_end, tag, on_fixed)
         self._to_capped(flow, size)
-        self._rebalance()
+        if self.sharing_n or self.capped_sum > self.egress:
+            self._rebalance()
+        self._changes += 1
+        if self._changes & 1023 == 0:
+            self._compact()
         return flow
 
     def stop(self, flow: Flow, now: float) -> float:
@@ -248,9 +252,6 @@ class FairShare:
         egress = self.egress
         if not self.sharing_n and self.capped_sum <= egress:
             self.fair = INF  # the common case: every transfer gets what its own path allows
-            self._changes += 1
-            if self._changes & 255 == 0:
-                self._compact()
             return
         while True:
             if self.sharing_n:
@@ -270,9 +271,6 @@ class FairShare:
                 self._to_capped(small, left)
                 continue
             break
-        self._changes += 1
-        if self._changes & 255 == 0:
-            self._compact()
 
     def _compact(self) -> None:
         live = self.capped_n + self.sharing_n

@@ -22,10 +22,11 @@ A/B client resumes the stream after a retry delay.
 from __future__ import annotations
 
 from collections.abc import Callable
+from heapq import heappop
 from math import inf as INF
 from typing import TYPE_CHECKING, Any
 
-from pvsim.fairshare import CAPPED, ENDED, FairShare, Flow
+from pvsim.fairshare import CAPPED, ENDED, EPS_S, FairShare, Flow
 
 if TYPE_CHECKING:
     from pvsim.device import DeviceRun
@@ -93,6 +94,19 @@ class Egress:
         """The fixed end `token` of `flow` has come: unless it was superseded, the flow is done."""
         if flow.fixed != token:
             return  # it was stopped, or the egress got contended and it shares now
+        share = self.share
+        heap = share._capped_end
+        now = self.env._now
+        if not share.sharing_n and heap and heap[0][3] is flow and heap[0][2] == token and heap[0][0] >= now - EPS_S:
+            # the common case, uncontended: it is the next capped transfer to end, and it ends now
+            if now > self.counted_to:
+                self._count(now)
+            heappop(heap)
+            share.finish(flow, now)
+            flow.owner.mb_downloaded += flow.size
+            flow.fixed = -1
+            flow.on_end(flow)  # type: ignore[misc]
+            return
         done = self._sync()
         if flow.state != ENDED:  # float rounding: its end is a hair after now
             self.share.finish(flow, self.env._now)
@@ -139,16 +153,23 @@ class Egress:
     def _sync(self) -> list[Flow]:
         """End what is done by now, in time order, integrating the rate exactly between ends."""
         share = self.share
-        if not share.capped_n and not share.sharing_n:
-            self._count(self.env._now)
-            return []
-        return share.advance(self.env._now, self._count)
+        now = self.env._now
+        if not share.sharing_n:
+            heap = share._capped_end
+            if not heap or heap[0][0] > now + EPS_S:  # nothing ends (a dead entry on top: the slow way)
+                if now > self.counted_to:
+                    self._count(now)
+                share.now = now  # share._clock(now), inlined: nothing shares, V stays
+                return []
+        return share.advance(now, self._count)
 
     def _after(self, done: list[Flow]) -> None:
         """After a change: count the bytes of what ended, tell owners of new fixed ends, deliver
         the ends of transfers that were sharing, and keep one event pending while any is sharing
         (while none is, nothing's pace can change: owners wait for their fixed ends themselves)."""
         share = self.share
+        if not done and not share.sharing_n and not share.fixed:
+            return
         for flow in done:
             flow.owner.mb_downloaded += flow.size
         if share.sharing_n:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from bisect import bisect_right
 from collections import deque
+from heapq import heappush
 from typing import TYPE_CHECKING, Any
 
 from pvsim.device import INF, DeviceRun
@@ -163,9 +164,10 @@ class Network:
                 brain.waker(at)
 
         def fixed(flow: Flow, end: float, token: int) -> None:
-            brain.push(end, FlowEnd(flow, token))
-            if brain.waker is not None:
-                brain.waker(end)
+            brain.seq += 1  # brain.push, inlined (hot path)
+            heappush(brain.agenda, (end, brain.seq, FlowEnd(flow, token)))
+            if flow.epoch > 1 and brain.waker is not None:
+                brain.waker(end)  # a running transfer's pace changed (not a new one): the device may sleep
 
         flow = attempt(run, mb, ended, fixed)
         transfers[flow] = answer

@@ -134,19 +134,15 @@ class DeviceUpdate:
         at once when it is due now (no event spent; the pending wake-up goes stale)."""
         if self.sleeping is not None and at < self.wake_at:
             if at <= self.run.env._now and self.model.world.egress.in_tick:
-                self.sleeping = None  # the egress's own event delivers it: no need for another
-                self._wake()
+                self._woke(self.sleeping)  # the egress's own event delivers it: no need for another
             else:
                 self._sleep(at)
 
     def _woke(self, call: Any) -> None:
+        """Queue what became due while the device slept, then carry on."""
         if call is not self.sleeping:
             return  # superseded by an earlier wake-up (nudge)
         self.sleeping = None
-        self._wake()
-
-    def _wake(self) -> None:
-        """Queue what became due while the device slept, then carry on."""
         model, run, brain, queue = self.model, self.run, self.brain, self.queue
         now = run.env._now
         if now >= run.cut_at:
