@@ -104,16 +104,14 @@ class Egress:
             heappop(heap)
             share.finish(flow, now)
             flow.owner.mb_downloaded += flow.size
-            flow.fixed = -1
-            flow.on_end(flow)  # type: ignore[misc]
+            _deliver(flow)
             return
         done = self._sync()
         if flow.state != ENDED:  # float rounding: its end is a hair after now
             self.share.finish(flow, self.env._now)
             done.append(flow)
         self._after(done)
-        flow.fixed = -1
-        flow.on_end(flow)  # type: ignore[misc]
+        _deliver(flow)
 
     def running(self, flow: Flow) -> bool:
         self._after(self._sync())
@@ -128,8 +126,7 @@ class Egress:
         else:
             moved = self.share.stop(flow, self.env._now)
             flow.owner.mb_downloaded += moved
-        flow.fixed = -1
-        flow.on_end = None
+        _forget(flow)
         self._after(done)
         return moved
 
@@ -185,7 +182,7 @@ class Egress:
                     flow.on_fixed(flow, end, flow.fixed)  # type: ignore[misc]
         for flow in done:
             if flow.fixed < 0 and flow.on_end is not None:
-                flow.on_end(flow)  # ended while sharing: nobody else waits for it
+                _deliver(flow)  # ended while sharing: nobody else waits for it
 
     def _tick(self, call: Any) -> None:
         if call is not self.call:
@@ -214,6 +211,21 @@ class Egress:
             last = edge
 
 
+def _deliver(flow: Flow) -> None:
+    """Tell the owner, once (its `on_end` reads and drops the tag)."""
+    on_end = flow.on_end
+    flow.fixed = -1
+    flow.on_end = flow.on_fixed = None
+    on_end(flow)  # type: ignore[misc]
+
+
+def _forget(flow: Flow) -> None:
+    """Its end will not be delivered. Also drops the callbacks and the tag: they refer back to the
+    flow (through the owner's agenda or closures), and the run keeps the cyclic collector off."""
+    flow.fixed = -1
+    flow.on_end = flow.on_fixed = flow.tag = None
+
+
 def attempt(run: DeviceRun, mb: float, ended: Ended, fixed: Fixed, written_mb: float | None = None) -> Flow:
     """One attempt, from now, to move `mb` megabytes, writing `written_mb` (default `mb`) to storage
     as they arrive. `fixed(flow, end, token)` whenever the transfer gets a fixed end: the caller
@@ -239,6 +251,7 @@ def attempt(run: DeviceRun, mb: float, ended: Ended, fixed: Fixed, written_mb: f
 
 def _finished(flow: Flow) -> None:
     ended, dropped = flow.tag
+    flow.tag = None  # see _forget
     run = flow.owner
     if dropped:
         run.world.count("network_losses")
@@ -250,7 +263,8 @@ def _outage(run: DeviceRun, flow: Flow, stop: float) -> None:
     world = run.world
     if flow.on_end is None or not world.egress.running(flow):
         return  # it ended before (its end may not have been delivered yet), or was stopped
+    ended, _ = flow.tag
+    flow.tag = None  # see _forget
     moved = world.egress.stop(flow)
     world.count("transfers_cut_by_outage")
-    ended, _ = flow.tag
     ended(stop + HTTP_TIMEOUT_S, False, moved)

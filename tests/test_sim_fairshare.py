@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pvsim.fairshare import CAPPED, ENDED, INF, FairShare
@@ -49,7 +49,7 @@ flow_st = st.tuples(
 )
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(flow_st, min_size=1, max_size=40), st.sampled_from([0.0, 1.0, 12.5, 50.0]))
 def test_rates_are_max_min_fair_at_every_change(specs, egress):
     share = FairShare(egress)
