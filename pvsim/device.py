@@ -14,7 +14,8 @@ import functools
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
-from pvsim.transfer import attempt
+from pvsim.fairshare import CAPPED
+from pvsim.transfer import attempt, outcome
 
 if TYPE_CHECKING:
     from pvsim.hub import Rollout
@@ -166,8 +167,9 @@ class DeviceRun:
         while remaining > 1e-9:
             yield from self.reach_hub()
             done = env.event()
-            ended = functools.partial(_succeed, done)
-            flow = attempt(self, remaining, ended, self._at_fixed_end, written * remaining / mb)
+            flow = attempt(self, remaining, done, _ended, self._at_fixed_end, written * remaining / mb)
+            if flow.state == CAPPED:
+                self._at_fixed_end(flow, flow.end, flow.fixed)
             if self.cut_at < self.world.until_s:
                 cut = functools.partial(self._cut_download, done, flow, written / mb)
                 env.call_later(self.cut_at - env._now, cut)
@@ -182,13 +184,24 @@ class DeviceRun:
 
     def _at_fixed_end(self, flow: Any, end: float, token: int) -> None:
         egress = self.world.egress
-        self.env.call_later(end - self.env._now, lambda _call: egress.complete(flow, token))
+
+        def due(_call: Any) -> None:
+            if egress.complete(flow, token):
+                done, ok = outcome(flow)
+                _succeed(done, self.env._now, ok, flow.size)
+
+        self.env.call_later(end - self.env._now, due)
 
     def _cut_download(self, done: Any, flow: Any, written_per_mb: float, _call: Any) -> None:
         if done.triggered:
             return
         self.mb_written += written_per_mb * self.world.egress.stop(flow)  # reached storage before the cut
         done.fail(PowerCut())
+
+
+def _ended(flow: Any, done: Any, at: float, ok: bool, moved: float) -> None:
+    """The egress ended the attempt while it shared it, or an outage stopped it."""
+    _succeed(done, at, ok, moved)
 
 
 def _succeed(done: Any, at: float, ok: bool, moved: float) -> None:

@@ -39,7 +39,7 @@ CAPPED, SHARING, ENDED = 0, 1, 2
 class Flow:
     """One transfer through the egress."""
 
-    __slots__ = ("size", "cap", "state", "epoch", "fixed", "t0", "left0", "vend", "owner", "on_end", "on_fixed", "tag")
+    __slots__ = ("size", "cap", "state", "epoch", "fixed", "end", "t0", "left0", "vend", "owner", "on_end", "on_fixed", "tag")
 
     def __init__(
         self, size: float, cap: float, owner: Any, on_end: Callable[[Flow], None] | None, tag: Any,
@@ -52,6 +52,7 @@ class Flow:
         # while capped (and after it completed as capped): the epoch its fixed end time belongs to;
         # -1 while sharing or once stopped. Whoever waits for the fixed end checks this token.
         self.fixed = -1
+        self.end = INF  # while capped: when it ends
         self.t0 = 0.0  # capped: when it entered the group, with `left0` megabytes to go
         self.left0 = size
         self.vend = 0.0  # sharing: the virtual time at which it is done
@@ -121,9 +122,12 @@ class FairShare:
         self, now: float, size: float, cap: float, owner: Any = None, on_end: Callable[[Flow], None] | None = None,
         tag: Any = None, on_fixed: Callable[[Flow, float, int], None] | None = None,
     ) -> Flow:  # fmt: skip
-        self._clock(now)
+        if self.sharing_n:
+            self._clock(now)
+        else:
+            self.now = now  # V only moves while some flow shares
         flow = Flow(size, cap, owner, on_end, tag, on_fixed)
-        self._to_capped(flow, size)
+        self._to_capped(flow, size, announce=False)  # the caller reads flow.end itself
         if self.sharing_n or self.capped_sum > self.egress:
             self._rebalance()
         self._changes += 1
@@ -205,15 +209,16 @@ class FairShare:
         return best
 
     # -- the two groups ------------------------------------------------------------------------------
-    def _to_capped(self, flow: Flow, left: float) -> None:
+    def _to_capped(self, flow: Flow, left: float, announce: bool = True) -> None:
         flow.state = CAPPED
         flow.epoch += 1
         flow.t0 = self.now
         flow.left0 = left
         flow.fixed = flow.epoch
         seq = next(self._seq)
-        end = self.now + left / flow.cap
-        self.fixed.append((flow, end))
+        flow.end = end = self.now + left / flow.cap
+        if announce:
+            self.fixed.append((flow, end))
         heappush(self._capped_end, (end, seq, flow.epoch, flow))
         heappush(self._capped_cap, (-flow.cap, seq, flow.epoch, flow))
         self.capped_sum += flow.cap

@@ -34,8 +34,9 @@ if TYPE_CHECKING:
 
 HTTP_TIMEOUT_S = 60.0  # a request to a Hub that stopped answering fails after this
 
-# what an attempt tells its caller when it is over: (when the client hears it, completed?, MB moved)
-Ended = Callable[[float, bool, float], None]
+# an attempt that the egress ended, or an outage stopped: (flow, the caller's tag, when the client
+# hears it, completed?, MB moved)
+Ended = Callable[[Flow, Any, float, bool, float], None]
 # a transfer got a fixed end (flow, end, token): the caller calls Egress.complete(flow, token) then
 Fixed = Callable[[Flow, float, int], None]
 
@@ -82,18 +83,20 @@ class Egress:
         self, size: float, cap: float, owner: DeviceRun, on_end: Callable[[Flow], None],
         on_fixed: Callable[[Flow, float, int], None], tag: Any,
     ) -> Flow:  # fmt: skip
-        """A transfer from now. `on_fixed(flow, end, token)` whenever it gets a fixed end (it runs
-        at its own cap): the owner calls `complete(flow, token)` at `end`. `on_end(flow)` when it
-        completes (from `complete`, or from the egress if it ended while sharing)."""
+        """A transfer from now. While it runs at its own cap it has a fixed end, `flow.end` with the
+        token `flow.fixed` (then, if it changes, `on_fixed(flow, end, token)`): the owner calls
+        `complete(flow, token)` at that time. `on_end(flow)` if it completes while sharing (the
+        egress's own event found it done)."""
         done = self._sync()
         flow = self.share.start(self.env._now, size, cap, owner, on_end, tag, on_fixed)
         self._after(done)
         return flow
 
-    def complete(self, flow: Flow, token: int) -> None:
-        """The fixed end `token` of `flow` has come: unless it was superseded, the flow is done."""
+    def complete(self, flow: Flow, token: int) -> bool:
+        """The fixed end `token` of `flow` has come: unless it was superseded (False), the flow is
+        done and the caller delivers it."""
         if flow.fixed != token:
-            return  # it was stopped, or the egress got contended and it shares now
+            return False  # it was stopped, or the egress got contended and it shares now
         share = self.share
         heap = share._capped_end
         now = self.env._now
@@ -102,16 +105,20 @@ class Egress:
             if now > self.counted_to:
                 self._count(now)
             heappop(heap)
-            share.finish(flow, now)
+            share.now = now  # share.finish(flow, now), inlined: nothing shares, so no rebalance
+            share._leave(flow, completed=True)
             flow.owner.mb_downloaded += flow.size
-            _deliver(flow)
-            return
+            flow.fixed = -1
+            flow.on_end = flow.on_fixed = None
+            return True
         done = self._sync()
         if flow.state != ENDED:  # float rounding: its end is a hair after now
             self.share.finish(flow, self.env._now)
             done.append(flow)
+        flow.fixed = -1  # delivered by the caller, not by _after
+        flow.on_end = flow.on_fixed = None
         self._after(done)
-        _deliver(flow)
+        return True
 
     def running(self, flow: Flow) -> bool:
         self._after(self._sync())
@@ -198,25 +205,22 @@ class Egress:
         last = self.counted_to
         if now <= last:
             return
-        rate = self.share.rate
         self.counted_to = now
+        share = self.share
+        rate = share.egress if share.sharing_n else share.capped_sum  # share.rate, inlined (hot)
         if rate <= 0:
             return
         step, bins = self.step, self.bins
+        k = int(last // step) + 1
+        if now <= k * step and k < len(bins):  # the usual case: within one step
+            bins[k] += rate * (now - last)
+            return
         while last < now:
             k = int(last // step) + 1  # bin k ends at k * step
             edge = min(now, k * step)
             if k < len(bins):
                 bins[k] += rate * (edge - last)
             last = edge
-
-
-def _deliver(flow: Flow) -> None:
-    """Tell the owner, once (its `on_end` reads and drops the tag)."""
-    on_end = flow.on_end
-    flow.fixed = -1
-    flow.on_end = flow.on_fixed = None
-    on_end(flow)  # type: ignore[misc]
 
 
 def _forget(flow: Flow) -> None:
@@ -226,12 +230,22 @@ def _forget(flow: Flow) -> None:
     flow.on_end = flow.on_fixed = flow.tag = None
 
 
-def attempt(run: DeviceRun, mb: float, ended: Ended, fixed: Fixed, written_mb: float | None = None) -> Flow:
+def _deliver(flow: Flow) -> None:
+    """Tell the owner that the egress ended it, once."""
+    on_end = flow.on_end
+    flow.fixed = -1
+    flow.on_end = flow.on_fixed = None
+    on_end(flow)  # type: ignore[misc]
+
+
+def attempt(run: DeviceRun, mb: float, tag: Any, ended: Ended, fixed: Fixed, written_mb: float | None = None) -> Flow:
     """One attempt, from now, to move `mb` megabytes, writing `written_mb` (default `mb`) to storage
-    as they arrive. `fixed(flow, end, token)` whenever the transfer gets a fixed end: the caller
-    then calls `world.egress.complete(flow, token)` at `end`. `ended(at, ok, moved_mb)` is called
-    once: at completion, when the connection drops, or when an outage stopped it (then `at` is
-    later: the request's timeout). The caller stops the flow (`world.egress.stop`) if it gives up."""
+    as they arrive. The caller waits for the flow's fixed end if it has one (`flow.state` is
+    CAPPED: `flow.end`, token `flow.fixed`), and for `fixed(flow, end, token)` if that changes;
+    when `world.egress.complete(flow, token)` says it is done there, `outcome(flow)` tells how.
+    `ended(flow, tag, at, ok, moved_mb)` is called instead if it ended while sharing the egress, or when
+    an outage stopped it (then `at` is later: the request's timeout). The caller stops the flow
+    (`world.egress.stop`) if it gives up first. `tag` is the caller's (`outcome` returns it)."""
     world = run.world
     env = world.env
     now = env._now
@@ -242,29 +256,34 @@ def attempt(run: DeviceRun, mb: float, ended: Ended, fixed: Fixed, written_mb: f
     dropped = p > 0 and world.rng.random() < p
     if dropped:
         size = mb * world.rng.random()  # the connection drops at a uniformly drawn byte
-    flow = world.egress.start(size, cap, run, _finished, fixed, (ended, dropped))
+    flow = world.egress.start(size, cap, run, _ended_sharing, fixed, (tag, dropped, ended))
     stop = min(run.net_start if run.net_start > now else INF, world.hub_outages.next_start(now))
     if stop < world.until_s:
         env.call_later(stop - now, lambda _call: _outage(run, flow, stop))
     return flow
 
 
-def _finished(flow: Flow) -> None:
-    ended, dropped = flow.tag
+def outcome(flow: Flow) -> tuple[Any, bool]:
+    """(the caller's tag, completed?) of a flow that ended: a dropped connection did not."""
+    tag, dropped, _ = flow.tag
     flow.tag = None  # see _forget
-    run = flow.owner
     if dropped:
-        run.world.count("network_losses")
-    ended(run.env._now, not dropped, flow.size)
+        flow.owner.world.count("network_losses")
+    return tag, not dropped
+
+
+def _ended_sharing(flow: Flow) -> None:
+    ended = flow.tag[2]
+    tag, ok = outcome(flow)
+    ended(flow, tag, flow.owner.env._now, ok, flow.size)
 
 
 def _outage(run: DeviceRun, flow: Flow, stop: float) -> None:
     """The link or the Hub went down under a running transfer: it stalls, the request times out."""
     world = run.world
-    if flow.on_end is None or not world.egress.running(flow):
+    if flow.tag is None or not world.egress.running(flow):
         return  # it ended before (its end may not have been delivered yet), or was stopped
-    ended, _ = flow.tag
-    flow.tag = None  # see _forget
+    tag, _, ended = flow.tag
     moved = world.egress.stop(flow)
     world.count("transfers_cut_by_outage")
-    ended(stop + HTTP_TIMEOUT_S, False, moved)
+    ended(flow, tag, stop + HTTP_TIMEOUT_S, False, moved)

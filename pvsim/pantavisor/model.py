@@ -214,7 +214,7 @@ class PantavisorModel(Network, Storage, Containers, Power):
         heapify(brain.agenda)
         for _, _, entry in sorted(answers, key=lambda e: (e[0], e[1])):
             if type(entry) is TransferDue:
-                self._fetched(run, brain, entry, queue)
+                self._fetched(run, brain, entry.event, entry.mb, queue)
             else:
                 queue.append(entry)  # type: ignore[arg-type]
         return list(queue)

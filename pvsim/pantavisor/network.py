@@ -15,12 +15,13 @@ from heapq import heappush
 from typing import TYPE_CHECKING, Any
 
 from pvsim.device import INF, DeviceRun
+from pvsim.fairshare import CAPPED
 from pvsim.pantavisor.agenda import DeviceBrain, FlowEnd, TransferDue
 from pvsim.pantavisor.storage import MB
-from pvsim.transfer import HTTP_TIMEOUT_S, attempt
+from pvsim.transfer import HTTP_TIMEOUT_S, attempt, outcome
 from shared.engine import commands as C
 from shared.engine import events as E
-from shared.engine.progress import Msg, Status
+from shared.engine.progress import Msg
 
 if TYPE_CHECKING:
     from pvsim.fairshare import Flow
@@ -33,6 +34,7 @@ HUB_REACHED = E.HubReached()
 HUB_REQUEST_FAILED = E.HubRequestFailed()
 RETRIED = Msg.retried(0, 0).split(" ")[0] + " "  # "Retried N of M": the engine's intake message
 NOT_RETRIED = Msg.retried(0, 0).rsplit(" ", 2)[0] + " "  # "Retried 0 ": a first intake
+INTAKE_RETRY: dict[str, bool] = {}  # status message -> it reports an intake retry
 
 
 class Network:
@@ -114,8 +116,11 @@ class Network:
         return best
 
     def _report(self, run: DeviceRun, brain: DeviceBrain, command: C.ReportProgress, queue: deque[E.Event]) -> None:
-        record = command.record
-        if record.status is Status.QUEUED and record.status_msg.startswith(RETRIED) and not record.status_msg.startswith(NOT_RETRIED):
+        msg = command.record.status_msg
+        intake = INTAKE_RETRY.get(msg)
+        if intake is None:  # once per distinct message (messages are few)
+            intake = INTAKE_RETRY[msg] = msg.startswith(RETRIED) and not msg.startswith(NOT_RETRIED)
+        if intake:
             self.world.retries["intake"] += 1  # an update taken in again (after a reboot or a crash)
         ok = self._hub_ok(run, brain)
         if ok:
@@ -152,37 +157,55 @@ class Network:
             answer = E.ObjectFetched(sha, ok=False, hash_mismatch=True)
         else:
             answer = self.event(E.ObjectFetched, sha)
-        transfers = brain.transfers
-
-        def ended(at: float, ok: bool, moved: float) -> None:
-            if transfers.pop(flow, None) is None:
-                return  # the device lost it (a power cut) in the same instant
-            if ok and answer.hash_mismatch:
-                self.world.count("corrupt_object")
-            brain.push(at, TransferDue(answer if ok else E.ObjectFetched(sha, ok=False), moved))
-            if brain.waker is not None:
-                brain.waker(at)
-
-        def fixed(flow: Flow, end: float, token: int) -> None:
+        flow = attempt(run, mb, brain, self._transfer_ended, self._transfer_refixed)
+        brain.transfers[flow] = answer
+        if flow.state == CAPPED:  # it runs at its own pace: it ends then, unless that changes
             brain.seq += 1  # brain.push, inlined (hot path)
-            heappush(brain.agenda, (end, brain.seq, FlowEnd(flow, token)))
-            if flow.epoch > 1 and brain.waker is not None:
-                brain.waker(end)  # a running transfer's pace changed (not a new one): the device may sleep
+            heappush(brain.agenda, (flow.end, brain.seq, FlowEnd(flow, flow.fixed)))
 
-        flow = attempt(run, mb, ended, fixed)
-        transfers[flow] = answer
+    def _transfer_refixed(self, flow: Flow, end: float, token: int) -> None:
+        """The egress's contention changed a running transfer's pace: it ends at `end` now."""
+        brain: DeviceBrain = flow.tag[0]
+        brain.push(end, FlowEnd(flow, token))
+        if brain.waker is not None:
+            brain.waker(end)
 
-    def _fetched(self, run: DeviceRun, brain: DeviceBrain, due: TransferDue, queue: deque[E.Event]) -> None:
+    def _transfer_ended(self, flow: Flow, brain: DeviceBrain, at: float, ok: bool, moved: float) -> None:
+        """The egress ended a transfer while it shared it (now), or an outage stopped it (its
+        request fails at `at`): the device hears it then."""
+        answer = brain.transfers.pop(flow, None)
+        if answer is None:
+            return  # the device lost it (a power cut) in the same instant
+        if ok and answer.hash_mismatch:
+            self.world.count("corrupt_object")
+        brain.push(at, TransferDue(answer if ok else E.ObjectFetched(answer.sha, ok=False), moved))
+        if brain.waker is not None:
+            brain.waker(at)
+
+    def _flow_end(self, run: DeviceRun, brain: DeviceBrain, entry: FlowEnd, queue: deque[E.Event]) -> None:
+        """A transfer's fixed end came (the agenda's FlowEnd): if the egress confirms it, the
+        object arrived (or the connection dropped there)."""
+        flow = entry.flow
+        if not self.world.egress.complete(flow, entry.token):
+            return  # stopped, or slowed down by contention: another entry will come
+        answer = brain.transfers.pop(flow)
+        _, ok = outcome(flow)
+        if not ok:
+            answer = E.ObjectFetched(answer.sha, ok=False)
+        elif answer.hash_mismatch:
+            self.world.count("corrupt_object")
+        self._fetched(run, brain, answer, flow.size, queue)
+
+    def _fetched(self, run: DeviceRun, brain: DeviceBrain, event: E.ObjectFetched, mb: float, queue: deque[E.Event]) -> None:
         """A transfer ended (ok, failed or corrupt): a complete object goes into the pool; the bytes
         of a failed or corrupt one are thrown away (the engine asks for the whole object again)."""
-        event = due.event
         if event.ok:
             # renamed into place after its hash matched: the object is in the pool
-            run.mb_written += due.mb
+            run.mb_written += mb
             disk = self._own_disk(brain)
             disk.objects = self._intern(disk.objects | {event.sha})
         else:
-            run.mb_wasted += due.mb
+            run.mb_wasted += mb
             self.world.retries["object"] += 1
         queue.append(event)
 

@@ -148,7 +148,6 @@ class DeviceUpdate:
         if now >= run.cut_at:
             self._slow(_power_cut())
             return
-        egress = model.world.egress
         agenda = brain.agenda
         while agenda and agenda[0][0] <= now:
             _, seq, entry = heapq.heappop(agenda)
@@ -159,9 +158,9 @@ class DeviceUpdate:
                     del timers[entry.name]  # type: ignore[union-attr]
                     queue.append(entry)  # type: ignore[arg-type]
             elif kind is FlowEnd:
-                egress.complete(entry.flow, entry.token)  # type: ignore[union-attr]  # may push a TransferDue for now
+                model._flow_end(run, brain, entry, queue)  # type: ignore[arg-type]
             elif kind is TransferDue:
-                model._fetched(run, brain, entry, queue)  # type: ignore[arg-type]
+                model._fetched(run, brain, entry.event, entry.mb, queue)  # type: ignore[union-attr]
             else:
                 queue.append(entry)  # type: ignore[arg-type]
         if self.poll_at <= now:
