@@ -73,7 +73,7 @@ class FairShare:
         self.capped_sum = 0.0  # summed caps of the capped flows
         self.capped_n = 0
         self.sharing_n = 0
-        self.fixed: list[tuple[Flow, float]] = []  # flows that got a fixed end since last taken
+        self.fixed: list[tuple[Flow, float, int]] = []  # (flow, end, token): fixed ends announced since last taken
         self._seq = count()
         self._changes = 0  # dead heap entries are swept every 1024 starts (_compact)
         self._capped_end: list[tuple[float, int, int, Flow]] = []  # (real end, seq, epoch, flow)
@@ -218,7 +218,7 @@ class FairShare:
         seq = next(self._seq)
         flow.end = end = self.now + left / flow.cap
         if announce:
-            self.fixed.append((flow, end))
+            self.fixed.append((flow, end, flow.epoch))
         heappush(self._capped_end, (end, seq, flow.epoch, flow))
         heappush(self._capped_cap, (-flow.cap, seq, flow.epoch, flow))
         self.capped_sum += flow.cap

@@ -184,9 +184,9 @@ class Egress:
                 self.call = self.env.call_later(at - now if at > now else 0.0, self._tick)
         if share.fixed:
             fixed, share.fixed = share.fixed, []
-            for flow, end in fixed:
-                if flow.state == CAPPED and flow.fixed == flow.epoch:
-                    flow.on_fixed(flow, end, flow.fixed)  # type: ignore[misc]
+            for flow, end, token in fixed:
+                if flow.state == CAPPED and flow.fixed == token and flow.on_fixed is not None:
+                    flow.on_fixed(flow, end, token)
         for flow in done:
             if flow.fixed < 0 and flow.on_end is not None:
                 _deliver(flow)  # ended while sharing: nobody else waits for it

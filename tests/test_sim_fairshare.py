@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -121,7 +122,8 @@ SCENARIO = {
 }
 
 
-def test_a_real_run_never_exceeds_the_egress_and_fills_it_under_demand(monkeypatch):
+@pytest.mark.parametrize("model", ["pantavisor", "ab-image"])
+def test_a_real_run_never_exceeds_the_egress_and_fills_it_under_demand(monkeypatch, model):
     seen: list[tuple[float, float, float]] = []
     count = Egress._count
 
@@ -132,7 +134,7 @@ def test_a_real_run_never_exceeds_the_egress_and_fills_it_under_demand(monkeypat
         count(self, now)
 
     monkeypatch.setattr(Egress, "_count", spy)
-    result = run_scenario(validate_scenario(SCENARIO, "fair"))
+    result = run_scenario(validate_scenario({**SCENARIO, "update_model": {"kind": model, "image_mb": 40}}, "fair"))
     limit = 200 / 8
     assert any(demand > limit for _, demand, _ in seen)  # the egress was the bottleneck at times
     for rate, demand, _ in seen:
