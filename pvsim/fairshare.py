@@ -127,7 +127,16 @@ class FairShare:
         else:
             self.now = now  # V only moves while some flow shares
         flow = Flow(size, cap, owner, on_end, tag, on_fixed)
-        self._to_capped(flow, size, announce=False)  # the caller reads flow.end itself
+        # _to_capped(flow, size), inlined (hot); not announced: the caller reads flow.end itself
+        flow.state = CAPPED
+        flow.epoch = flow.fixed = 1
+        flow.t0 = now
+        flow.end = end = now + size / cap
+        seq = next(self._seq)
+        heappush(self._capped_end, (end, seq, 1, flow))
+        heappush(self._capped_cap, (-cap, seq, 1, flow))
+        self.capped_sum += cap
+        self.capped_n += 1
         if self.sharing_n or self.capped_sum > self.egress:
             self._rebalance()
         self._changes += 1

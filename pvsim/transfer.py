@@ -88,8 +88,10 @@ class Egress:
         `complete(flow, token)` at that time. `on_end(flow)` if it completes while sharing (the
         egress's own event found it done)."""
         done = self._sync()
-        flow = self.share.start(self.env._now, size, cap, owner, on_end, tag, on_fixed)
-        self._after(done)
+        share = self.share
+        flow = share.start(self.env._now, size, cap, owner, on_end, tag, on_fixed)
+        if done or share.sharing_n or share.fixed:
+            self._after(done)
         return flow
 
     def complete(self, flow: Flow, token: int) -> bool:
@@ -257,7 +259,8 @@ def attempt(run: DeviceRun, mb: float, tag: Any, ended: Ended, fixed: Fixed, wri
     if dropped:
         size = mb * world.rng.random()  # the connection drops at a uniformly drawn byte
     flow = world.egress.start(size, cap, run, _ended_sharing, fixed, (tag, dropped, ended))
-    stop = min(run.net_start if run.net_start > now else INF, world.hub_outages.next_start(now))
+    outages = world.hub_outages
+    stop = min(run.net_start if run.net_start > now else INF, outages.next_start(now) if outages.starts else INF)
     if stop < world.until_s:
         env.call_later(stop - now, lambda _call: _outage(run, flow, stop))
     return flow

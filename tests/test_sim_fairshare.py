@@ -50,7 +50,7 @@ flow_st = st.tuples(
 )
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
 @given(st.lists(flow_st, min_size=1, max_size=40), st.sampled_from([0.0, 1.0, 12.5, 50.0]))
 def test_rates_are_max_min_fair_at_every_change(specs, egress):
     share = FairShare(egress)
