@@ -10,10 +10,12 @@ are likewise intervals known in advance; a transfer stops at the first one and r
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
-from pvsim.transfer import attempt
+from pvsim.fairshare import CAPPED
+from pvsim.transfer import attempt, outcome
 
 if TYPE_CHECKING:
     from pvsim.hub import Rollout
@@ -43,11 +45,13 @@ class DeviceRun:
         "link_mb_s",
         "write_mb_s",
         "mb_downloaded",
+    "mb_wasted",
         "mb_written",
         "reboots",
         "exposed",
         "first_boot",
         "up_until",
+        "reason",
     )
 
     def __init__(self, world: World, device: int, rollout: Rollout) -> None:
@@ -57,12 +61,14 @@ class DeviceRun:
         self.rollout = rollout
         self.link_mb_s = world.table.link_mb_s[device]
         self.write_mb_s = world.table.write_mb_s[device]
-        self.mb_downloaded = 0.0
+        self.mb_downloaded = 0.0  # every megabyte moved to it (pvsim.transfer counts them)
+        self.mb_wasted = 0.0  # of those, what the update model threw away
         self.mb_written = 0.0
         self.reboots = 0
         self.exposed = False
         self.first_boot = False
         self.up_until = 0.0  # the Hub is known reachable before this time (hub_reachable)
+        self.reason = ""  # why it failed, in its update client's words (Pantavisor: the final status message)
         self.cut_at = world.draw_power_cut(self.env.now)
         self.net_start, self.net_end = world.draw_net_outage(self.env.now)
 
@@ -153,22 +159,51 @@ class DeviceRun:
     def download(self, mb: float, written_mb: float | None = None) -> Generator[Any, Any, None]:
         """Stream `mb` megabytes from the Hub, writing `written_mb` (default `mb`) to storage as
         they arrive, in `pvsim.transfer` attempts (the network Pantavisor's model uses too): after
-        an attempt fails, the client waits RETRY_S and resumes where it was."""
-        world = self.world
+        an attempt fails, the client waits RETRY_S and resumes where it was. A power cut stops the
+        attempt where it is (its bytes were moved, and count) and raises PowerCut."""
         env = self.env
         remaining = mb
         written = mb if written_mb is None else written_mb
         while remaining > 1e-9:
             yield from self.reach_hub()
-            now = env._now
-            end, moved_by_end, ok, rate = attempt(self, now, remaining, written * remaining / mb)
-            try:
-                yield from self.wait(end - now)
-            finally:
-                world.egress.active -= 1
-                moved = min(remaining, moved_by_end, (env._now - now) * rate)
-                remaining -= moved
-                self.mb_downloaded += moved
-                self.mb_written += written * moved / mb
+            done = env.event()
+            flow = attempt(self, remaining, done, _ended, self._at_fixed_end, written * remaining / mb)
+            if flow.state == CAPPED:
+                self._at_fixed_end(flow, flow.end, flow.fixed)
+            if self.cut_at < self.world.until_s:
+                cut = functools.partial(self._cut_download, done, flow, written / mb)
+                env.call_later(self.cut_at - env._now, cut)
+            at, ok, moved = yield done
+            remaining -= min(remaining, moved)
+            self.mb_written += written * moved / mb
+            if at > env._now:
+                yield from self.wait(at - env._now)  # the stall before a dead request times out
             if not ok:
+                self.world.retries["object"] += 1
                 yield from self.wait(RETRY_S)
+
+    def _at_fixed_end(self, flow: Any, end: float, token: int) -> None:
+        egress = self.world.egress
+
+        def due(_call: Any) -> None:
+            if egress.complete(flow, token):
+                done, ok = outcome(flow)
+                _succeed(done, self.env._now, ok, flow.size)
+
+        self.env.call_later(end - self.env._now, due)
+
+    def _cut_download(self, done: Any, flow: Any, written_per_mb: float, _call: Any) -> None:
+        if done.triggered:
+            return
+        self.mb_written += written_per_mb * self.world.egress.stop(flow)  # reached storage before the cut
+        done.fail(PowerCut())
+
+
+def _ended(flow: Any, done: Any, at: float, ok: bool, moved: float) -> None:
+    """The egress ended the attempt while it shared it, or an outage stopped it."""
+    _succeed(done, at, ok, moved)
+
+
+def _succeed(done: Any, at: float, ok: bool, moved: float) -> None:
+    if not done.triggered:  # a power cut may have failed it in the same instant
+        done.succeed((at, ok, moved))

@@ -1,4 +1,4 @@
-"""The hub: offers releases, runs one rollout per release, shares its egress bandwidth, goes down.
+"""The hub: offers releases, runs one rollout per release, goes down (its egress: pvsim.transfer).
 
 Idle devices cost nothing: a device only schedules SimPy events once a strategy admits it, and its
 first contact is its next poll, computed arithmetically from its poll phase. Outages are a sorted
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 from bisect import bisect_right
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -78,6 +79,14 @@ class Rollout:
     bricked: int = 0
     exposed: int = 0
     mb_downloaded: float = 0.0
+    mb_wasted: float = 0.0
+    reasons: Counter[tuple[str, str]] = field(default_factory=Counter)  # (outcome, reason) of failures
+    timed_out: list[int] = field(default_factory=list)  # devices counted failed for their silence
+    # devices that took the release and have not reported, with their deadline; and the deadlines
+    # in the order they were set (all are start + the same timeout, so a FIFO is sorted)
+    silent: dict[int, float] = field(default_factory=dict)
+    deadlines: deque[tuple[float, int]] = field(default_factory=deque)
+    watching: bool = False  # a deadline check is scheduled
     mb_written: float = 0.0
     reboots: int = 0
     commit_times: list[float] = field(default_factory=list)
@@ -90,19 +99,3 @@ class Rollout:
         if self.tally.admitted >= self.tally.fleet and self.tally.in_flight == 0:
             return COMPLETED
         return RUNNING
-
-
-class Egress:
-    """The hub's shared uplink. A transfer gets min(its link, egress / active transfers), fixed when
-    it starts (a snapshot of processor sharing: no event is spent re-planning running transfers)."""
-
-    __slots__ = ("mbps", "active")
-
-    def __init__(self, mbps: float) -> None:
-        self.mbps = mbps
-        self.active = 0
-
-    def share(self, link_mbps: float) -> float:
-        if self.mbps <= 0:
-            return link_mbps
-        return min(link_mbps, self.mbps / (self.active + 1))

@@ -44,11 +44,14 @@ class CountingEnvironment(simpy.Environment):
         self.events += 1
         heappush(self._queue, (self._now + delay, priority, next(self._eid), event))
 
-    def call_later(self, delay: float, fn: Callable[[Any], None]) -> None:
-        """Call `fn(call)` after `delay` simulated seconds: one event, timed as `timeout(delay)`."""
+    def call_later(self, delay: float, fn: Callable[[Any], None]) -> Call:
+        """Call `fn(call)` after `delay` simulated seconds: one event, timed as `timeout(delay)`.
+        Returns the call, which `fn` receives: a caller that rescheduled can tell a stale one."""
         self.events += 1
+        call = Call(fn)
         # a Call stands in for an Event (see Call), which the queue's element type cannot say
-        heappush(self._queue, (self._now + delay, NORMAL, next(self._eid), Call(fn)))  # type: ignore[misc]
+        heappush(self._queue, (self._now + delay, NORMAL, next(self._eid), call))  # type: ignore[misc]
+        return call
 
     def run(self, until: Any = None) -> Any:
         """`Environment.run`, without counting its own bookkeeping: a time `until` schedules a stop

@@ -35,6 +35,7 @@ from pvsim.world import BRICKED_OUT, COMMITTED, FAIL, OK, ROLLED_BACK, SILENT, W
 
 APP_DEFECTS = ("container_crash", "never_ready", "breaks_network")
 CHECKSUM_ATTEMPTS = 3  # downloads of a corrupt artifact before the device gives up on it
+TORN = "boot env torn by a power cut"
 
 
 class TornEnv(Exception):
@@ -81,10 +82,12 @@ class ABModel:
         defect = world.defective_for(device, target)
         corrupt_seen = 0
         while True:
+            kept_from = run.mb_downloaded  # what this try moves is lost if it has to start over
             try:
                 yield from run.reach_hub()
                 if defect == "bad_signature":
                     world.count("bad_signature")
+                    run.reason = "artifact signature invalid"
                     return WONTGO, FAIL
                 # the artifact streams into the inactive slot (a delta is patched into a full
                 # image on the way), then the slot is synced
@@ -92,17 +95,21 @@ class ABModel:
                 yield from run.write(0.0)
                 if defect == "corrupt_object":
                     world.count("corrupt_object")
+                    run.mb_wasted += run.mb_downloaded - kept_from
                     corrupt_seen += 1
+                    world.retries["object"] += 1
                     if corrupt_seen >= CHECKSUM_ATTEMPTS:
+                        run.reason = f"artifact checksum mismatch ({CHECKSUM_ATTEMPTS} downloads)"
                         return WONTGO, FAIL
                     continue
                 yield from self._env_write(run)
                 break
-            except StorageWriteError:
-                return WONTGO, FAIL
-            except TornEnv:
-                return BRICKED_OUT, SILENT
+            except (StorageWriteError, TornEnv) as fault:
+                run.mb_wasted += run.mb_downloaded - kept_from  # the slot is never booted
+                run.reason = "storage write error" if isinstance(fault, StorageWriteError) else TORN
+                return (WONTGO, FAIL) if isinstance(fault, StorageWriteError) else (BRICKED_OUT, SILENT)
             except PowerCut:
+                run.mb_wasted += run.mb_downloaded - kept_from  # the slot is written again from the start
                 yield from self._recover(run)
         return (yield from self._try_boot(run, old, target, defect))
 
@@ -111,6 +118,7 @@ class ABModel:
         world.set_running(run.device, target)
         run.first_boot = True
         boots = 0
+        cause = ""
         while True:
             boots += 1
             try:
@@ -119,16 +127,20 @@ class ABModel:
                 if defect == "kernel_panic":
                     world.count("kernel_panic")
                     run.exposed = True
+                    cause = "kernel panic"
                     raise BootFailed
                 yield from run.wait(world.device_cfg.container_start_s.sample(world.rng))
                 if defect in APP_DEFECTS:
                     world.count(defect)
                     run.exposed = True
+                    cause = f"health check failed: {defect.replace('_', ' ')}"
                     if not cfg.health_check:
+                        run.reason = f"committed without a health check: {defect.replace('_', ' ')}"
                         yield from self._env_write(run)  # commits blind
                         return BRICKED_OUT, (SILENT if defect == "breaks_network" else OK)
                     yield from run.wait(cfg.health_window_s)
                     if not cfg.rollback:
+                        run.reason = f"no rollback: {cause}"
                         return BRICKED_OUT, (SILENT if defect == "breaks_network" else FAIL)
                     raise BootFailed
                 if cfg.health_check:
@@ -136,17 +148,21 @@ class ABModel:
                 yield from self._env_write(run)
                 return COMMITTED, OK
             except TornEnv:
+                run.reason = TORN
                 return BRICKED_OUT, SILENT
             except PowerCut:
+                cause = "power cut during the try boot"
                 yield from run.power_restored()
             except BootFailed:
                 if not cfg.rollback:
+                    run.reason = f"no rollback: {cause}"
                     return BRICKED_OUT, SILENT
             if cfg.rollback and boots >= cfg.bootlimit:
                 # bootcount past bootlimit: altbootcmd boots the old slot
                 world.set_running(run.device, old)
                 run.first_boot = False
                 yield from self._boot_until_up(run)
+                run.reason = f"bootlimit {cfg.bootlimit} reached: {cause}"
                 return ROLLED_BACK, FAIL
 
     def _env_write(self, run: DeviceRun) -> Generator[Any, Any, None]:

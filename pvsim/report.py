@@ -34,9 +34,11 @@ def write_timeline_csv(result: RunResult, path: Path) -> None:
     timeline = result.timeline
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["t_s", *timeline["names"]])
-        for t, counts in zip(timeline["t"], timeline["counts"], strict=True):
-            writer.writerow([f"{t:.0f}", *counts])
+        # revision counts, then the megabytes moved through the Hub's egress by then (cumulative)
+        writer.writerow(["t_s", *timeline["names"], "mb_moved"])
+        moved = timeline.get("mb_moved") or [0.0] * len(timeline["t"])
+        for t, counts, mb in zip(timeline["t"], timeline["counts"], moved, strict=True):
+            writer.writerow([f"{t:.0f}", *counts, f"{mb:.3f}"])
 
 
 # rollout events marked on the plot, and their colours
@@ -182,9 +184,34 @@ table.by-column td{text-align:right;white-space:nowrap}
 img{max-width:100%;height:auto}"""
 
 
+def _plain_fields(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Release rows without their tables and lists (reasons, device ids): those get sections."""
+    return [{k: v for k, v in row.items() if not isinstance(v, dict | list)} for row in rows]
+
+
+def failure_rows(releases: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (release, outcome, reason): why device-updates failed, in the update client's
+    words (Pantavisor: the final status message the Hub holds)."""
+    rows = []
+    for release in releases:
+        for outcome in ("rolled_back", "wontgo", "bricked"):
+            for reason, n in release.get(f"{outcome}_reasons", {}).items():
+                rows.append({"release": release["release"], "outcome": outcome, "reason": reason, "device-updates": n})
+    return rows
+
+
+def silent_rows(releases: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Devices the Hub counted failed because they sent no final report in time (device_timeout_s)."""
+    return [
+        {"release": r["release"], "devices": r["timed_out"], "first ids": " ".join(map(str, r["timed_out_devices"]))}
+        for r in releases
+        if r.get("timed_out")
+    ]
+
+
 def html_report(result: RunResult, images: dict[str, bytes], title: str) -> str:
     r = result.results
-    summary = [{"metric": k, "value": json.dumps(v) if isinstance(v, dict) else v} for k, v in r.items()]
+    summary = [{"metric": k, "value": json.dumps(v) if isinstance(v, dict) else v} for k, v in r.items() if k != "releases"]
     summary += [{"metric": k, "value": v} for k, v in result.extras.items()]
     imgs = "".join(
         f'<h2>{html.escape(name)}</h2><img alt="{html.escape(name)}" src="data:image/png;base64,'
@@ -201,7 +228,9 @@ def html_report(result: RunResult, images: dict[str, bytes], title: str) -> str:
 </head><body>
 <h1>{html.escape(title)}</h1>
 {imgs}
-<h2>Releases</h2>{_tables_by_column(result.releases, "release")}
+<h2>Releases</h2>{_tables_by_column(_plain_fields(result.releases), "release")}
+<h2>Why device-updates failed</h2>{_table(failure_rows(result.releases)) or "<p>none failed</p>"}
+<h2>Silent devices</h2>{_table(silent_rows(result.releases)) or "<p>every device that took a release reported in time</p>"}
 <h2>Results</h2>{_table(summary)}
 <h2>Rollout events</h2>{_table(marks)}
 </body></html>

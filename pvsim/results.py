@@ -14,12 +14,14 @@ import math
 import resource
 import sys
 from array import array
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from pvsim.world import World
+from pvsim.world import BRICKED_OUT, ROLLED_BACK, WONTGO, World
 
 RESULT_KEYS = (
     "scenario",
@@ -37,13 +39,23 @@ RESULT_KEYS = (
     "stuck",
     "exposed",
     "bytes_downloaded",
+    "bytes_wasted",
     "time_to_50pct_s",
     "time_to_95pct_s",
     "rollout_state",
     "power_cuts",
     "peak_rss_mb",
     "faults",
+    "device_updates",
+    "wontgo",
+    "in_progress_at_end",
+    "timed_out",
+    "retries",
+    "rollback_reasons",
+    "wontgo_reasons",
+    "releases",
 )
+SILENT_IDS_SHOWN = 20  # ids of devices counted failed for their silence listed per release
 
 
 def peak_rss_mb() -> float:
@@ -92,6 +104,7 @@ def build_timeline(world: World, step: float) -> dict[str, Any]:
         "counts": counts.tolist(),
         "rolled_back": _so_far(times, world.rolled_back_t),
         "bricked": _so_far(times, world.bricked_t),
+        "mb_moved": world.egress.cumulative_mb(len(times)),  # through the Hub's egress, by then
     }
 
 
@@ -99,6 +112,19 @@ def _so_far(times: np.ndarray, moments: array) -> list[int]:
     """How many of `moments` fall at or before each of `times` (the revision counts' convention)."""
     ordered = np.sort(np.frombuffer(moments, dtype=np.float64))
     return np.searchsorted(ordered, times, side="right").tolist()
+
+
+def _reasons(counts: Counter[tuple[str, str]], outcome: str) -> dict[str, int]:
+    """{reason: device-updates}, most frequent first (ties by reason: deterministic)."""
+    pairs = [(reason, n) for (kind, reason), n in counts.items() if kind == outcome]
+    return dict(sorted(pairs, key=lambda p: (-p[1], p[0])))
+
+
+def merge_reasons(tables: Iterable[dict[str, int]]) -> dict[str, int]:
+    total: Counter[str] = Counter()
+    for table in tables:
+        total.update(table)
+    return dict(sorted(total.items(), key=lambda p: (-p[1], p[0])))
 
 
 def collect(world: World, wall_s: float, events: int) -> RunResult:
@@ -109,9 +135,13 @@ def collect(world: World, wall_s: float, events: int) -> RunResult:
     rev_counts = np.bincount(np.frombuffer(world.table.rev, dtype=np.int32), minlength=len(world.revisions))
     for rev in world.revisions.revisions:
         final_counts[rev.name] = int(rev_counts[rev.index])
+    world.egress.settle()  # transfers still running count what they moved
     stuck = len(world.active_runs)
+    unfinished: Counter[int] = Counter()
     for run in world.active_runs.values():  # unfinished updates still moved bytes
+        unfinished[run.rollout.index] += 1
         run.rollout.mb_downloaded += run.mb_downloaded
+        run.rollout.mb_wasted += run.mb_wasted
         run.rollout.mb_written += run.mb_written
         run.rollout.reboots += run.reboots
         run.rollout.exposed += run.exposed
@@ -136,14 +166,24 @@ def collect(world: World, wall_s: float, events: int) -> RunResult:
                 "wontgo": r.wontgo,
                 "bricked": r.bricked,
                 "exposed": r.exposed,
+                "stuck": unfinished[r.index] + r.wontgo,
+                "in_progress_at_end": unfinished[r.index],
+                "timed_out": len(r.timed_out),
+                "timed_out_devices": sorted(r.timed_out)[:SILENT_IDS_SHOWN],
+                "device_updates": r.committed + r.rolled_back + r.wontgo + r.bricked + unfinished[r.index],
                 "mb_downloaded": round(r.mb_downloaded, 3),
+                "mb_wasted": round(r.mb_wasted, 3),
                 "mb_written": round(r.mb_written, 3),
+                "rolled_back_reasons": _reasons(r.reasons, ROLLED_BACK),
+                "wontgo_reasons": _reasons(r.reasons, WONTGO),
+                "bricked_reasons": _reasons(r.reasons, BRICKED_OUT),
                 "reboots": r.reboots,
                 "time_to_50pct_s": _time_to(r.commit_times, 0.5, n, r.at_s),
                 "time_to_95pct_s": _time_to(r.commit_times, 0.95, n, r.at_s),
                 "halted_at_s": r.strategy.halted_at,
             }
         )
+    device_updates = sum(rel["device_updates"] for rel in releases)
     results = {
         "scenario": scenario.name,
         "seed": scenario.fleet.seed,
@@ -160,17 +200,25 @@ def collect(world: World, wall_s: float, events: int) -> RunResult:
         "stuck": stuck + sum(r.wontgo for r in rollouts),
         "exposed": sum(r.exposed for r in rollouts),
         "bytes_downloaded": int(round(sum(r.mb_downloaded for r in rollouts) * 1_000_000)),
+        "bytes_wasted": int(round(sum(r.mb_wasted for r in rollouts) * 1_000_000)),
         "time_to_50pct_s": _time_to(last.commit_times, 0.5, n, last.at_s) if last else None,
         "time_to_95pct_s": _time_to(last.commit_times, 0.95, n, last.at_s) if last else None,
         "rollout_state": last.state if last else "running",
         "power_cuts": faults.get("power_cuts", 0),
         "peak_rss_mb": peak_rss_mb(),
         "faults": faults,
+        "device_updates": device_updates,
+        "wontgo": sum(r.wontgo for r in rollouts),
+        "in_progress_at_end": stuck,
+        "timed_out": sum(len(r.timed_out) for r in rollouts),
+        "retries": dict(world.retries),
+        "rollback_reasons": merge_reasons(rel["rolled_back_reasons"] for rel in releases),
+        "wontgo_reasons": merge_reasons(rel["wontgo_reasons"] for rel in releases),
+        "releases": releases,
     }
     assert tuple(results) == RESULT_KEYS
     model = world.model
     last_rev = last.revision if last else 0
-    device_updates = sum(r.committed + r.rolled_back + r.wontgo + r.bricked for r in rollouts) + stuck
     extras = {
         "device_updates": device_updates,
         "events_per_device_update": round(events / device_updates, 2) if device_updates else None,

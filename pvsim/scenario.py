@@ -142,6 +142,9 @@ class Rollout(_Table):
     window_start_h: float = Field(2.0, ge=0, lt=24)
     window_length_h: float = Field(4.0, gt=0, le=24)
     timezones_h: tuple[float, float] = (-8.0, 3.0)
+    # every strategy: a device that took the release and sent no final report within this many
+    # seconds counts as failed (AWS IoT Jobs' in-progress timeout, TIMED_OUT); 0: wait forever
+    device_timeout_s: float = Field(86400.0, ge=0)
 
     _fractions = field_validator("success_threshold", "error_threshold", "abort_threshold")(_fraction)
 

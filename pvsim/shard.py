@@ -26,13 +26,14 @@ import math
 import time
 import traceback
 from array import array
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
 from pvsim.hub import Rollout
-from pvsim.results import RunResult, peak_rss_mb
+from pvsim.results import SILENT_IDS_SHOWN, RunResult, merge_reasons, peak_rss_mb
 from pvsim.runner import model_factory
 from pvsim.scenario import Scenario, validate_scenario
 from pvsim.strategies import ABORTED, PAUSED, RUNNING, Tally, make_strategy
@@ -341,7 +342,10 @@ def merge(
     n, shards = scenario.fleet.devices, len(parts)
     results = [p["result"] for p in parts]
     first = results[0].results
-    summed = ("committed", "rolled_back", "bricked", "stuck", "exposed", "bytes_downloaded", "power_cuts", "events")
+    summed = (
+        "committed", "rolled_back", "bricked", "stuck", "exposed", "bytes_downloaded", "bytes_wasted", "power_cuts",
+        "events", "device_updates", "wontgo", "in_progress_at_end", "timed_out",
+    )  # fmt: skip
     out = dict(first)
     for key in summed:
         out[key] = sum(r.results[key] for r in results)
@@ -372,10 +376,16 @@ def merge(
     for r in rollouts:
         per = [res.releases[r.index] for res in results]
         merged_release = dict(per[0])
-        for key in ("committed", "rolled_back", "wontgo", "bricked", "exposed", "reboots"):
+        for key in (
+            "committed", "rolled_back", "wontgo", "bricked", "exposed", "reboots", "stuck", "in_progress_at_end",
+            "timed_out", "device_updates",
+        ):  # fmt: skip
             merged_release[key] = sum(x[key] for x in per)
-        for key in ("mb_downloaded", "mb_written"):
+        for key in ("mb_downloaded", "mb_wasted", "mb_written"):
             merged_release[key] = round(sum(x[key] for x in per), 3)
+        for key in ("rolled_back_reasons", "wontgo_reasons", "bricked_reasons"):
+            merged_release[key] = merge_reasons(x[key] for x in per)
+        merged_release["timed_out_devices"] = sorted(d for x in per for d in x["timed_out_devices"])[:SILENT_IDS_SHOWN]
         merged_release.update(
             state=states[r.index],
             admitted=r.tally.admitted,
@@ -386,11 +396,16 @@ def merge(
             halted_at_s=r.strategy.halted_at,
         )
         releases.append(merged_release)
+    out["retries"] = dict(sum((Counter(r.results["retries"]) for r in results), Counter()))
+    out["retries"] = {key: out["retries"].get(key, 0) for key in first["retries"]}
+    out["rollback_reasons"] = merge_reasons(x["rolled_back_reasons"] for x in releases)
+    out["wontgo_reasons"] = merge_reasons(x["wontgo_reasons"] for x in releases)
+    out["releases"] = releases
     timeline = dict(results[0].timeline)
     stacked = np.sum([np.asarray(r.timeline["counts"], dtype=np.int64) for r in results], axis=0)
     stacked[:, 0] -= (shards - 1) * n
     timeline["counts"] = stacked.tolist()
-    for key in ("rolled_back", "bricked"):
+    for key in ("rolled_back", "bricked", "mb_moved"):
         timeline[key] = np.sum([r.timeline[key] for r in results], axis=0).tolist()
     extras = dict(results[0].extras)
     for key in ("device_updates", "reboots", "wontgo", "in_progress_at_end"):

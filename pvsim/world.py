@@ -20,11 +20,12 @@ import numpy as np
 
 from pvsim.device import INF, DeviceRun
 from pvsim.dists import SimRandom
-from pvsim.hub import Egress, HubOutages, Rollout
+from pvsim.hub import HubOutages, Rollout
 from pvsim.kernel import CountingEnvironment
 from pvsim.revisions import RevisionSet
 from pvsim.scenario import Scenario
 from pvsim.strategies import RUNNING, Tally, make_strategy
+from pvsim.transfer import Egress
 
 IDLE, BUSY, BRICKED = 0, 1, 2
 
@@ -72,8 +73,10 @@ class World:
         self.revisions = RevisionSet(scenario)
         self.table = DeviceTable(scenario)
         self.hub_outages = HubOutages(scenario.faults, self.until_s, random.Random(scenario.fleet.seed + 1))
-        self.egress = Egress(scenario.fleet.hub_egress_mbit_s / 8.0)
+        self.egress = Egress(self.env, scenario.fleet.hub_egress_mbit_s / 8.0, scenario.run.timeline_step_s, self.until_s)
         self.fault_counts: Counter[str] = Counter()
+        # requests that failed and were asked again: "metadata", "object", "intake" (update taken in again)
+        self.retries: Counter[str] = Counter({"metadata": 0, "object": 0, "intake": 0})
         self.rollouts: list[Rollout] = []
         self.pending: dict[int, Rollout] = {}
         self.active_runs: dict[int, DeviceRun] = {}
@@ -84,6 +87,7 @@ class World:
         # when device-updates ended rolled back or bricked: drawn over time in adoption.png
         self.rolled_back_t = array("d")
         self.bricked_t = array("d")
+        self.timeout_s = scenario.rollout.device_timeout_s
         self.cut_rate = scenario.faults.power_cuts_per_device_day / 86400.0
         self.net_rate = scenario.faults.network_outages_per_device_day / 86400.0
         self.model = model_factory(self)
@@ -168,7 +172,8 @@ class World:
         for device in rollout.order[start:stop].tolist():
             state = status[device]
             if state == BRICKED:
-                continue  # the hub never hears from it again
+                self._expect_report(rollout, device)  # the hub never hears from it again
+                continue
             if state == BUSY:
                 self.pending[device] = rollout
                 continue
@@ -190,6 +195,7 @@ class World:
         self.env.call_later(poll - now, lambda _call: self._begin(device, rollout))
 
     def _begin(self, device: int, rollout: Rollout) -> None:
+        self._expect_report(rollout, device)
         run = DeviceRun(self, device, rollout)
         self.active_runs[device] = run
 
@@ -201,7 +207,10 @@ class World:
 
     def _finish(self, device: int, rollout: Rollout, run: DeviceRun, outcome: str, report: bool | None) -> None:
         rollout.mb_downloaded += run.mb_downloaded
+        rollout.mb_wasted += run.mb_wasted
         rollout.mb_written += run.mb_written
+        if outcome in (ROLLED_BACK, WONTGO, BRICKED_OUT):
+            rollout.reasons[outcome, run.reason or "unknown"] += 1
         rollout.reboots += run.reboots
         rollout.exposed += run.exposed
         if outcome == COMMITTED:
@@ -216,6 +225,8 @@ class World:
             rollout.bricked += 1
             self.bricked_t.append(self.env._now)
         self.table.status[device] = BRICKED if outcome == BRICKED_OUT else IDLE
+        if report is not SILENT and self.timeout_s > 0 and rollout.silent.pop(device, None) is None:
+            report = SILENT  # it timed out: the hub counted it failed already and ignores it now
         if report is OK:
             rollout.tally.succeeded += 1
         elif report is FAIL:
@@ -229,6 +240,38 @@ class World:
                 self._pump(queued)
             else:
                 self._start(device, queued)
+
+    # -- silent devices -----------------------------------------------------------------------------
+    def _expect_report(self, rollout: Rollout, device: int) -> None:
+        """The device took the release: it has `rollout.device_timeout_s` to report. One pending
+        check per rollout (deadlines come in order), not one event per device."""
+        if self.timeout_s <= 0:
+            return
+        deadline = self.env._now + self.timeout_s
+        rollout.silent[device] = deadline
+        rollout.deadlines.append((deadline, device))
+        if not rollout.watching:
+            rollout.watching = True
+            self.env.call_later(self.timeout_s, lambda _call: self._check_silent(rollout))
+
+    def _check_silent(self, rollout: Rollout) -> None:
+        now = self.env._now
+        queue = rollout.deadlines
+        timed_out = 0
+        while queue and (queue[0][0] <= now or rollout.silent.get(queue[0][1]) != queue[0][0]):
+            deadline, device = queue.popleft()
+            if rollout.silent.get(device) == deadline:
+                del rollout.silent[device]
+                rollout.timed_out.append(device)
+                rollout.tally.failed += 1
+                timed_out += 1
+        if queue:
+            self.env.call_later(queue[0][0] - now, lambda _call: self._check_silent(rollout))
+        else:
+            rollout.watching = False
+        if timed_out:
+            rollout.marks.append((now, f"{rollout.name}: {len(rollout.timed_out)} silent past {self.timeout_s:g} s"))
+            self._pump(rollout)
 
     # -- running ------------------------------------------------------------------------------------
     def run(self) -> None:

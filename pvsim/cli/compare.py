@@ -10,10 +10,10 @@ from pathlib import Path
 
 from rich.console import Console
 
-from pvsim.compare import comparison_table, variants, write_outputs
+from pvsim.compare import comparison_table, summarize_cells, variants, write_outputs
 from pvsim.outputs import check_folder
 from pvsim.scenario import STRATEGIES, UPDATE_MODELS, ScenarioError, load_scenario
-from pvsim.sweep import make_jobs, report_failures, run_with_progress, summarize
+from pvsim.sweep import make_jobs, report_failures, run_with_progress
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -21,7 +21,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "compare",
         help="strategies or update models side by side over many seeds",
         description="Run a scenario once per variant and seed (process pool) and show means with "
-        "95 % confidence intervals, plus a comparison plot.",
+        "95 % bootstrap intervals (times: over the seeds that reached them, and how many did), "
+        "plus a comparison plot.",
     )
     parser.add_argument("scenario", help="scenario TOML file")
     group = parser.add_mutually_exclusive_group(required=True)
@@ -45,9 +46,9 @@ def handle(args: argparse.Namespace) -> int:
     check_folder(out, "--out")  # before every run, not after them
     console = Console(stderr=True)
     rows = run_with_progress(jobs, args.workers, args.dask, console)
-    summary = summarize(rows)
+    cells = summarize_cells(rows)
     title = f"{scenario.name}: {scenario.fleet.devices} devices, {args.seeds} seeds"
-    Console().print(comparison_table(title, summary))
-    paths = write_outputs(out, scenario.name, args.seeds, list(chosen), summary, rows, title)
+    Console().print(comparison_table(title, cells))
+    paths = write_outputs(out, scenario.name, args.seeds, list(chosen), cells, rows, title)
     console.print(f"wrote {', '.join(str(p) for p in paths)}")
     return report_failures(rows, console)

@@ -11,13 +11,13 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from pvsim.outputs import check_output_paths
 from pvsim.results import RunResult
 from pvsim.runner import run_scenario
 from pvsim.scenario import Scenario, ScenarioError, check_option, load_scenario
 from pvsim.shard import DEFAULT_EPOCH_S
+from pvsim.summary import summary_table
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -40,48 +40,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--dask", metavar="ADDRESS", help="with --shards: run the shards as Dask actors on this scheduler")
     parser.add_argument("--epoch-s", type=float, default=DEFAULT_EPOCH_S, help="with --shards: seconds between rollout decisions")
     parser.set_defaults(func=handle)
-
-
-def _cell(key: str, value: object) -> str:
-    """A results.json value as a person reads it (results.json itself keeps the raw numbers)."""
-    if value is None and key.startswith("time_to_"):
-        return "not reached"
-    if key == "bytes_downloaded" and isinstance(value, int):
-        return f"{value} ({value / 1e9:.1f} GB)"
-    return str(value)
-
-
-def summary_table(result: RunResult) -> Table:
-    r = result.results
-    table = Table(title=f"{r['scenario']}: {r['devices']} devices, {r['strategy']}, {r['update_model']}")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for key in (
-        "rollout_state",
-        "committed",
-        "rolled_back",
-        "bricked",
-        "stuck",
-        "exposed",
-        "bytes_downloaded",
-        "time_to_50pct_s",
-        "time_to_95pct_s",
-        "power_cuts",
-        "events",
-        "wall_s",
-        "peak_rss_mb",
-    ):
-        table.add_row(key, _cell(key, r[key]))
-    table.add_row("final revisions", ", ".join(f"{k}: {v}" for k, v in r["final_revision_counts"].items()))
-    fired = {k: v for k, v in r["faults"].items() if v}
-    table.add_row("faults fired", ", ".join(f"{k}: {v}" for k, v in fired.items()) or "none")
-    for release in result.releases:
-        table.add_row(
-            f"release {release['release']}",
-            f"{release['state']}: {release['committed']} committed, {release['rolled_back']} rolled back, "
-            f"{release['bricked']} bricked, {release['wontgo']} wontgo",
-        )
-    return table
 
 
 def handle(args: argparse.Namespace) -> int:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from pvsim.compare import comparison_table
+from pvsim.compare import comparison_table, summarize_cells
 from pvsim.outputs import check_folder
 from pvsim.scenario import ScenarioError, load_scenario
 from pvsim.sweep import (
@@ -57,7 +57,7 @@ def handle(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
     rows = run_with_progress(jobs, args.workers, args.dask, console)
     summary = summarize(rows)
-    Console().print(comparison_table(f"{scenario.name}: sweep over {', '.join(grid)}", summary))
+    Console().print(comparison_table(f"{scenario.name}: sweep over {', '.join(grid)}", summarize_cells(rows)))
     written = write_outputs(out, scenario.name, grid, args.seeds, summary, rows)
     console.print(f"wrote {', '.join(str(out / w) for w in written)}")
     return report_failures(rows, console)

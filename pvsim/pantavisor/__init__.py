@@ -9,7 +9,7 @@ each command a modelled duration and an outcome, and feeds the resulting events 
 |---|---|---|
 | durable steps (progress, trail, links, env, done, GC) | storage latency + size / write speed, in order; a power cut keeps the ones completed before it, loses the rest, and tears a non-redundant env write | storage |
 | FetchMetadata | instant Hub request: sizes and storage figures, or MetadataFailed when unreachable | network |
-| FetchObject | transfer over the device link and the hub's shared egress; fails at outages and dropped connections; corrupt release objects fail their hash | network |
+| FetchObject | transfer over the device link and the hub's egress, shared max-min fairly (`pvsim.transfer`); fails at outages and dropped connections; corrupt release objects fail their hash | network |
 | ReportProgress | instant Hub request: HubReached / HubRequestFailed; the Hub's copy of the step's progress | network |
 | Start/StopContainers | modelled start and ready times; release defects crash a container or keep it from being ready | containers |
 | ArmTimer / CancelTimer | a deadline in the device's agenda | agenda, model |

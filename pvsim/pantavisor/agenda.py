@@ -7,12 +7,16 @@ until the earliest. An entry is one of three kinds:
 - an `Event` itself: fed to the engine when due (a container started, a Hub answer timed out);
   A `TimerFired` entry is an armed timer: its `seq` is the generation of that arming, and it fires
   only if it is still the latest arming of its name (`shared.engine.driver.TimerGenerations`, D4);
-- `TransferDue`: an object transfer ends; it leaves the Hub's egress and, if it succeeded, puts
-  the object in the pool before the engine hears `ObjectFetched`.
+- `FlowEnd`: a running object transfer's fixed end time (it runs at its own link's pace); when
+  it comes, the Hub's egress confirms it (it may have been slowed down since: then the egress
+  ends it itself, later, and the device is woken: `waker`);
+- `TransferDue`: an object transfer ended; if it succeeded, the object goes into the pool before
+  the engine hears `ObjectFetched`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from heapq import heappush
 from typing import TYPE_CHECKING
 
@@ -22,6 +26,7 @@ from shared.engine.progress import Progress
 
 if TYPE_CHECKING:
     from pvsim.engine_memo import EngineState
+    from pvsim.fairshare import Flow
     from pvsim.simdisk import SimDisk
 
 
@@ -33,13 +38,25 @@ class TransferDue:
         self.mb = mb  # megabytes moved before it ended
 
 
-Entry = Event | TransferDue
+class FlowEnd:
+    """A running transfer's fixed end (pvsim.transfer.Egress.complete decides whether it still holds)."""
+
+    __slots__ = ("flow", "token")
+
+    def __init__(self, flow: Flow, token: int) -> None:
+        self.flow = flow
+        self.token = token
+
+
+Entry = Event | TransferDue | FlowEnd
 
 
 class DeviceBrain:
     """A live device between updates: its (shared) engine state, its disk and what it is waiting for."""
 
-    __slots__ = ("engine", "disk", "booted", "agenda", "seq", "timers", "hub_progress", "hub_confirmed")
+    __slots__ = (
+        "engine", "disk", "booted", "agenda", "seq", "timers", "hub_progress", "hub_confirmed", "transfers", "waker",
+    )  # fmt: skip
 
     def __init__(self, engine: EngineState, disk: SimDisk, booted: str) -> None:
         self.engine = engine  # shared with every device whose engine is equal (pvsim.engine_memo)
@@ -50,6 +67,10 @@ class DeviceBrain:
         self.timers = TimerGenerations()
         self.hub_progress: dict[str, Progress] = {}  # what the Hub holds of each step's progress
         self.hub_confirmed = False  # a Hub request succeeded since the network timer was armed
+        # object transfers running through the Hub's egress, each with the answer it will give if it
+        # completes; they end when the egress says so, so they join the agenda only when they end
+        self.transfers: dict[Flow, ObjectFetched] = {}
+        self.waker: Callable[[float], None] | None = None  # wakes the sleeping device for an entry
 
     def push(self, at: float, entry: Entry) -> None:
         self.seq += 1

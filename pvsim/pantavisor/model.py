@@ -18,7 +18,7 @@ from typing import Any
 
 from pvsim.device import INF, DeviceRun
 from pvsim.engine_memo import EngineMemo
-from pvsim.pantavisor.agenda import DeviceBrain, TransferDue
+from pvsim.pantavisor.agenda import DeviceBrain, FlowEnd, TransferDue
 from pvsim.pantavisor.containers import Containers
 from pvsim.pantavisor.network import Network
 from pvsim.pantavisor.power import Power
@@ -204,13 +204,17 @@ class PantavisorModel(Network, Storage, Containers, Power):
         queue: deque[E.Event] = deque()
         writes, _, _ = self._plan(run, brain, commands, queue)
         self._apply_writes(run, brain, writes)
+        for flow, answer in list(brain.transfers.items()):  # transfers complete at once
+            self.world.egress.stop(flow)
+            brain.push(run.env._now, TransferDue(answer, flow.size))
+        brain.transfers.clear()
         timers = [entry for entry in brain.agenda if type(entry[2]) is E.TimerFired]
-        answers = [entry for entry in brain.agenda if type(entry[2]) is not E.TimerFired]
+        answers = [entry for entry in brain.agenda if type(entry[2]) not in (E.TimerFired, FlowEnd)]
         brain.agenda[:] = timers
         heapify(brain.agenda)
         for _, _, entry in sorted(answers, key=lambda e: (e[0], e[1])):
             if type(entry) is TransferDue:
-                self._fetched(run, brain, entry, queue)
+                self._fetched(run, brain, entry.event, entry.mb, queue)
             else:
                 queue.append(entry)  # type: ignore[arg-type]
         return list(queue)

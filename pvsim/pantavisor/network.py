@@ -11,17 +11,20 @@ from __future__ import annotations
 import math
 from bisect import bisect_right
 from collections import deque
+from heapq import heappush
 from typing import TYPE_CHECKING, Any
 
 from pvsim.device import INF, DeviceRun
-from pvsim.pantavisor.agenda import DeviceBrain, TransferDue
+from pvsim.fairshare import CAPPED
+from pvsim.pantavisor.agenda import DeviceBrain, FlowEnd, TransferDue
 from pvsim.pantavisor.storage import MB
-from pvsim.transfer import HTTP_TIMEOUT_S, attempt
+from pvsim.transfer import HTTP_TIMEOUT_S, attempt, outcome
 from shared.engine import commands as C
 from shared.engine import events as E
 from shared.engine.progress import Msg
 
 if TYPE_CHECKING:
+    from pvsim.fairshare import Flow
     from pvsim.simdisk import SimDisk
     from pvsim.world import World
     from shared.engine.config import Config
@@ -29,6 +32,9 @@ if TYPE_CHECKING:
 # events without fields: one instance for every device
 HUB_REACHED = E.HubReached()
 HUB_REQUEST_FAILED = E.HubRequestFailed()
+RETRIED = Msg.retried(0, 0).split(" ")[0] + " "  # "Retried N of M": the engine's intake message
+NOT_RETRIED = Msg.retried(0, 0).rsplit(" ", 2)[0] + " "  # "Retried 0 ": a first intake
+INTAKE_RETRY: dict[str, bool] = {}  # status message -> it reports an intake retry
 
 
 class Network:
@@ -110,6 +116,12 @@ class Network:
         return best
 
     def _report(self, run: DeviceRun, brain: DeviceBrain, command: C.ReportProgress, queue: deque[E.Event]) -> None:
+        msg = command.record.status_msg
+        intake = INTAKE_RETRY.get(msg)
+        if intake is None:  # once per distinct message (messages are few)
+            intake = INTAKE_RETRY[msg] = msg.startswith(RETRIED) and not msg.startswith(NOT_RETRIED)
+        if intake:
+            self.world.retries["intake"] += 1  # an update taken in again (after a reboot or a crash)
         ok = self._hub_ok(run, brain)
         if ok:
             brain.hub_progress[command.rev] = command.record
@@ -121,6 +133,7 @@ class Network:
         self, run: DeviceRun, brain: DeviceBrain, command: C.FetchMetadata, t: float, queue: deque[E.Event]
     ) -> None:
         if not self._hub_ok(run, brain):
+            self.world.retries["metadata"] += 1
             brain.push(t + HTTP_TIMEOUT_S, E.MetadataFailed(command.rev))
             return
         if self.world.table.full[run.device]:
@@ -132,32 +145,73 @@ class Network:
         queue.append(E.MetadataReceived(command.rev, sizes, self._storage(run.device, brain.disk)))
 
     def _fetch(self, run: DeviceRun, brain: DeviceBrain, command: C.FetchObject, t: float) -> None:
-        """Plan one object transfer: when it ends and how (ok, dropped, outage, hash mismatch)."""
-        world = self.world
+        """Start one object transfer. It starts now even when the batch's durable writes before it
+        end at `t` (milliseconds): the Hub's egress only admits transfers at the present."""
         sha = command.sha
         mb = self.size_mb.get(sha, command.size / MB)
-        now = run.env._now
-        start = max(t, now)
         if not self._hub_ok(run, brain):
-            brain.push(start + HTTP_TIMEOUT_S, E.ObjectFetched(sha, ok=False))
+            self.world.retries["object"] += 1
+            brain.push(max(t, run.env._now) + HTTP_TIMEOUT_S, E.ObjectFetched(sha, ok=False))
             return
-        end, moved, ok, _ = attempt(run, start, mb)
-        if not ok:
-            brain.push(end, TransferDue(E.ObjectFetched(sha, ok=False), moved))
-        elif sha in self.corrupt and self._defect(run.device, str(self.corrupt[sha])) == "corrupt_object":
-            world.count("corrupt_object")
-            brain.push(end, TransferDue(E.ObjectFetched(sha, ok=False, hash_mismatch=True), mb))
+        if sha in self.corrupt and self._defect(run.device, str(self.corrupt[sha])) == "corrupt_object":
+            answer = E.ObjectFetched(sha, ok=False, hash_mismatch=True)
         else:
-            brain.push(end, TransferDue(self.event(E.ObjectFetched, sha), mb))
+            answer = self.event(E.ObjectFetched, sha)
+        flow = attempt(run, mb, brain, self._transfer_ended, self._transfer_refixed)
+        brain.transfers[flow] = answer
+        if flow.state == CAPPED:  # it runs at its own pace: it ends then, unless that changes
+            brain.seq += 1  # brain.push, inlined (hot path)
+            heappush(brain.agenda, (flow.end, brain.seq, FlowEnd(flow, flow.fixed)))
 
-    def _fetched(self, run: DeviceRun, brain: DeviceBrain, due: TransferDue, queue: deque[E.Event]) -> None:
-        """A transfer ended (ok, failed or corrupt): it leaves the Hub's egress."""
-        event = due.event
-        self.world.egress.active -= 1
-        run.mb_downloaded += due.mb
+    def _transfer_refixed(self, flow: Flow, end: float, token: int) -> None:
+        """The egress's contention changed a running transfer's pace: it ends at `end` now."""
+        brain: DeviceBrain = flow.tag[0]
+        brain.push(end, FlowEnd(flow, token))
+        if brain.waker is not None:
+            brain.waker(end)
+
+    def _transfer_ended(self, flow: Flow, brain: DeviceBrain, at: float, ok: bool, moved: float) -> None:
+        """The egress ended a transfer while it shared it (now), or an outage stopped it (its
+        request fails at `at`): the device hears it then."""
+        answer = brain.transfers.pop(flow, None)
+        if answer is None:
+            return  # the device lost it (a power cut) in the same instant
+        if ok and answer.hash_mismatch:
+            self.world.count("corrupt_object")
+        brain.push(at, TransferDue(answer if ok else E.ObjectFetched(answer.sha, ok=False), moved))
+        if brain.waker is not None:
+            brain.waker(at)
+
+    def _flow_end(self, run: DeviceRun, brain: DeviceBrain, entry: FlowEnd, queue: deque[E.Event]) -> None:
+        """A transfer's fixed end came (the agenda's FlowEnd): if the egress confirms it, the
+        object arrived (or the connection dropped there)."""
+        flow = entry.flow
+        if not self.world.egress.complete(flow, entry.token):
+            return  # stopped, or slowed down by contention: another entry will come
+        answer = brain.transfers.pop(flow)
+        _, ok = outcome(flow)
+        if not ok:
+            answer = E.ObjectFetched(answer.sha, ok=False)
+        elif answer.hash_mismatch:
+            self.world.count("corrupt_object")
+        self._fetched(run, brain, answer, flow.size, queue)
+
+    def _fetched(self, run: DeviceRun, brain: DeviceBrain, event: E.ObjectFetched, mb: float, queue: deque[E.Event]) -> None:
+        """A transfer ended (ok, failed or corrupt): a complete object goes into the pool; the bytes
+        of a failed or corrupt one are thrown away (the engine asks for the whole object again)."""
         if event.ok:
             # renamed into place after its hash matched: the object is in the pool
-            run.mb_written += due.mb
+            run.mb_written += mb
             disk = self._own_disk(brain)
             disk.objects = self._intern(disk.objects | {event.sha})
+        else:
+            run.mb_wasted += mb
+            self.world.retries["object"] += 1
         queue.append(event)
+
+    def _stop_transfers(self, run: DeviceRun, brain: DeviceBrain) -> None:
+        """Running transfers are cut (power, the update is over): what they moved is thrown away."""
+        egress = self.world.egress
+        for flow in brain.transfers:
+            run.mb_wasted += egress.stop(flow)
+        brain.transfers.clear()

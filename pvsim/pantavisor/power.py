@@ -47,15 +47,18 @@ class Power:
         def _own_disk(self, brain: DeviceBrain) -> SimDisk: ...
         def _view(self, device: int, disk: SimDisk, booted: str) -> E.DiskView: ...
         def _apply(self, run: DeviceRun, brain: DeviceBrain, command: C.Command) -> None: ...
+        def _stop_transfers(self, run: DeviceRun, brain: DeviceBrain) -> None: ...
         def _execute(
             self, run: DeviceRun, brain: DeviceBrain, commands: list[C.Command], queue: deque[E.Event]
         ) -> Generator[Any, Any, bool]: ...
 
     def _lose_volatile(self, run: DeviceRun, brain: DeviceBrain) -> None:
-        """A power cut: running transfers, timers and containers are gone."""
+        """A power cut: running transfers, timers and containers are gone; so are objects that
+        arrived but were not yet renamed into the pool."""
+        self._stop_transfers(run, brain)
         for _, _, entry in brain.agenda:
             if type(entry) is TransferDue:
-                self.world.egress.active -= 1
+                run.mb_wasted += entry.mb
         brain.agenda.clear()
         brain.timers.clear()
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
 from pvsim.device import INF, DeviceRun, PowerCut
-from pvsim.pantavisor.agenda import DeviceBrain, TransferDue
+from pvsim.pantavisor.agenda import DeviceBrain, FlowEnd, TransferDue
 from pvsim.pantavisor.storage import DaemonCrash
 from pvsim.world import BRICKED_OUT, SILENT
 from shared.engine import events as E
@@ -26,12 +26,14 @@ if TYPE_CHECKING:
     from pvsim.pantavisor.model import PantavisorModel
 
 Outcome = tuple[str, "bool | None"]
+# not a Pantavisor message: a device whose boot env was torn never reports again
+TORN_ENV = "boot env torn by a power cut (the device never reports again)"
 
 
 class DeviceUpdate:
     """One device-update, driven by calls from the SimPy queue rather than a generator process."""
 
-    __slots__ = ("model", "run", "brain", "rev", "queue", "done", "writes", "poll_at")
+    __slots__ = ("model", "run", "brain", "rev", "queue", "done", "writes", "poll_at", "sleeping", "wake_at")
 
     def __init__(
         self, model: PantavisorModel, run: DeviceRun, brain: DeviceBrain, rev: str, done: Callable[[Outcome], None]
@@ -44,8 +46,11 @@ class DeviceUpdate:
         self.done = done
         self.writes: list = []
         self.poll_at = INF
+        self.sleeping: Any = None  # the pending wake-up while the device sleeps; others are stale
+        self.wake_at = INF
 
     def start(self) -> None:
+        self.brain.waker = self.nudge
         self.brain.hub_progress.pop(self.rev, None)
         self.model._poll(self.run, self.brain, self.rev, self.queue)
         self.drain()
@@ -82,11 +87,13 @@ class DeviceUpdate:
         or its next Hub request."""
         model, run, brain = self.model, self.run, self.brain
         if brain.disk.torn:
+            run.reason = TORN_ENV
             return self._end((BRICKED_OUT, SILENT))  # no readable boot env: nothing boots any more
         heard = brain.hub_progress.get(self.rev)
         if heard is not None and heard.status in FINAL_STATUSES:
             outcome = model._outcome(brain, self.rev, heard)
             if outcome is not None:
+                run.reason = heard.status_msg  # the final record's status message, as the Hub shows it
                 return self._end(outcome)
         env = run.env
         now = env._now
@@ -112,15 +119,35 @@ class DeviceUpdate:
             # nothing left to wait for and the Hub has not heard a final status: a device that is
             # up but will not move (the step stays pending). Sleep to the end of the run.
             wake = model.world.until_s + 1.0
-        if wake >= run.cut_at:  # as DeviceRun.wait: the power goes first
-            self._slow(run.wait(wake - now))
-            return
-        env.call_later(wake - now if wake > now else 0.0, self._woke)
+        if wake >= run.cut_at:
+            wake = run.cut_at  # as DeviceRun.wait: at a tie the power goes first
+        self.wake_at = wake
+        self.sleeping = env.call_later(wake - now if wake > now else 0.0, self._woke)  # _sleep, inlined
 
-    def _woke(self, _call: Any) -> None:
+    def _sleep(self, until: float) -> None:
+        now = self.run.env._now
+        self.wake_at = until
+        self.sleeping = self.run.env.call_later(until - now if until > now else 0.0, self._woke)
+
+    def nudge(self, at: float) -> None:
+        """An agenda entry due at `at` was added from outside (a transfer ended): wake up for it,
+        at once when it is due now (no event spent; the pending wake-up goes stale)."""
+        if self.sleeping is not None and at < self.wake_at:
+            if at <= self.run.env._now and self.model.world.egress.in_tick:
+                self._woke(self.sleeping)  # the egress's own event delivers it: no need for another
+            else:
+                self._sleep(at)
+
+    def _woke(self, call: Any) -> None:
         """Queue what became due while the device slept, then carry on."""
+        if call is not self.sleeping:
+            return  # superseded by an earlier wake-up (nudge)
+        self.sleeping = None
         model, run, brain, queue = self.model, self.run, self.brain, self.queue
         now = run.env._now
+        if now >= run.cut_at:
+            self._slow(_power_cut())
+            return
         agenda = brain.agenda
         while agenda and agenda[0][0] <= now:
             _, seq, entry = heapq.heappop(agenda)
@@ -130,8 +157,10 @@ class DeviceUpdate:
                 if timers.get(entry.name) == seq:  # type: ignore[union-attr]  # TimerGenerations.fire, inlined (hot path)
                     del timers[entry.name]  # type: ignore[union-attr]
                     queue.append(entry)  # type: ignore[arg-type]
+            elif kind is FlowEnd:
+                model._flow_end(run, brain, entry, queue)  # type: ignore[arg-type]
             elif kind is TransferDue:
-                model._fetched(run, brain, entry, queue)  # type: ignore[arg-type]
+                model._fetched(run, brain, entry.event, entry.mb, queue)  # type: ignore[union-attr]
             else:
                 queue.append(entry)  # type: ignore[arg-type]
         if self.poll_at <= now:
@@ -153,11 +182,20 @@ class DeviceUpdate:
             if not brain.disk.torn:
                 yield from model._reboot_safely(run, brain, queue)
             if brain.disk.torn:
+                run.reason = TORN_ENV
                 return self._end((BRICKED_OUT, SILENT))  # without feeding the engine what was queued
         self.drain()
 
     def _end(self, outcome: Outcome) -> None:
-        # transfers still listed stop counting against the Hub's egress (the engine ignores late
-        # answers, R5) and a resting device's timers are not simulated (idle devices cost no events)
+        # transfers still running leave the Hub's egress (the engine ignores late answers, R5) and a
+        # resting device's timers are not simulated (idle devices cost no events)
         self.model._lose_volatile(self.run, self.brain)
+        self.brain.waker = None  # the brain, the update and its pending wake-up refer to each other:
+        self.sleeping = None  # broken here, as the run keeps the cyclic collector off
         self.done(outcome)
+
+
+def _power_cut() -> Generator[Any, Any, bool]:
+    """The power goes while the device sleeps (a process, so `_interruptible` recovers from it)."""
+    raise PowerCut
+    yield  # a generator
