@@ -25,9 +25,9 @@ from typing import Any
 from pvreal import tools
 from pvreal.ctrl.client import CtrlClient, CtrlError
 from pvreal.device.install import install_factory
+from pvreal.objectstore import ObjectStore, is_sha
 from pvreal.rev.build import build_bsp, build_container, load_state, save_state
 from pvreal.rootfs import busybox_rootfs
-from pvreal.storage import ObjectStore, is_sha
 from shared.engine.progress import Status
 from shared.errors import PvError
 

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import BinaryIO, Literal
 
 from pvreal.durable import fsync_dir  # noqa: F401  (callers fsync objdir after install_object)
-from pvreal.storage import sha256_file
+from pvreal.objectstore import sha256_file
 from shared.errors import PvError
 from shared.state import is_sha256
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pvreal import tools
-from pvreal.storage import sha256_file
+from pvreal.objectstore import sha256_file
 
 MKSQUASHFS_OPTIONS = (
     "-noappend",

@@ -18,16 +18,20 @@ Every write that must survive a power cut goes through `pvreal.durable`.
 
 from __future__ import annotations
 
-import hashlib
 import os
-import re
 import shutil
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from pvreal.durable import atomic_write, fsync_dir
+from pvreal.objectstore import (  # the pool under objects/
+    ObjectError,
+    ObjectStore,
+    is_sha,
+)
+from pvreal.storage_check import CheckReport, check_storage
 from shared import canonical
 from shared.engine.config import DEFAULT_CONFIG
 from shared.engine.gc import GcPlan, plan_gc, real_free, reserved_bytes
@@ -40,143 +44,11 @@ from shared.state import (  # the revision-name rule is shared: pv-ctrl and the 
     is_unloaded,
 )
 
-SHA_RE = re.compile(r"^[0-9a-f]{64}$")
-_CHUNK = 1 << 20
-
-
-class ObjectError(PvError):
-    """An object that is missing, malformed or whose bytes do not hash to its name."""
-
-
-class ObjectHashMismatch(ObjectError):
-    """The bytes written for an object hash to something else; the partial file was deleted."""
-
-
-def is_sha(value: object) -> bool:
-    return isinstance(value, str) and SHA_RE.match(value) is not None
-
 
 def check_entry_path(key: str) -> str:
     """A state key used as a relative path inside a trail: no absolute path, no '..', no '.'."""
     check_path(key)
     return key
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-# --------------------------------------------------------------------------------------------
-# Object pool
-
-
-class ObjectStore:
-    """A flat folder of objects named by their sha256; nothing enters it without being re-hashed."""
-
-    def __init__(self, directory: Path):
-        self.dir = Path(directory)
-
-    def path(self, sha: str) -> Path:
-        if not is_sha(sha):
-            raise ObjectError("object name must be 64 lowercase hex digits", key=sha)
-        return self.dir / sha
-
-    def tmp_path(self, sha: str) -> Path:
-        return self.dir / f"{sha}.tmp"
-
-    def has(self, sha: str) -> bool:
-        return self.path(sha).is_file()
-
-    def is_valid(self, sha: str) -> bool:
-        path = self.path(sha)
-        return path.is_file() and sha256_file(path) == sha
-
-    def size(self, sha: str) -> int:
-        return self.path(sha).stat().st_size
-
-    def names(self) -> list[str]:
-        if not self.dir.is_dir():
-            return []
-        return sorted(n for n in os.listdir(self.dir) if SHA_RE.match(n))
-
-    def partial_names(self) -> list[str]:
-        """Leftover `<sha>.tmp` files of interrupted downloads or uploads."""
-        if not self.dir.is_dir():
-            return []
-        return sorted(n for n in os.listdir(self.dir) if n.endswith(".tmp"))
-
-    def discard_partials(self) -> list[str]:
-        removed = self.partial_names()
-        for name in removed:
-            (self.dir / name).unlink(missing_ok=True)
-        return removed
-
-    def commit_tmp(self, sha: str) -> Path:
-        """Re-hash `<sha>.tmp`; rename it into place when it matches, delete it and raise if not."""
-        tmp = self.tmp_path(sha)
-        actual = sha256_file(tmp)
-        if actual != sha:
-            tmp.unlink(missing_ok=True)
-            raise ObjectHashMismatch(
-                f"content hashes to {actual}; partial file deleted", source=str(tmp), key=sha
-            )
-        final = self.path(sha)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-        fsync_dir(self.dir)
-        return final
-
-    def put_stream(self, sha: str, stream: BinaryIO) -> bool:
-        """Store the bytes read from `stream` as object `sha`.
-
-        Returns False (and reads nothing) when a valid object of that name already exists.
-        """
-        if self.is_valid(sha):
-            return False
-        self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.tmp_path(sha)
-        with open(tmp, "wb") as out:
-            shutil.copyfileobj(stream, out, _CHUNK)
-        self.commit_tmp(sha)
-        return True
-
-    def put_bytes(self, sha: str, data: bytes) -> bool:
-        if self.is_valid(sha):
-            return False
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.tmp_path(sha).write_bytes(data)
-        self.commit_tmp(sha)
-        return True
-
-    def add_file(self, src: Path) -> str:
-        """Hash `src` and store it under its own sha (build tools); returns the sha."""
-        sha = sha256_file(src)
-        if not self.is_valid(sha):
-            self.dir.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src, self.tmp_path(sha))
-            self.commit_tmp(sha)
-        return sha
-
-    def add_bytes(self, data: bytes) -> str:
-        sha = hashlib.sha256(data).hexdigest()
-        self.put_bytes(sha, data)
-        return sha
-
-    def adopt_file(self, src: Path) -> str:
-        """Move a freshly built file (same filesystem) into the pool under its sha."""
-        sha = sha256_file(src)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        if self.is_valid(sha):
-            src.unlink()
-        else:
-            os.replace(src, self.tmp_path(sha))
-            self.commit_tmp(sha)
-        return sha
 
 
 # --------------------------------------------------------------------------------------------
@@ -207,25 +79,6 @@ class GcResult:
     removed_revisions: tuple[str, ...]
     removed_objects: tuple[str, ...]
     reclaimed: int  # bytes of object files deleted
-
-
-@dataclass(slots=True)
-class CheckReport:
-    """The result of a full consistency check; `ok` when every list is empty."""
-
-    corrupt_objects: list[str] = field(default_factory=list)  # bytes do not hash to the name
-    partial_objects: list[str] = field(default_factory=list)  # leftover <sha>.tmp
-    missing_objects: list[str] = field(default_factory=list)  # "<rev>:<path> -> <sha>"
-    trail_problems: list[str] = field(default_factory=list)  # "<rev>:<path>: what is wrong"
-
-    @property
-    def ok(self) -> bool:
-        return not (
-            self.corrupt_objects
-            or self.partial_objects
-            or self.missing_objects
-            or self.trail_problems
-        )
 
 
 StatFs = Callable[[Path], tuple[int, int]]  # path -> (total bytes, free bytes)
@@ -503,62 +356,6 @@ class Storage:
 
     # -- consistency ----------------------------------------------------------------------------
     def check(self, revs: Iterable[str] | None = None) -> CheckReport:
-        """Re-hash objects, then compare each trail with its state JSON.
-
-        With `revs` (a boot checks only the revision it boots) only the objects those revisions
-        use are re-hashed; without, the whole pool is.
-        """
-        report = CheckReport()
-        report.partial_objects = self.objects.partial_names()
-        whole_pool = revs is None
-        # a trail that is only a progress record has nothing checked out to compare
-        revs = [r for r in self.revisions() if self.has_state(r)] if whole_pool else list(revs)
-        if whole_pool:
-            to_hash = self.objects.names()
-        else:
-            to_hash = sorted(
-                {sha for rev in revs for _, sha in self._installs_of(rev) if self.objects.has(sha)}
-            )
-        report.corrupt_objects = [s for s in to_hash if not self.objects.is_valid(s)]
-        for rev in revs:
-            self._check_trail(rev, report)
-        return report
-
-    def _installs_of(self, rev: str) -> list[tuple[str, str]]:
-        try:
-            return list(self.installs(self.read_state(rev)))
-        except (OSError, PvError):
-            return []  # reported by _check_trail
-
-    def _check_trail(self, rev: str, report: CheckReport) -> None:
-        try:
-            state = self.read_state(rev)
-        except (OSError, PvError) as exc:
-            report.trail_problems.append(f"{rev}:.pvr/json: {exc}")
-            return
-        trail = self.trail_dir(rev)
-        for path, sha in self.installs(state):
-            if not self.objects.has(sha):
-                report.missing_objects.append(f"{rev}:{path} -> {sha}")
-                continue
-            dest = trail / path
-            if not dest.is_file():
-                report.trail_problems.append(f"{rev}:{path}: not checked out")
-            elif path.endswith(".bind"):
-                if sha256_file(dest) != sha:
-                    report.trail_problems.append(f"{rev}:{path}: copy differs from object")
-            elif not os.path.samestat(dest.stat(), self.objects.path(sha).stat()):
-                report.trail_problems.append(f"{rev}:{path}: not a hard link to its object")
-        for key, value in state.items():
-            if key == "#spec" or is_sha(value) or is_unloaded(key):
-                continue
-            dest = trail / key
-            if not dest.is_file():
-                report.trail_problems.append(f"{rev}:{key}: not checked out")
-                continue
-            try:
-                on_disk = canonical.loads(dest.read_bytes(), source=str(dest))
-            except PvError:
-                on_disk = None
-            if on_disk != value:
-                report.trail_problems.append(f"{rev}:{key}: differs from the state JSON")
+        """Re-hash objects, then compare each trail with its state JSON (pvreal.storage_check).
+        With `revs` (a boot checks only the revision it boots) only their objects are re-hashed."""
+        return check_storage(self, revs)

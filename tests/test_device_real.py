@@ -18,7 +18,8 @@ import pytest
 from devicekit import EXIT_AT_ONCE_INIT, Daemon, Revisions, need_device, nsenter_net, tree_digest
 
 from pvreal.ctrl.client import CtrlClient, CtrlError
-from pvreal.storage import Storage, sha256_file
+from pvreal.objectstore import sha256_file
+from pvreal.storage import Storage
 
 pytestmark = pytest.mark.xdist_group("real")
 

@@ -9,13 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from pvreal.storage import (
-    ObjectError,
-    ObjectHashMismatch,
-    ObjectStore,
-    Storage,
-    check_revision_name,
-)
+from pvreal.objectstore import ObjectError, ObjectHashMismatch, ObjectStore
+from pvreal.storage import Storage, check_revision_name
 from shared import canonical
 from shared.errors import InvalidState
 

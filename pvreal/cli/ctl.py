@@ -20,7 +20,7 @@ from typing import Any
 
 from pvreal.ctrl.client import FINAL, CtrlClient, CtrlError
 from pvreal.ctrl.upload import upload_revision
-from pvreal.storage import ObjectStore
+from pvreal.objectstore import ObjectStore
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from pvreal import safetar
 from pvreal.device.secureboot import signature_problem
-from pvreal.storage import LOCAL_PREFIX, ObjectHashMismatch, is_sha
+from pvreal.objectstore import ObjectHashMismatch, is_sha
+from pvreal.storage import LOCAL_PREFIX
 from shared import canonical
 from shared.engine.commands import CtrlReply
 from shared.engine.ctrl import (

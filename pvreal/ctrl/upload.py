@@ -4,7 +4,7 @@ then the state as `steps/<rev>` (not run yet)."""
 from __future__ import annotations
 
 from pvreal.ctrl.client import CtrlClient, CtrlError
-from pvreal.storage import ObjectStore, is_sha
+from pvreal.objectstore import ObjectStore, is_sha
 from shared import canonical
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from pvreal.device.latch import boot_files, set_env
-from pvreal.storage import ObjectError, ObjectStore, Storage
+from pvreal.objectstore import ObjectError, ObjectStore
+from pvreal.storage import Storage
 from shared.errors import InvalidState
 from shared.state import parse_state
 

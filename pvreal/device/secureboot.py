@@ -22,7 +22,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from pvreal.storage import Storage, is_sha
+from pvreal.objectstore import is_sha
+from pvreal.storage import Storage
 from pvreal.truststore import load_trust_config
 from shared.engine.config import Config, SignatureVerifier
 from shared.signatures import SecurebootMode, TrustConfig, verify_state

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from pvreal.ctrl.client import Answer, CtrlClient, CtrlError
-from pvreal.storage import ObjectStore, is_sha
+from pvreal.objectstore import ObjectStore, is_sha
 from shared import canonical
 
 PROBE_TIMEOUT = 3.0  # s, for polls while the guest may be rebooting (TcpCtrlClient.probe_status)

@@ -19,11 +19,11 @@ from typing import Any
 
 from pvreal.device.guest import DEVICE_CONFIG
 from pvreal.device.install import install_factory
+from pvreal.objectstore import ObjectStore
 from pvreal.qemu import disk
 from pvreal.qemu.cmdline import write_cmdline_env
 from pvreal.rev.build import build_bsp, build_container, replace_part, save_state
 from pvreal.rootfs import busybox_rootfs
-from pvreal.storage import ObjectStore
 from shared import canonical
 
 # A container that runs until stopped (and stops at once on SIGTERM: reboots stay quick).

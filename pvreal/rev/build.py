@@ -25,8 +25,8 @@ from typing import Any
 from pvreal import oci, squashfs
 from pvreal.durable import atomic_write
 from pvreal.mounts import DOCKER_VOLUME_PREFIX, OVERLAY_KEY
+from pvreal.objectstore import ObjectStore
 from pvreal.runc import DEFAULT_PATH, LxcSettings, lxc_config_text
-from pvreal.storage import ObjectStore
 from shared import canonical
 from shared.errors import InvalidJson, InvalidState
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pvreal.durable import fsync_dir
-from pvreal.storage import sha256_file
+from pvreal.objectstore import sha256_file
 from pvreal.tx.errors import EXIT_NO_TX_ADD, EXIT_NO_TX_REMOVE, EXIT_WRONG_KIND, TxError
 from pvreal.tx.packages import STDIN_ARG, install_objects, read_package
 from pvreal.tx.record import QueueRecord, TxRecord, TxStatus, absolute, write_durably

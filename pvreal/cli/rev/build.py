@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from pvreal.objectstore import ObjectStore
 from pvreal.rev.build import (
     ROOT_VOLUME,
     build_bsp,
@@ -18,7 +19,6 @@ from pvreal.rev.build import (
     replace_part,
     save_state,
 )
-from pvreal.storage import ObjectStore
 from shared.state import RestartPolicy, StatusGoal
 
 
