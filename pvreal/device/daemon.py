@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import queue
 import shutil
 import threading
@@ -36,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pvreal.device import report
 from pvreal.device.clock import Timers
 from pvreal.device.containers import ContainerRunner
 from pvreal.device.executor import Executor, storage_prefix
@@ -57,7 +57,7 @@ from shared.engine.events import (
     GcDone,
     TimerFired,
 )
-from shared.engine.updater import Phase, Updater
+from shared.engine.updater import Updater
 
 log = logging.getLogger(__name__)
 RUN_ROOT = Path("/run/pvtwin")
@@ -230,31 +230,8 @@ class Device:
             return dict(self._status)
 
     def inspection_lines(self) -> list[str]:
-        """What a person needs to look inside this device by hand (logged at start; docs/device.md
-        "Inspecting a running device"): its id, the runc root, the network namespace names. The
-        namespaces are bound under /run/netns inside the daemon's private mount namespace, so the
-        host sees their names but not the bindings: they are entered through the daemon."""
-        pid = os.getpid()
-        runc_root = self.runner.runc.root
-        lines = [
-            f"device {self.prefix}: storage {self.storage.root}, run dir {self.run_dir}, "
-            f"daemon pid {pid}",
-            f"runc root {runc_root} (runc --root {runc_root} list); container ids "
-            f"{self.prefix}-<name>; stop grace {self.config.stop_grace:g} s",
-        ]
-        if self.hub is not None:
-            lines.append(f"remote mode: Hub {self.hub.url}, credentials in "
-                         f"{self.hub.credentials.path} (device id {self.hub.client.device or 'not yet registered'})")  # fmt: skip
-        if self.network is None:
-            lines.append("network: none (--no-network); containers share the daemon's netns")
-        else:
-            device_ns = self.network.device_netns or "the daemon's own"
-            lines.append(
-                f"network namespaces: device {device_ns} (bridge {self.network.bridge}), "
-                f"containers {self.network.netns_name('<name>')}; enter one with "
-                f"nsenter -t {pid} -m ip netns exec {self.network.netns_name('<name>')} CMD"
-            )
-        return lines
+        """What a person needs to look inside this device by hand (pvreal.device.report)."""
+        return report.inspection_lines(self)
 
     # ================================================================== the loop
 
@@ -458,40 +435,6 @@ class Device:
         self._publish()
 
     def _publish(self) -> None:
-        u = self.updater
-        containers: dict[str, dict[str, Any]] = {}
-        running = self.runner.snapshot()
-        if u is not None and u.containers is not None:
-            for name, rec in u.containers.recs.items():
-                spec = rec.spec
-                containers[name] = {
-                    "name": name,
-                    "group": spec.group,
-                    "status": rec.status.name,
-                    "status_goal": str(spec.status_goal),
-                    "restart_policy": str(spec.restart_policy),
-                    "roles": list(spec.roles),
-                    "auto_recovery": spec.auto_recovery.policy if spec.auto_recovery else "no",
-                    **running.get(name, {"pid": None}),
-                }
-        status = {
-            "booted": self.booted_rev,
-            "running": u.running_rev if u else "",
-            # A reboot outside QEMU happens inside the daemon: show it as the engine's phase.
-            "phase": str(Phase.REBOOTING) if self._rebooting else str(u.phase) if u else "",
-            "activity": self.activity,
-            "update": u.update.rev if u is not None and u.update is not None else None,
-            "pv_rev": u.pv_rev if u else "",
-            "pv_try": u.pv_try if u else "",
-            "boots": self.boots,
-            "last_reboot": self.last_reboot,
-            "containers": containers,
-            "timers": self.timers.armed(),
-            "last_gc": self.last_gc,
-            "error": str(self.error) if self.error else None,
-            "failures": self.failures,
-            "last_failure": self.last_failure,
-            "hub": self.hub.status() if self.hub is not None else None,
-        }
+        status = report.status_of(self)
         with self._lock:
             self._status = status
