@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
-import shutil
 import threading
 import time
 from collections import deque
@@ -35,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pvreal.device import report
+from pvreal.device import machine, report
 from pvreal.device.clock import Timers
 from pvreal.device.containers import ContainerRunner
 from pvreal.device.executor import Executor, storage_prefix
@@ -236,19 +235,7 @@ class Device:
     # ================================================================== the loop
 
     def _prepare(self) -> None:
-        self.storage.init_layout()
-        (self.storage.trails_dir / "locals").mkdir(exist_ok=True)
-        self.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.runner.cleanup_leftovers()
-        shutil.rmtree(self.run_dir / "containers", ignore_errors=True)
-        if self.network is not None:
-            for stale in self.network.leftovers():
-                with contextlib.suppress(Exception):
-                    from pyroute2 import netns
-
-                    netns.remove(stale)
-            self.network.setup()
-        self.runner.start_watching()
+        machine.prepare(self)
 
     def _main(self) -> None:
         try:
@@ -417,13 +404,7 @@ class Device:
     last_reboot = ""
 
     def _shutdown_machine(self) -> None:
-        self.runner.stop_all(self.config.stop_grace)
-        self.runner.stop_watching()
-        if self.network is not None:
-            with contextlib.suppress(Exception):
-                self.network.teardown()
-        self.runner.cleanup_leftovers()
-        shutil.rmtree(self.ctrl_dir, ignore_errors=True)
+        machine.shut_down(self)
 
     # ================================================================== helpers
 
