@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -77,7 +78,9 @@ def up_command(args: argparse.Namespace) -> int:
                      objects=args.objects, token=args.token, hub_db=args.hub_db,
                      subnet=args.subnet, config=parse_overrides(args.config), local=args.local,
                      ready_timeout=args.timeout, supervised=True)  # fmt: skip
+    # both, explicitly: a shell starts a background job with SIGINT ignored
     signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGINT, _terminate)
     doc = up(spec)  # removes what it made if interrupted
     mode = "remote" if doc["remote"] else "local (no remote mode)"
     print(f"fleet {doc['id']}: {len(doc['devices'])} devices up in {doc['up_s']} s, {mode}, "
@@ -93,7 +96,7 @@ def up_command(args: argparse.Namespace) -> int:
                 alive(dev["pid"], dev["storage"])
     except KeyboardInterrupt:
         removed = down(args.storage)
-        print(f"fleet: down ({len(removed)} things removed)", flush=True)
+        print(f"fleet: down ({len(removed)} removed)", flush=True)
     return 0
 
 
@@ -103,10 +106,10 @@ def _detach(args: argparse.Namespace) -> int:
     from pvreal.fleet.state import load, state_path
 
     argv = [a for a in sys.argv[1:] if a != "--detach"]
-    if not argv or argv[0] != "fleet":
-        argv = argv[argv.index("fleet"):] if "fleet" in argv else argv
+    argv = argv[argv.index("fleet"):]
     log = args.storage.resolve() / "fleet.log"
-    pid = spawn(python_argv("-m", "pvreal", *argv), log)
+    log.unlink(missing_ok=True)
+    pid = spawn(python_argv("-m", "pvreal", *argv), log, cwd=os.getcwd())
     deadline = time.monotonic() + args.timeout + 60
     while time.monotonic() < deadline:
         if state_path(args.storage).exists():
@@ -125,7 +128,7 @@ def down_command(args: argparse.Namespace) -> int:
     from pvreal.fleet.lifecycle import down
 
     removed = down(args.storage)
-    print(f"fleet: down ({len(removed)} things removed)" if removed else "fleet: nothing to remove")
+    print(f"fleet: down ({len(removed)} removed)" if removed else "fleet: nothing to remove")
     return 0
 
 
@@ -139,11 +142,11 @@ def status_command(args: argparse.Namespace) -> int:
     print(f"fleet {doc['id']} ({doc['phase']}), Hub {doc['hub']} as {doc['device_url']}, "
           f"{'remote' if doc['remote'] else 'local'} devices")  # fmt: skip
     print(f"{'DEVICE':7} {'PID':>7} {'ALIVE':5} {'NETNS':13} {'ADDRESS':15} {'LINK':4} "
-          f"{'REV':8} STORAGE")  # fmt: skip
+          f"{'REV':8} {'RSS MiB':>7} STORAGE")  # fmt: skip
     for d in doc["devices"]:
         print(f"{d['name']:7} {d['pid'] or '-':>7} {'yes' if d['alive'] else 'no':5} "
               f"{d['netns']:13} {d['address']:15} {d['link']:4} {d['revision'] or '-':8} "
-              f"{d['storage']}")  # fmt: skip
+              f"{d['rss_mib']:7.1f} {d['storage']}")  # fmt: skip
     return 0
 
 

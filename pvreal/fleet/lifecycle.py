@@ -248,20 +248,27 @@ def _remove_stale_netns_files(prefix: str) -> None:
 
 
 def status(storage: Path) -> dict[str, Any]:
+    """Each device: its daemon (alive?), netns, address, storage, link, revision, and what it
+    costs (RSS and CPU time of the daemon and its containers)."""
     doc = load(storage.resolve())
     present = set(net.leftovers(doc["id"]))
-    rows = []
+    rows, roots = [], {}
     for dev in doc["devices"]:
-        st = device_status(dev, timeout=1.0) if procs.alive(dev["pid"], dev["storage"]) else None
+        alive = procs.alive(dev["pid"], dev["storage"])
+        st = device_status(dev, timeout=1.0) if alive else None
+        containers = (st or {}).get("containers", {}).values()
+        roots[dev["name"]] = [dev["pid"]] * alive + [c["pid"] for c in containers if c.get("pid")]
         rows.append({
-            "name": dev["name"], "pid": dev["pid"],
-            "alive": procs.alive(dev["pid"], dev["storage"]),
+            "name": dev["name"], "pid": dev["pid"], "alive": alive,
             "netns": dev["netns"], "netns_present": dev["netns"] in present,
             "address": dev["address"], "storage": dev["storage"], "link": dev["link"],
             "shaping": dev["shaping"], "boots": dev["boots"],
-            "revision": st.get("running") or st.get("booted") if st else None,
+            "revision": (st.get("running") or st.get("booted")) if st else None,
             "phase": st.get("phase") if st else None,
         })  # fmt: skip
+    costs = procs.usage(roots)
+    for row in rows:
+        row.update(costs[row["name"]])
     hub = doc["hub"]
     return {
         "id": doc["id"], "phase": doc["phase"], "storage": doc["storage"], "up_s": doc["up_s"],

@@ -30,7 +30,7 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": CODE_ROOT + (os.pathsep + path if path else "")}
 
 
-def spawn(argv: list[str], log: Path, netns_name: str | None = None) -> int:
+def spawn(argv: list[str], log: Path, netns_name: str | None = None, cwd: str = CODE_ROOT) -> int:
     """Start `argv` in a session of its own, output appended to `log`, inside `netns_name`."""
     target = str(NETNS_DIR / netns_name) if netns_name else None
 
@@ -44,7 +44,7 @@ def spawn(argv: list[str], log: Path, netns_name: str | None = None) -> int:
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                env=_env(), cwd=CODE_ROOT, start_new_session=True,
+                                env=_env(), cwd=cwd, start_new_session=True,
                                 preexec_fn=enter)  # fmt: skip
     return proc.pid
 
@@ -138,3 +138,44 @@ def daemon_takes_hub() -> bool:
 def remote_args(hub_url: str, token: str) -> list[str]:
     """The one place that knows the daemon's remote-mode flags."""
     return ["--hub", hub_url, "--token", token]
+
+
+def _proc_table() -> dict[int, tuple[int, int, int]]:
+    """pid -> (parent pid, RSS in KiB, CPU ticks used), for every process."""
+    page_kb = os.sysconf("SC_PAGE_SIZE") // 1024
+    table = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        # after the name: state ppid ... utime(12) stime(13) ... rss(22), counted from state
+        table[int(entry)] = (int(fields[1]), int(fields[21]) * page_kb,
+                             int(fields[11]) + int(fields[12]))  # fmt: skip
+    return table
+
+
+def usage(roots: dict[str, list[int]]) -> dict[str, dict[str, float]]:
+    """Per key, the RSS (MiB) and CPU time (s) of the listed processes and all their
+    descendants: a device is its daemon plus its containers (runc makes them no children of
+    the daemon)."""
+    table = _proc_table()
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    ticks = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for key, pids in roots.items():
+        seen: set[int] = set()
+        todo = [p for p in pids if p in table]
+        while todo:
+            pid = todo.pop()
+            if pid not in seen:
+                seen.add(pid)
+                todo += children.get(pid, [])
+        out[key] = {"rss_mib": round(sum(table[p][1] for p in seen) / 1024, 1),
+                    "cpu_s": round(sum(table[p][2] for p in seen) / ticks, 2),
+                    "processes": len(seen)}  # fmt: skip
+    return out
