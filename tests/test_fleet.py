@@ -9,8 +9,13 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
+import shutil
+import signal
 import socket
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +24,10 @@ from devicekit import Revisions, need_device
 from pvreal.cli import main as pvreal_main
 from pvreal.fleet import faults, lifecycle, net, procs
 from pvreal.fleet.state import load
+from shared.errors import PvError
+
+REPO = Path(__file__).resolve().parent.parent
+README_MARKER = "<!-- tests/test_fleet.py runs this block as written -->"
 
 
 def _free_port() -> int:
@@ -157,7 +166,7 @@ def test_a_device_that_cannot_boot_takes_the_fleet_down_cleanly(tmp_path):
     need_device()
     spec = _spec(tmp_path, 2)
     spec.state.write_text("{}")  # no factory revision can be installed from this
-    with pytest.raises(Exception):
+    with pytest.raises(PvError):
         lifecycle.up(spec)
     assert not (spec.storage / "fleet.json").exists()
     assert net.leftovers(lifecycle.fleet_id(spec.storage)) == []
@@ -174,3 +183,93 @@ def test_sixteen_devices(tmp_path):
     finally:
         lifecycle.down(spec.storage)
     assert _everything_of(doc) == {"netns": [], "pids": [], "containers": []}
+
+
+def _readme_fleet_steps() -> list[tuple[str, list[str]]]:
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("### A real fleet"):]
+    assert README_MARKER in section, "the fleet section lost its tested block"
+    block = re.search(r"```console\n(.*?)```", section, re.S)
+    assert block is not None
+    steps: list[tuple[str, list[str]]] = []
+    for line in block.group(1).splitlines():
+        if line.startswith("# "):
+            steps.append((line[2:], []))
+        elif line.strip():
+            steps[-1][1].append(line)
+    return steps
+
+
+def _printed(expected: str, output: str) -> bool:
+    """A printed line matches `expected`, where `...` stands for anything."""
+    pattern = ".*".join(re.escape(part) for part in expected.split("..."))
+    return any(re.fullmatch(pattern, line) for line in output.splitlines())
+
+
+def test_the_readme_fleet_block_runs_as_written(tmp_path):
+    """The README's fleet commands, with /var/lib/pvfleet and the Hub's port swapped for a
+    temporary folder and a free port; `&` starts the Hub in the background, `kill %1` ends it."""
+    need_device()
+    spec = _spec(tmp_path, 1)  # builds a busybox factory revision
+    shutil.copy(spec.state, tmp_path / "rev0.json")
+    shutil.copytree(spec.objects, tmp_path / "objects")
+    port = str(_free_port())
+    env = {**os.environ, "PYTHONPATH": str(REPO),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}  # fmt: skip
+    storage = tmp_path / "fleetdir"
+    background = None
+    try:
+        for command, expected in _readme_fleet_steps():
+            command = command.replace("/var/lib/pvfleet", str(storage)).replace("12365", port)
+            if command.endswith("&"):
+                background = subprocess.Popen(["bash", "-c", command.rstrip("& ")], cwd=tmp_path,
+                                              env=env, start_new_session=True)  # fmt: skip
+                assert procs.wait_port("127.0.0.1", int(port), 30)
+                continue
+            if command == "kill %1":
+                assert background is not None
+                os.killpg(background.pid, signal.SIGTERM)
+                assert background.wait(30) in (0, -signal.SIGTERM, 143)
+                background = None
+                continue
+            done = subprocess.run(["bash", "-c", command], cwd=tmp_path, env=env,
+                                  capture_output=True, text=True, timeout=120)  # fmt: skip
+            assert done.returncode == 0, (command, done.stdout, done.stderr)
+            for line in expected:
+                assert _printed(line, done.stdout), (command, line, done.stdout)
+    finally:
+        lifecycle.down(storage)
+        if background is not None:
+            os.killpg(background.pid, signal.SIGKILL)
+            background.wait()
+    assert net.leftovers(lifecycle.fleet_id(storage)) == []
+
+
+def test_ctrl_c_on_a_foreground_fleet_up_removes_everything(tmp_path):
+    need_device()
+    spec = _spec(tmp_path, 2)
+    argv = [sys.executable, "-m", "pvreal", "fleet", "up", "--storage", str(spec.storage),
+            "--hub", spec.hub, "--hub-db", str(spec.hub_db), "--devices", "2",
+            "--state", str(spec.state), "--objects", str(spec.objects)]  # fmt: skip
+    proc = subprocess.Popen(argv, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    try:
+        doc = None
+        for _ in range(600):
+            if (spec.storage / "fleet.json").exists():
+                doc = load(spec.storage)
+                if doc["phase"] == "up":
+                    break
+            assert proc.poll() is None, proc.communicate()[0]
+            time.sleep(0.1)
+        assert doc is not None and doc["phase"] == "up" and doc["supervisor_pid"] == proc.pid
+        proc.send_signal(signal.SIGINT)
+        out = proc.communicate(timeout=120)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            lifecycle.down(spec.storage)
+    assert proc.returncode == 0, out
+    assert "fleet: down" in out
+    assert _everything_of(doc) == {"netns": [], "pids": [], "containers": []}
+    assert not (spec.storage / "fleet.json").exists()

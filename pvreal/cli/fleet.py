@@ -7,8 +7,6 @@ import argparse
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from types import FrameType
@@ -65,7 +63,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fault.set_defaults(func=fault_command)
 
 
+_SUPERVISOR = [0]  # the pid of the `fleet up` process that installed the handler
+
+
 def _terminate(signum: int, frame: FrameType | None) -> None:
+    if os.getpid() != _SUPERVISOR[0]:
+        # a fork of ours that has not exec'd (pyroute2's netns helper, which is stopped with
+        # SIGTERM): it must just end, not tear the fleet down from inside a copy of `up`
+        os._exit(128 + signum)
     raise KeyboardInterrupt
 
 
@@ -79,6 +84,7 @@ def up_command(args: argparse.Namespace) -> int:
                      subnet=args.subnet, config=parse_overrides(args.config), local=args.local,
                      ready_timeout=args.timeout, supervised=True)  # fmt: skip
     # both, explicitly: a shell starts a background job with SIGINT ignored
+    _SUPERVISOR[0] = os.getpid()
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGINT, _terminate)
     doc = up(spec)  # removes what it made if interrupted
@@ -89,27 +95,49 @@ def up_command(args: argparse.Namespace) -> int:
     try:
         while True:
             time.sleep(1)
-            # reap daemons that died (the fault commands boot their successors)
-            from pvreal.fleet.procs import alive
-
-            for dev in doc["devices"]:
-                alive(dev["pid"], dev["storage"])
+            _reap()  # daemons killed by a fault, a restarted Hub: they were our children
     except KeyboardInterrupt:
         removed = down(args.storage)
         print(f"fleet: down ({len(removed)} removed)", flush=True)
     return 0
 
 
+def _reap() -> None:
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def _up_argv(args: argparse.Namespace) -> list[str]:
+    """The same `fleet up`, without --detach, paths made absolute."""
+    argv = ["fleet", "up", "--storage", str(args.storage.resolve()), "--hub", args.hub,
+            "--devices", str(args.devices), "--state", str(args.state.resolve()),
+            "--subnet", args.subnet, "--timeout", str(args.timeout)]  # fmt: skip
+    if args.objects:
+        argv += ["--objects", str(args.objects.resolve())]
+    if args.token:
+        argv += ["--token", args.token]
+    if args.hub_db:
+        argv += ["--hub-db", str(args.hub_db.resolve())]
+    for item in args.config:
+        argv += ["--config", item]
+    return argv + ["--local"] * args.local
+
+
 def _detach(args: argparse.Namespace) -> int:
-    """Run `fleet up` again without --detach in a session of its own; return once it is up."""
+    """Run `fleet up` in a session of its own; return once the fleet is up."""
     from pvreal.fleet.procs import python_argv, spawn
     from pvreal.fleet.state import load, state_path
 
-    argv = [a for a in sys.argv[1:] if a != "--detach"]
-    argv = argv[argv.index("fleet"):]
+    if state_path(args.storage).exists():
+        raise PvError(f"{state_path(args.storage)} exists: a fleet runs here (pvreal fleet down)")
     log = args.storage.resolve() / "fleet.log"
     log.unlink(missing_ok=True)
-    pid = spawn(python_argv("-m", "pvreal", *argv), log, cwd=os.getcwd())
+    pid = spawn(python_argv("-m", "pvreal", *_up_argv(args)), log)
     deadline = time.monotonic() + args.timeout + 60
     while time.monotonic() < deadline:
         if state_path(args.storage).exists():
@@ -118,7 +146,7 @@ def _detach(args: argparse.Namespace) -> int:
                 print(f"fleet {doc['id']}: {len(doc['devices'])} devices up in {doc['up_s']} s "
                       f"(pid {pid}, log {log})")  # fmt: skip
                 return 0
-        if subprocess.run(["kill", "-0", str(pid)], capture_output=True).returncode:
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:  # our child: it exited
             raise PvError(f"fleet up exited before the fleet was up; see {log}")
         time.sleep(0.2)
     raise PvError(f"fleet not up in time; see {log}")

@@ -169,7 +169,7 @@ def _bring_up(spec: FleetSpec, doc: dict[str, Any], plan: net.Plan, hub_host: st
         str(hub_port), str(folder / "shaping.json"))  # fmt: skip
     relay["pid"] = procs.spawn(relay["argv"], Path(relay["log"]))
     save(folder, doc)
-    if not procs.wait_port(gateway, hub_port, 10, plan.hub_netns):
+    if not procs.wait_port(gateway, hub_port, 60, plan.hub_netns, (relay["pid"], RELAY_MARKER)):
         raise PvError(f"the Hub relay did not start; see {relay['log']}")
     objects = spec.objects or spec.state.resolve().parent / "objects"
     for index, dev in enumerate(doc["devices"]):
@@ -195,7 +195,7 @@ def _start_hub(doc: dict[str, Any], host: str, port: int) -> None:
     hub["log"] = str(Path(doc["storage"]) / "hub.log")
     hub["pid"] = procs.spawn(hub["argv"], Path(hub["log"]))
     save(Path(doc["storage"]), doc)
-    if not procs.wait_port(host, port, 30):
+    if not procs.wait_port(host, port, 60, pid=(hub["pid"], hub["db"])):
         raise PvError(f"the Hub did not start on {host}:{port}; see {hub['log']}")
 
 

@@ -45,7 +45,7 @@ def spawn(argv: list[str], log: Path, netns_name: str | None = None, cwd: str = 
     with open(log, "ab") as out:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                                 env=_env(), cwd=cwd, start_new_session=True,
-                                preexec_fn=enter)  # fmt: skip
+                                preexec_fn=enter if target else None)  # fmt: skip
     return proc.pid
 
 
@@ -64,7 +64,8 @@ def alive(pid: int | None, marker: str) -> bool:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     except (FileNotFoundError, ProcessLookupError):
         return False
-    return stat.rpartition(")")[2].split()[0] != "Z" and marker in cmdline
+    # an empty command line: the process is between fork and exec, where it cannot be told apart
+    return stat.rpartition(")")[2].split()[0] != "Z" and (marker in cmdline or not cmdline.strip())
 
 
 def signal_pid(pid: int, sig: int) -> None:
@@ -109,8 +110,10 @@ def runc_kill_all(runc_root: Path) -> list[str]:
     return ids
 
 
-def wait_port(host: str, port: int, timeout: float, netns_name: str | None = None) -> bool:
-    """True once a TCP connect to host:port succeeds (from inside `netns_name` if given)."""
+def wait_port(host: str, port: int, timeout: float, netns_name: str | None = None,
+              pid: tuple[int, str] | None = None) -> bool:  # fmt: skip
+    """True once a TCP connect to host:port succeeds (from inside `netns_name` if given);
+    False after `timeout` or as soon as the process `pid` (pid, marker) that should listen died."""
     from pvreal.fleet.net import in_netns
 
     def attempt() -> bool:
@@ -124,6 +127,8 @@ def wait_port(host: str, port: int, timeout: float, netns_name: str | None = Non
     while time.monotonic() < deadline:
         if in_netns(netns_name, attempt) if netns_name else attempt():
             return True
+        if pid is not None and not alive(*pid):
+            return False
         time.sleep(0.1)
     return False
 
