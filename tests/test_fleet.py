@@ -36,11 +36,12 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _hub_answers(netns_name: str, host: str, port: int) -> bool:
-    """An HTTP request from inside `netns_name` gets the Hub's own answer."""
+def _hub_answers(netns_name: str, host: str, port: int, timeout: float = 20.0) -> bool:
+    """An HTTP request from inside `netns_name` gets the Hub's own answer (a long timeout: a
+    loaded machine is slow, and a cut link fails at once or within `timeout`)."""
 
     def ask() -> bool:
-        conn = http.client.HTTPConnection(host, port, timeout=2)
+        conn = http.client.HTTPConnection(host, port, timeout=timeout)
         try:
             conn.request("GET", "/operator/status")
             return conn.getresponse().status == 401  # the Hub itself: no operator token
@@ -116,7 +117,7 @@ def test_fleet_up_isolation_faults_and_down(tmp_path, capsys):
 
         # link-down cuts one device's Hub requests; the others still get through
         faults.inject(spec.storage, "link-down", "d01")
-        assert not _hub_answers(f"{fid}-d01", gateway, port_n)
+        assert not _hub_answers(f"{fid}-d01", gateway, port_n, timeout=3)
         assert _hub_answers(f"{fid}-d02", gateway, port_n)
         faults.inject(spec.storage, "link-up", "d01")
         assert _hub_answers(f"{fid}-d01", gateway, port_n)
