@@ -23,6 +23,7 @@ import errno
 import ipaddress
 import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -67,6 +68,17 @@ class Plan:
         )
 
 
+def enter_netns(name: str) -> None:
+    """Move the calling thread (a process, if it has one thread) into netns `name`."""
+    fd = os.open(NETNS_DIR / name, os.O_RDONLY)
+    try:
+        if _libc.setns(fd, _CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns {name}: {os.strerror(err)}")
+    finally:
+        os.close(fd)
+
+
 def in_netns(name: str, work: Callable[[], T]) -> T:
     """Run `work()` in a short-lived thread that entered netns `name`: sockets it creates stay
     in that namespace; the calling thread's namespace is untouched (setns acts per thread)."""
@@ -74,13 +86,7 @@ def in_netns(name: str, work: Callable[[], T]) -> T:
 
     def enter_and_work() -> None:
         try:
-            fd = os.open(NETNS_DIR / name, os.O_RDONLY)
-            try:
-                if _libc.setns(fd, _CLONE_NEWNET) != 0:
-                    err = ctypes.get_errno()
-                    raise OSError(err, f"setns {name}: {os.strerror(err)}")
-            finally:
-                os.close(fd)
+            enter_netns(name)
             out.append((True, work()))
         except BaseException as exc:  # handed to the caller's thread
             out.append((False, exc))
@@ -91,7 +97,7 @@ def in_netns(name: str, work: Callable[[], T]) -> T:
     ok, value = out[0]
     if not ok:
         raise value
-    return value  # type: ignore[no-any-return]
+    return value
 
 
 def create_hub_side(plan: Plan) -> None:
@@ -126,10 +132,22 @@ def add_device(plan: Plan, name: str, index: int) -> ipaddress.IPv4Interface:
     return address
 
 
-def set_link(plan: Plan, name: str, up: bool) -> None:
-    """The bridge end of the device's veth: down is a pulled cable (eth0 loses its carrier)."""
+def set_link(plan: Plan, name: str, up: bool, settle_s: float = 5.0) -> None:
+    """The bridge end of the device's veth: down is a pulled cable (eth0 loses its carrier).
+    Returns once eth0 shows the change (the kernel reports a carrier change with a delay of up
+    to a second), or after `settle_s`."""
     with NetNS(plan.hub_netns) as hub:
         hub.link("set", index=hub.link_lookup(ifname=name)[0], state="up" if up else "down")
+    with NetNS(plan.device_netns(name)) as dev:
+        index = dev.link_lookup(ifname=DEVICE_IF)[0]
+        deadline = time.monotonic() + settle_s
+        while time.monotonic() < deadline:
+            if (dev.get_links(index)[0].get_attr("IFLA_OPERSTATE") == "UP") == up:
+                break
+            time.sleep(0.05)
+        if up:  # forget the gateway's failed lookup, so the next packet asks again at once
+            for neigh in dev.get_neighbours(ifindex=index):
+                dev.neigh("del", ifindex=index, dst=neigh.get_attr("NDA_DST"))
 
 
 def _ends(plan: Plan, name: str) -> list[tuple[str, str]]:

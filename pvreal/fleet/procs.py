@@ -5,8 +5,6 @@ terminal reaches only `fleet up`, which then stops them in order."""
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import os
 import signal
 import socket
@@ -17,10 +15,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import pvreal
-from pvreal.netns import NETNS_DIR
+from pvreal.fleet.net import enter_netns, in_netns
 
-_CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 # the same code as this process, whatever the caller's working folder
 CODE_ROOT = str(Path(pvreal.__file__).resolve().parent.parent)
 
@@ -32,20 +28,16 @@ def _env() -> dict[str, str]:
 
 def spawn(argv: list[str], log: Path, netns_name: str | None = None, cwd: str = CODE_ROOT) -> int:
     """Start `argv` in a session of its own, output appended to `log`, inside `netns_name`."""
-    target = str(NETNS_DIR / netns_name) if netns_name else None
 
     def enter() -> None:  # in the child, before exec: one thread, so setns moves the process
-        if target is not None:
-            fd = os.open(target, os.O_RDONLY)
-            if _libc.setns(fd, _CLONE_NEWNET) != 0:
-                os._exit(126)
-            os.close(fd)
+        if netns_name:
+            enter_netns(netns_name)
 
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                                 env=_env(), cwd=cwd, start_new_session=True,
-                                preexec_fn=enter if target else None)  # fmt: skip
+                                preexec_fn=enter if netns_name else None)  # fmt: skip
     return proc.pid
 
 
@@ -114,7 +106,6 @@ def wait_port(host: str, port: int, timeout: float, netns_name: str | None = Non
               pid: tuple[int, str] | None = None) -> bool:  # fmt: skip
     """True once a TCP connect to host:port succeeds (from inside `netns_name` if given);
     False after `timeout` or as soon as the process `pid` (pid, marker) that should listen died."""
-    from pvreal.fleet.net import in_netns
 
     def attempt() -> bool:
         try:

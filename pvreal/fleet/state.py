@@ -33,7 +33,7 @@ def load(folder: Path) -> dict[str, Any]:
         raise PvError(f"{path}: no fleet here (pvreal fleet up first)") from None
     if doc.get("version") != VERSION:
         raise PvError(f"{path}: fleet state version {doc.get('version')!r}, expected {VERSION}")
-    return doc  # type: ignore[no-any-return]
+    return doc
 
 
 def save(folder: Path, doc: dict[str, Any]) -> None:
@@ -63,6 +63,6 @@ def editing(folder: Path) -> Iterator[dict[str, Any]]:
 def device(doc: dict[str, Any], name: str) -> dict[str, Any]:
     for dev in doc["devices"]:
         if dev["name"] == name:
-            return dev  # type: ignore[no-any-return]
+            return dev
     names = ", ".join(d["name"] for d in doc["devices"]) or "none"
     raise PvError(f"no device {name!r} in this fleet (devices: {names})")
