@@ -83,8 +83,8 @@ def up_command(args: argparse.Namespace) -> int:
                      objects=args.objects, token=args.token, hub_db=args.hub_db,
                      subnet=args.subnet, config=parse_overrides(args.config), local=args.local,
                      ready_timeout=args.timeout, supervised=True)  # fmt: skip
-    # both, explicitly: a shell starts a background job with SIGINT ignored
     _SUPERVISOR[0] = os.getpid()
+    # both, explicitly: a shell starts a background job with SIGINT ignored
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGINT, _terminate)
     doc = up(spec)  # removes what it made if interrupted

@@ -37,7 +37,9 @@ def load(folder: Path) -> dict[str, Any]:
 
 
 def save(folder: Path, doc: dict[str, Any]) -> None:
-    atomic_write(state_path(folder), (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode())
+    # 0600: it holds the fleet's device token
+    atomic_write(state_path(folder), (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode(),
+                 mode=0o600)
 
 
 @contextmanager
