@@ -75,7 +75,7 @@ def _spec(tmp_path: Path, devices: int) -> lifecycle.FleetSpec:
 
 
 def _everything_of(doc: dict) -> dict[str, list]:
-    """What of this fleet still exists: namespaces, processes, runc containers."""
+    """What of this fleet still exists: namespaces, processes, runc containers, run dirs."""
     prefixes = [doc["id"]] + [d["prefix"] for d in doc["devices"]]
     netns_left = [n for n in os.listdir(net.NETNS_DIR) if n.startswith(tuple(prefixes))]
     pids = [(d["pid"], d["storage"]) for d in doc["devices"]]
@@ -87,7 +87,8 @@ def _everything_of(doc: dict) -> dict[str, list]:
         if root.is_dir():
             containers += subprocess.run(["runc", "--root", str(root), "list", "-q"],
                                          capture_output=True, text=True).stdout.split()  # fmt: skip
-    return {"netns": netns_left, "pids": running, "containers": containers}
+    run_dirs = [d["run_dir"] for d in doc["devices"] if Path(d["run_dir"]).exists()]
+    return {"netns": netns_left, "pids": running, "containers": containers, "run_dirs": run_dirs}
 
 
 def test_fleet_up_isolation_faults_and_down(tmp_path, capsys):
@@ -159,7 +160,7 @@ def test_fleet_up_isolation_faults_and_down(tmp_path, capsys):
         doc = load(spec.storage)
     finally:
         lifecycle.down(spec.storage)
-    assert _everything_of(doc) == {"netns": [], "pids": [], "containers": []}
+    assert _everything_of(doc) == {"netns": [], "pids": [], "containers": [], "run_dirs": []}
     assert not (spec.storage / "fleet.json").exists()
 
 
@@ -185,7 +186,7 @@ def test_sixteen_devices_each_reach_the_hub(tmp_path):
         assert len({d["address"] for d in doc["devices"]}) == 16
     finally:
         lifecycle.down(spec.storage)
-    assert _everything_of(doc) == {"netns": [], "pids": [], "containers": []}
+    assert _everything_of(doc) == {"netns": [], "pids": [], "containers": [], "run_dirs": []}
 
 
 def _readme_fleet_steps() -> list[tuple[str, list[str]]]:
@@ -274,5 +275,5 @@ def test_ctrl_c_on_a_foreground_fleet_up_removes_everything(tmp_path):
             lifecycle.down(spec.storage)
     assert proc.returncode == 0, out
     assert "fleet: down" in out
-    assert _everything_of(doc) == {"netns": [], "pids": [], "containers": []}
+    assert _everything_of(doc) == {"netns": [], "pids": [], "containers": [], "run_dirs": []}
     assert not (spec.storage / "fleet.json").exists()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import os
+import shutil
 import time
 import urllib.parse
 from dataclasses import dataclass, field
@@ -224,6 +225,11 @@ def down(storage: Path) -> list[str]:
             net.remove_netns(name)
             removed.append(f"netns {name}")
         _remove_stale_netns_files(dev["prefix"] + "-")
+        # the daemon's run dir (runc state, sockets); its mounts lived in its own mount
+        # namespace, gone with it, so this is plain files on tmpfs
+        if Path(dev["run_dir"]).is_dir():
+            shutil.rmtree(dev["run_dir"], ignore_errors=True)
+            removed.append(f"run dir {dev['run_dir']}")
     relay, hub = doc["relay"], doc["hub"]
     if relay["pid"]:
         procs.stop([(relay["pid"], RELAY_MARKER)], grace=10)
