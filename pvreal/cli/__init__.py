@@ -27,6 +27,7 @@ pvtwin's real backend and revision tools.
   pvreal bench                     LOCAL_RUN latency and write amplification on a real device
   pvreal qemu build|run            a bootable QEMU image: real GRUB latch, pvtwin as PID 1
   pvreal hub serve|release|status  a real Hub: device API, rollouts, live dashboard
+  pvreal fleet up|down|status|fault  N real devices in network namespaces, wired to a Hub
 """
 
 GROUPS = (
@@ -39,6 +40,7 @@ GROUPS = (
     "pvreal.cli.bench",
     "pvreal.cli.hub",
     "pvreal.cli.crashcheck",
+    "pvreal.cli.fleet",
 )
 
 
