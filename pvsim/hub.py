@@ -14,8 +14,8 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from pvsim.scenario import Faults
-from pvsim.strategies import COMPLETED, RUNNING, Strategy, Tally
+from pvsim import scenario
+from shared.rollout import REGISTRY, Controller, RolloutConfig, Tally, make_controller, rollout_state
 
 if TYPE_CHECKING:
     import numpy as np
@@ -26,7 +26,7 @@ INF = float("inf")
 class HubOutages:
     __slots__ = ("starts", "ends")
 
-    def __init__(self, faults: Faults, until_s: float, rng: random.Random) -> None:
+    def __init__(self, faults: scenario.Faults, until_s: float, rng: random.Random) -> None:
         spans = [(o.at_s, o.at_s + o.duration_s) for o in faults.hub_outages]
         if faults.hub_outages_per_day > 0:
             rate = faults.hub_outages_per_day / 86400.0
@@ -67,7 +67,7 @@ class Rollout:
     revision: int
     name: str
     at_s: float
-    strategy: Strategy
+    strategy: Controller
     order: np.ndarray  # device indices in admission order (a seeded permutation)
     tally: Tally
     cursor: int = 0
@@ -94,8 +94,11 @@ class Rollout:
 
     @property
     def state(self) -> str:
-        if self.strategy.state != RUNNING:
-            return self.strategy.state
-        if self.tally.admitted >= self.tally.fleet and self.tally.in_flight == 0:
-            return COMPLETED
-        return RUNNING
+        return rollout_state(self.strategy, self.tally)
+
+
+def make_strategy(cfg: scenario.Rollout, fleet: int) -> Controller:
+    """The shared rollout controller for the scenario's `[rollout]` table (pydantic has validated
+    it; the controller reads only its strategy's options)."""
+    names = REGISTRY[cfg.strategy].options
+    return make_controller(RolloutConfig(cfg.strategy, {k: getattr(cfg, k) for k in names}), fleet)

@@ -20,11 +20,11 @@ import numpy as np
 
 from pvsim.device import INF, DeviceRun
 from pvsim.dists import SimRandom
-from pvsim.hub import HubOutages, Rollout
+from pvsim.hub import HubOutages, Rollout, make_strategy
 from pvsim.kernel import CountingEnvironment
 from pvsim.revisions import RevisionSet
 from pvsim.scenario import Scenario
-from pvsim.strategies import RUNNING, Tally, make_strategy
+from shared.rollout import RUNNING, Tally
 from pvsim.transfer import Egress
 
 IDLE, BUSY, BRICKED = 0, 1, 2

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pvsim.scenario import Rollout
-from pvsim.strategies import (
+from shared.rollout import (
     ABORTED,
     PAUSED,
     RUNNING,
