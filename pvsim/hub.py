@@ -15,7 +15,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from pvsim import scenario
-from shared.rollout import REGISTRY, Controller, RolloutConfig, Tally, make_controller, rollout_state
+from shared.rollout import (
+    REGISTRY,
+    Controller,
+    RolloutConfig,
+    Tally,
+    make_controller,
+    rollout_state,
+)
 
 if TYPE_CHECKING:
     import numpy as np

@@ -24,8 +24,8 @@ from pvsim.hub import HubOutages, Rollout, make_strategy
 from pvsim.kernel import CountingEnvironment
 from pvsim.revisions import RevisionSet
 from pvsim.scenario import Scenario
-from shared.rollout import RUNNING, Tally
 from pvsim.transfer import Egress
+from shared.rollout import RUNNING, Tally
 
 IDLE, BUSY, BRICKED = 0, 1, 2
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pvsim.scenario import Rollout
+from pvsim.testing import run
 from shared.rollout import (
     ABORTED,
     PAUSED,
@@ -14,7 +15,6 @@ from shared.rollout import (
     MaxUnavailable,
     Tally,
 )
-from pvsim.testing import run
 
 
 def test_groups_advance_on_success_and_pause_on_errors():
