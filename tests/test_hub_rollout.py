@@ -52,6 +52,7 @@ def test_list_and_optional_options_parse_from_text_and_json():
         ("groups", {"group_percent": 5}, "list of numbers"),
         ("groups", {"error_threshold": "2"}, "between 0 and 1"),
         ("canary", {"canary_devices": "1.5"}, "integer"),
+        ("canary", {"canary_devices": 1.5}, "integer"),
         ("canary", {"soak_s": True}, "number"),
         ("maintenance-window", {"timezones_h": "3,-5"}, "westmost, eastmost"),
         ("exponential", {"increment_factor": "1"}, "above 1"),
