@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 from bisect import bisect_right
-from collections import Counter, deque
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -23,6 +23,7 @@ from shared.rollout import (
     make_controller,
     rollout_state,
 )
+from shared.rollout.silent import SilentDevices
 
 if TYPE_CHECKING:
     import numpy as np
@@ -88,20 +89,25 @@ class Rollout:
     mb_downloaded: float = 0.0
     mb_wasted: float = 0.0
     reasons: Counter[tuple[str, str]] = field(default_factory=Counter)  # (outcome, reason) of failures
-    timed_out: list[int] = field(default_factory=list)  # devices counted failed for their silence
-    # devices that took the release and have not reported, with their deadline; and the deadlines
-    # in the order they were set (all are start + the same timeout, so a FIFO is sorted)
-    silent: dict[int, float] = field(default_factory=dict)
-    deadlines: deque[tuple[float, int]] = field(default_factory=deque)
+    # the silent-device rule's books (shared.rollout.silent); the World keeps the timer
+    silent: SilentDevices = field(init=False)
     watching: bool = False  # a deadline check is scheduled
     mb_written: float = 0.0
     reboots: int = 0
     commit_times: list[float] = field(default_factory=list)
     marks: list[tuple[float, str]] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        self.silent = SilentDevices(self.strategy.cfg.device_timeout_s)
+
     @property
     def state(self) -> str:
         return rollout_state(self.strategy, self.tally)
+
+    @property
+    def timed_out(self) -> list[int]:
+        """Devices counted failed for their silence, in the order they timed out."""
+        return self.silent.timed_out
 
 
 def make_strategy(cfg: scenario.Rollout, fleet: int) -> Controller:

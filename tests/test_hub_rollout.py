@@ -27,6 +27,7 @@ from shared.rollout import (
     make_controller,
     parse_options,
 )
+from shared.rollout.silent import SilentDevices
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
@@ -164,3 +165,20 @@ def test_config_options_read_as_attributes_like_pvsims_scenario_model():
     assert cfg.soak_s == 60.0
     with pytest.raises(AttributeError):
         _ = cfg.canary_devices
+
+
+def test_the_silent_device_rule_counts_each_silent_device_failed_once():
+    assert not SilentDevices(0.0).enabled
+    books = SilentDevices(100.0)
+    books.took(1, 0.0)
+    books.took(2, 10.0)
+    books.took(3, 20.0)
+    assert books.next_deadline() == 100.0
+    assert books.reported(2)  # in time: counted by its report
+    assert books.expire(99.0) == [] and books.next_deadline() == 100.0
+    assert books.expire(100.0) == [1]
+    assert books.next_deadline() == 120.0  # 2's deadline dropped: it reported
+    assert books.expire(500.0) == [3] and books.next_deadline() is None
+    assert books.timed_out == [1, 3]
+    assert not books.reported(3)  # too late: the Hub ignores the report
+    assert books.expire(900.0) == []
