@@ -1,4 +1,4 @@
-"""shared/rollout.py: the sans-IO rollout controller that pvsim's Hub and the real Hub both call."""
+"""shared/rollout/: the sans-IO rollout controller that pvsim's Hub and the real Hub both call."""
 
 from __future__ import annotations
 
