@@ -10,12 +10,20 @@ from __future__ import annotations
 
 import random
 from bisect import bisect_right
-from collections import Counter, deque
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from pvsim.scenario import Faults
-from pvsim.strategies import COMPLETED, RUNNING, Strategy, Tally
+from pvsim import scenario
+from shared.rollout import (
+    REGISTRY,
+    Controller,
+    RolloutConfig,
+    Tally,
+    make_controller,
+    rollout_state,
+)
+from shared.rollout.silent import SilentDevices
 
 if TYPE_CHECKING:
     import numpy as np
@@ -26,7 +34,7 @@ INF = float("inf")
 class HubOutages:
     __slots__ = ("starts", "ends")
 
-    def __init__(self, faults: Faults, until_s: float, rng: random.Random) -> None:
+    def __init__(self, faults: scenario.Faults, until_s: float, rng: random.Random) -> None:
         spans = [(o.at_s, o.at_s + o.duration_s) for o in faults.hub_outages]
         if faults.hub_outages_per_day > 0:
             rate = faults.hub_outages_per_day / 86400.0
@@ -67,7 +75,7 @@ class Rollout:
     revision: int
     name: str
     at_s: float
-    strategy: Strategy
+    strategy: Controller
     order: np.ndarray  # device indices in admission order (a seeded permutation)
     tally: Tally
     cursor: int = 0
@@ -81,21 +89,29 @@ class Rollout:
     mb_downloaded: float = 0.0
     mb_wasted: float = 0.0
     reasons: Counter[tuple[str, str]] = field(default_factory=Counter)  # (outcome, reason) of failures
-    timed_out: list[int] = field(default_factory=list)  # devices counted failed for their silence
-    # devices that took the release and have not reported, with their deadline; and the deadlines
-    # in the order they were set (all are start + the same timeout, so a FIFO is sorted)
-    silent: dict[int, float] = field(default_factory=dict)
-    deadlines: deque[tuple[float, int]] = field(default_factory=deque)
+    # the silent-device rule's books (shared.rollout.silent); the World keeps the timer
+    silent: SilentDevices = field(init=False)
     watching: bool = False  # a deadline check is scheduled
     mb_written: float = 0.0
     reboots: int = 0
     commit_times: list[float] = field(default_factory=list)
     marks: list[tuple[float, str]] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        self.silent = SilentDevices(self.strategy.cfg.device_timeout_s)
+
     @property
     def state(self) -> str:
-        if self.strategy.state != RUNNING:
-            return self.strategy.state
-        if self.tally.admitted >= self.tally.fleet and self.tally.in_flight == 0:
-            return COMPLETED
-        return RUNNING
+        return rollout_state(self.strategy, self.tally)
+
+    @property
+    def timed_out(self) -> list[int]:
+        """Devices counted failed for their silence, in the order they timed out."""
+        return self.silent.timed_out
+
+
+def make_strategy(cfg: scenario.Rollout, fleet: int) -> Controller:
+    """The shared rollout controller for the scenario's `[rollout]` table (pydantic has validated
+    it; the controller reads only its strategy's options)."""
+    names = REGISTRY[cfg.strategy].options
+    return make_controller(RolloutConfig(cfg.strategy, {k: getattr(cfg, k) for k in names}), fleet)

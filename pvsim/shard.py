@@ -32,12 +32,12 @@ from typing import Any
 
 import numpy as np
 
-from pvsim.hub import Rollout
+from pvsim.hub import Rollout, make_strategy
 from pvsim.results import SILENT_IDS_SHOWN, RunResult, merge_reasons, peak_rss_mb
 from pvsim.runner import model_factory
 from pvsim.scenario import Scenario, validate_scenario
-from pvsim.strategies import ABORTED, PAUSED, RUNNING, Tally, make_strategy
 from pvsim.world import World
+from shared.rollout import ABORTED, PAUSED, RUNNING, Tally
 
 DEFAULT_EPOCH_S = 60.0
 

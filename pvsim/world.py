@@ -20,12 +20,12 @@ import numpy as np
 
 from pvsim.device import INF, DeviceRun
 from pvsim.dists import SimRandom
-from pvsim.hub import HubOutages, Rollout
+from pvsim.hub import HubOutages, Rollout, make_strategy
 from pvsim.kernel import CountingEnvironment
 from pvsim.revisions import RevisionSet
 from pvsim.scenario import Scenario
-from pvsim.strategies import RUNNING, Tally, make_strategy
 from pvsim.transfer import Egress
+from shared.rollout import RUNNING, Tally
 
 IDLE, BUSY, BRICKED = 0, 1, 2
 
@@ -225,7 +225,7 @@ class World:
             rollout.bricked += 1
             self.bricked_t.append(self.env._now)
         self.table.status[device] = BRICKED if outcome == BRICKED_OUT else IDLE
-        if report is not SILENT and self.timeout_s > 0 and rollout.silent.pop(device, None) is None:
+        if report is not SILENT and rollout.silent.enabled and not rollout.silent.reported(device):
             report = SILENT  # it timed out: the hub counted it failed already and ignores it now
         if report is OK:
             rollout.tally.succeeded += 1
@@ -245,28 +245,20 @@ class World:
     def _expect_report(self, rollout: Rollout, device: int) -> None:
         """The device took the release: it has `rollout.device_timeout_s` to report. One pending
         check per rollout (deadlines come in order), not one event per device."""
-        if self.timeout_s <= 0:
+        if not rollout.silent.enabled:
             return
-        deadline = self.env._now + self.timeout_s
-        rollout.silent[device] = deadline
-        rollout.deadlines.append((deadline, device))
+        rollout.silent.took(device, self.env._now)
         if not rollout.watching:
             rollout.watching = True
             self.env.call_later(self.timeout_s, lambda _call: self._check_silent(rollout))
 
     def _check_silent(self, rollout: Rollout) -> None:
         now = self.env._now
-        queue = rollout.deadlines
-        timed_out = 0
-        while queue and (queue[0][0] <= now or rollout.silent.get(queue[0][1]) != queue[0][0]):
-            deadline, device = queue.popleft()
-            if rollout.silent.get(device) == deadline:
-                del rollout.silent[device]
-                rollout.timed_out.append(device)
-                rollout.tally.failed += 1
-                timed_out += 1
-        if queue:
-            self.env.call_later(queue[0][0] - now, lambda _call: self._check_silent(rollout))
+        timed_out = rollout.silent.expire(now)
+        rollout.tally.failed += len(timed_out)
+        deadline = rollout.silent.next_deadline()
+        if deadline is not None:
+            self.env.call_later(deadline - now, lambda _call: self._check_silent(rollout))
         else:
             rollout.watching = False
         if timed_out:

@@ -1,13 +1,17 @@
-"""shared/rollout.py: the sans-IO rollout controller the real Hub calls (and pvsim's Hub will)."""
+"""shared/rollout/: the sans-IO rollout controller that pvsim's Hub and the real Hub both call."""
 
 from __future__ import annotations
 
-import inspect
-from dataclasses import fields
+import json
 
 import pytest
+from hubkit import device, hub_files, write_release
 
-from pvsim import strategies
+from pvreal.hub.client import operator_for, publish
+from pvreal.hub.server import running
+from pvsim.hub import make_strategy
+from pvsim.scenario import STRATEGIES
+from pvsim.scenario import Rollout as ScenarioRollout
 from shared import rollout
 from shared.rollout import (
     ABORTED,
@@ -15,6 +19,7 @@ from shared.rollout import (
     PAUSED,
     RUNNING,
     AllAtOnce,
+    Groups,
     RolloutConfig,
     RolloutError,
     Tally,
@@ -22,16 +27,81 @@ from shared.rollout import (
     make_controller,
     parse_options,
 )
+from shared.rollout.silent import SilentDevices
 
 
-def test_the_interface_has_pvsims_shape_so_its_strategies_can_move_here():
-    assert [f.name for f in fields(Tally)] == [f.name for f in fields(strategies.Tally)]
-    for method in ("admit", "start_delay", "_halt", "_rest"):
-        ours = inspect.signature(getattr(rollout.Controller, method))
-        theirs = inspect.signature(getattr(strategies.Strategy, method))
-        assert list(ours.parameters) == list(theirs.parameters), method
-    assert (RUNNING, PAUSED, ABORTED, COMPLETED) == (
-        strategies.RUNNING, strategies.PAUSED, strategies.ABORTED, strategies.COMPLETED)
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_both_hubs_share_one_registry_and_the_same_defaults(strategy):
+    cls = rollout.REGISTRY[strategy]
+    scenario = ScenarioRollout(strategy=strategy)
+    for name, option in cls.options.items():
+        assert option.default == getattr(scenario, name), name
+    built = make_strategy(scenario, 50)
+    assert type(built) is cls
+    assert built.snapshot() == make_controller(RolloutConfig(strategy), 50).snapshot()
+
+
+def test_list_and_optional_options_parse_from_text_and_json():
+    assert parse_options("groups", {"group_percent": "10,50,100"}) == {"group_percent": (10.0, 50.0, 100.0)}
+    assert parse_options("groups", {"group_percent": [10, 100]}) == {"group_percent": (10.0, 100.0)}
+    assert parse_options("maintenance-window", {"timezones_h": "-5,2"}) == {"timezones_h": (-5.0, 2.0)}
+    assert parse_options("max-unavailable", {"max_failure_ratio": "none"}) == {"max_failure_ratio": None}
+    assert parse_options("canary", {"canary_devices": "3", "soak_s": "60"}) == {"canary_devices": 3, "soak_s": 60.0}
+    for strategy, raw, message in [
+        ("groups", {"group_percent": "10,50"}, "last group must reach 100"),
+        ("groups", {"group_percent": "50,10,100"}, "increasing"),
+        ("groups", {"group_percent": 5}, "list of numbers"),
+        ("groups", {"error_threshold": "2"}, "between 0 and 1"),
+        ("canary", {"canary_devices": "1.5"}, "integer"),
+        ("canary", {"canary_devices": 1.5}, "integer"),
+        ("canary", {"soak_s": True}, "number"),
+        ("maintenance-window", {"timezones_h": "3,-5"}, "westmost, eastmost"),
+        ("exponential", {"increment_factor": "1"}, "above 1"),
+        ("all-at-once", {"device_timeout_s": "-1"}, "at least 0"),
+    ]:
+        with pytest.raises(RolloutError, match=message):
+            parse_options(strategy, raw)
+
+
+def test_a_controller_survives_a_json_round_trip_of_its_snapshot():
+    options = parse_options("groups", {"group_percent": "50,100"})
+    cfg = RolloutConfig("groups", json.loads(json.dumps(options)))  # as the real Hub stores them
+    c = make_controller(cfg, 4)
+    assert isinstance(c, Groups) and decide(c, 0.0, Tally(4)).admit == 2
+    again = make_controller(cfg, 4)
+    again.restore(json.loads(json.dumps(c.snapshot())))
+    assert decide(again, 1.0, Tally(4, admitted=2, succeeded=1)).admit == 2
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_groups_run_on_the_real_hub_and_pause_on_a_failing_group(tmp_path):
+    files = hub_files(tmp_path)
+    with running(files, clock=Clock()) as url:
+        devices = [device(url, files, f"d{i}") for i in range(4)]
+        state, objects = write_release(tmp_path / "r", "v1")
+        op = operator_for(files.database)
+        options = parse_options("groups", {"group_percent": "25,50,100", "error_threshold": "0.5"})
+        rel = publish(op, state, "web-1.1", "groups", options, objects)
+        assert (rel["admitted"], rel["fleet"], rel["state"]) == (1, 4, RUNNING)
+
+        def offered():
+            return [d for d in devices if d.steps() or d.steps("ALL")]
+
+        [first] = offered()
+        first.put_progress(1, {"status": "DONE", "status-msg": "", "progress": 100})
+        assert op.status()["releases"][0]["admitted"] == 2  # the first group succeeded: the next opens
+        [second] = [d for d in offered() if d is not first]
+        second.put_progress(1, {"status": "ERROR", "status-msg": "broken", "progress": 100})
+        release = op.status()["releases"][0]
+        assert (release["state"], release["admitted"]) == (PAUSED, 2)  # its group failed
+        assert len(offered()) == 2
 
 
 def test_all_at_once_admits_the_whole_fleet_then_completes_when_everyone_answered():
@@ -85,6 +155,7 @@ def test_options_are_checked_against_the_strategy():
         parse_options("nope", {})
     with pytest.raises(RolloutError, match="has no option 'soak_s'"):
         parse_options("all-at-once", {"soak_s": "60"})
+    assert parse_options("all-at-once", {"device_timeout_s": "60"}) == {"device_timeout_s": 60.0}
     with pytest.raises(RolloutError, match="unknown strategy"):
         make_controller(RolloutConfig("nope"), 1)
 
@@ -94,3 +165,20 @@ def test_config_options_read_as_attributes_like_pvsims_scenario_model():
     assert cfg.soak_s == 60.0
     with pytest.raises(AttributeError):
         _ = cfg.canary_devices
+
+
+def test_the_silent_device_rule_counts_each_silent_device_failed_once():
+    assert not SilentDevices(0.0).enabled
+    books = SilentDevices(100.0)
+    books.took(1, 0.0)
+    books.took(2, 10.0)
+    books.took(3, 20.0)
+    assert books.next_deadline() == 100.0
+    assert books.reported(2)  # in time: counted by its report
+    assert books.expire(99.0) == [] and books.next_deadline() == 100.0
+    assert books.expire(100.0) == [1]
+    assert books.next_deadline() == 120.0  # 2's deadline dropped: it reported
+    assert books.expire(500.0) == [3] and books.next_deadline() is None
+    assert books.timed_out == [1, 3]
+    assert not books.reported(3)  # too late: the Hub ignores the report
+    assert books.expire(900.0) == []

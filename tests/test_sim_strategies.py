@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from pvsim.scenario import Rollout
-from pvsim.strategies import (
+from pvsim.testing import run
+from shared.rollout import (
     ABORTED,
     PAUSED,
     RUNNING,
@@ -14,7 +15,6 @@ from pvsim.strategies import (
     MaxUnavailable,
     Tally,
 )
-from pvsim.testing import run
 
 
 def test_groups_advance_on_success_and_pause_on_errors():

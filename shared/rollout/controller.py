@@ -1,19 +1,8 @@
-"""The rollout controller: which devices take a release, and when (sans-IO).
-
-A Hub (pvsim's simulated one or pvreal's real one) keeps a `Tally` per release and asks the
-controller `admit(now, tally)` when the release starts, after every device report and at the time
-the controller asked to be woken. The answer is how many more devices may take the release now and
-when to ask again without a report (None: only on reports). A controller may delay one admitted
-device (`start_delay`). It also takes the operator's pause, resume and abort. It decides; the Hub
-acts, stores `snapshot()` and rebuilds the controller with `restore()`.
-
-The interface has the shape of pvsim/strategies.py (`Tally`, `admit`, `start_delay`, the four
-states) so that its strategies can move here unchanged; for now one strategy lives here.
-"""
+"""The rollout controller's interface: the tally, options, the base class, decisions (sans-IO)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -23,6 +12,43 @@ STATES = (RUNNING, PAUSED, ABORTED, COMPLETED)
 
 class RolloutError(ValueError):
     """A release's strategy or options cannot be used."""
+
+
+def floats(value: Any) -> tuple[float, ...]:
+    """A list of numbers: a JSON list or comma-separated text (`10,50,100`)."""
+    items = value.split(",") if isinstance(value, str) else value
+    if isinstance(items, (int, float)) or not hasattr(items, "__iter__"):
+        raise ValueError(value)
+    return tuple(number(x) for x in items)
+
+
+def optional_float(value: Any) -> float | None:
+    """A number, or nothing (`none` or empty text, JSON null)."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null")):
+        return None
+    return number(value)
+
+
+def number(value: Any) -> float:
+    if isinstance(value, bool):  # float(True) is 1.0: a typo, not a number
+        raise ValueError(value)
+    return float(value)
+
+
+def integer(value: Any) -> int:
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise ValueError(value)
+    return int(value)
+
+
+floats.__name__ = "list of numbers"
+optional_float.__name__ = "number or none"
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    parse: Callable[[Any], Any]
+    default: Any
 
 
 @dataclass(slots=True)
@@ -67,10 +93,15 @@ class Decision:
     wake_at: float | None
 
 
+# every strategy: a device that took the release and sent no final report within this many seconds
+# counts as failed (AWS IoT Jobs' in-progress timeout, TIMED_OUT); 0: wait forever
+COMMON_OPTIONS: dict[str, Option] = {"device_timeout_s": Option(number, 86400.0)}
+
+
 class Controller:
     name: ClassVar[str] = ""
-    # option name -> type, for a Hub's command line and API; values are checked against it
-    options: ClassVar[Mapping[str, type]] = {}
+    # option name -> its parser and default, for a Hub's command line and API
+    options: ClassVar[Mapping[str, Option]] = COMMON_OPTIONS
     state: str
 
     def __init__(self, cfg: Any, fleet: int) -> None:
@@ -115,6 +146,10 @@ class Controller:
     def _rest(self, tally: Tally) -> int:
         return self.fleet - tally.admitted
 
+    @classmethod
+    def check(cls, options: Mapping[str, Any]) -> None:
+        """Raise RolloutError when the options (defaults filled in) do not fit together."""
+
 
 class AllAtOnce(Controller):
     name = "all-at-once"
@@ -123,9 +158,6 @@ class AllAtOnce(Controller):
         if self.state != RUNNING:
             return 0, None
         return self._rest(tally), None
-
-
-REGISTRY: dict[str, type[Controller]] = {cls.name: cls for cls in (AllAtOnce,)}
 
 
 def rollout_state(controller: Controller, tally: Tally) -> str:
@@ -144,27 +176,3 @@ def decide(controller: Controller, now: float, tally: Tally) -> Decision:
     after = Tally(tally.fleet, tally.admitted + count, tally.succeeded, tally.failed)
     state = rollout_state(controller, after)
     return Decision(count, state, wake_at if state == RUNNING else None)
-
-
-def parse_options(strategy: str, raw: Mapping[str, Any]) -> dict[str, Any]:
-    """Options typed as the strategy declares them; text (from a command line) is converted."""
-    cls = REGISTRY.get(strategy)
-    if cls is None:
-        raise RolloutError(f"unknown strategy {strategy!r}; expected one of {', '.join(REGISTRY)}")
-    typed: dict[str, Any] = {}
-    for key, value in raw.items():
-        kind = cls.options.get(key)
-        if kind is None:
-            known = ", ".join(cls.options) or "none"
-            raise RolloutError(f"strategy {strategy} has no option {key!r} (options: {known})")
-        try:
-            typed[key] = kind(value)
-        except (TypeError, ValueError):
-            raise RolloutError(f"option {key} must be a {kind.__name__}, got {value!r}") from None
-    return typed
-
-
-def make_controller(cfg: RolloutConfig, fleet: int) -> Controller:
-    if cfg.strategy not in REGISTRY:
-        parse_options(cfg.strategy, {})  # raises naming the known strategies
-    return REGISTRY[cfg.strategy](cfg, fleet)

@@ -1,84 +1,45 @@
-"""Rollout strategies: one small class each, all speaking one interface.
-
-The hub asks a strategy `admit(now, tally)` at the start of a rollout, after every device report and
-at the wake-up time the strategy asked for. The answer is how many more devices may take the release
-now (the hub picks them in a seeded random order) and when to ask again without a report
-(None: only on reports). A strategy may also delay one admitted device (`start_delay`), which is how
-maintenance windows keep devices waiting for their local night. Strategies decide; the hub acts.
-
-Knobs and defaults follow peers-and-rollouts.md §3: hawkBit groups (50 % success → next group,
-50 % error → pause), AWS IoT Jobs exponential rate with an abort threshold that only fires after a
-minimum number of executed things, Kubernetes maxUnavailable (25 %), canary then soak then all.
-"""
+"""The strategies: one small class each, as the peers run them (peers-and-rollouts.md §3)."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import ClassVar
+from collections.abc import Mapping
+from typing import Any
 
-from pvsim.scenario import Rollout
-
-RUNNING, PAUSED, ABORTED, COMPLETED = "running", "paused", "aborted", "completed"
-
-
-@dataclass(slots=True)
-class Tally:
-    """What the hub knows about one rollout. `failed` counts ERROR, WONTGO and bricked devices."""
-
-    fleet: int
-    admitted: int = 0
-    succeeded: int = 0
-    failed: int = 0
-
-    @property
-    def executed(self) -> int:
-        return self.succeeded + self.failed
-
-    @property
-    def in_flight(self) -> int:
-        return self.admitted - self.executed
+from shared.rollout.controller import (
+    ABORTED,
+    COMMON_OPTIONS,
+    PAUSED,
+    RUNNING,
+    Controller,
+    Option,
+    RolloutError,
+    Tally,
+    floats,
+    integer,
+    number,
+    optional_float,
+)
 
 
-class Strategy:
-    name: ClassVar[str] = ""
-    state: str
-
-    def __init__(self, cfg: Rollout, fleet: int) -> None:
-        self.cfg = cfg
-        self.fleet = fleet
-        self.state = RUNNING
-        self.halted_at: float | None = None
-
-    def admit(self, now: float, tally: Tally) -> tuple[int, float | None]:
-        raise NotImplementedError
-
-    def start_delay(self, device: int, now: float) -> float:
-        return 0.0
-
-    def _halt(self, state: str, now: float) -> tuple[int, None]:
-        self.state = state
-        self.halted_at = now
-        return 0, None
-
-    def _rest(self, tally: Tally) -> int:
-        return self.fleet - tally.admitted
+def _fraction(name: str, value: float) -> None:
+    if not 0 <= value <= 1:
+        raise RolloutError(f"option {name} must lie between 0 and 1, got {value:g}")
 
 
-class AllAtOnce(Strategy):
-    name = "all-at-once"
-
-    def admit(self, now: float, tally: Tally) -> tuple[int, float | None]:
-        return self._rest(tally), None
-
-
-class Canary(Strategy):
+class Canary(Controller):
     """`canary_devices` first; when they all finished without more than `canary_max_failures`
     failures, wait `soak_s`, then everyone. Too many canary failures pause the rollout."""
 
     name = "canary"
+    options = {
+        **COMMON_OPTIONS,
+        "canary_devices": Option(integer, 10),
+        "soak_s": Option(number, 3600.0),
+        "canary_max_failures": Option(integer, 0),
+    }
 
-    def __init__(self, cfg: Rollout, fleet: int) -> None:
+    def __init__(self, cfg: Any, fleet: int) -> None:
         super().__init__(cfg, fleet)
         self.canaries = min(cfg.canary_devices, fleet)
         self.soak_until: float | None = None
@@ -100,14 +61,25 @@ class Canary(Strategy):
             return 0, self.soak_until
         return self._rest(tally), None
 
+    @classmethod
+    def check(cls, options: Mapping[str, Any]) -> None:
+        if options["canary_devices"] < 1:
+            raise RolloutError("option canary_devices must be at least 1")
 
-class Groups(Strategy):
+
+class Groups(Controller):
     """hawkBit cascade: group k opens when group k-1 reached `success_threshold` successes; a group
     whose failures reach `error_threshold` pauses the rollout (hawkBit's only error action)."""
 
     name = "groups"
+    options = {
+        **COMMON_OPTIONS,
+        "group_percent": Option(floats, (1.0, 10.0, 50.0, 100.0)),  # cumulative, the last is 100
+        "success_threshold": Option(number, 0.5),
+        "error_threshold": Option(number, 0.5),
+    }
 
-    def __init__(self, cfg: Rollout, fleet: int) -> None:
+    def __init__(self, cfg: Any, fleet: int) -> None:
         super().__init__(cfg, fleet)
         bounds = [math.ceil(fleet * p / 100) for p in cfg.group_percent]
         self.bounds = [b for i, b in enumerate(bounds) if b > 0 and (i == 0 or b > bounds[i - 1])]
@@ -133,16 +105,35 @@ class Groups(Strategy):
             return self.bounds[self.group] - tally.admitted, None
         return 0, None
 
+    @classmethod
+    def check(cls, options: Mapping[str, Any]) -> None:
+        groups = list(options["group_percent"])
+        if not groups or any(not 0 < g <= 100 for g in groups) or groups != sorted(groups):
+            raise RolloutError("option group_percent must be increasing cumulative percentages in (0, 100]")
+        if groups[-1] != 100:
+            raise RolloutError("option group_percent: the last group must reach 100 (percent of the fleet)")
+        _fraction("success_threshold", options["success_threshold"])
+        _fraction("error_threshold", options["error_threshold"])
 
-class Exponential(Strategy):
+
+class Exponential(Controller):
     """AWS IoT Jobs: notify `base_rate_per_min` devices a minute, multiplying the rate by
     `increment_factor` after every `rate_increase_after_succeeded` successes (0: after each minute's
     batch was notified), capped at `max_per_minute`. Abort (CANCEL) when failures exceed
     `abort_threshold` of executed devices, but only once `min_executed` devices have executed."""
 
     name = "exponential"
+    options = {
+        **COMMON_OPTIONS,
+        "base_rate_per_min": Option(number, 10.0),
+        "increment_factor": Option(number, 2.0),
+        "rate_increase_after_succeeded": Option(integer, 0),
+        "max_per_minute": Option(number, 1000.0),
+        "abort_threshold": Option(number, 0.1),
+        "min_executed": Option(integer, 50),
+    }
 
-    def __init__(self, cfg: Rollout, fleet: int) -> None:
+    def __init__(self, cfg: Any, fleet: int) -> None:
         super().__init__(cfg, fleet)
         self.rate = cfg.base_rate_per_min
         self.next_minute = 0.0
@@ -169,15 +160,28 @@ class Exponential(Strategy):
             return batch, None
         return batch, self.next_minute
 
+    @classmethod
+    def check(cls, options: Mapping[str, Any]) -> None:
+        if options["base_rate_per_min"] < 1 or options["max_per_minute"] < 1:
+            raise RolloutError("options base_rate_per_min and max_per_minute must be at least 1")
+        if options["increment_factor"] <= 1:
+            raise RolloutError("option increment_factor must be above 1")
+        _fraction("abort_threshold", options["abort_threshold"])
 
-class MaxUnavailable(Strategy):
+
+class MaxUnavailable(Controller):
     """Kubernetes RollingUpdate: at most `max_unavailable` devices (a fraction of the fleet when
     < 1, else a count) mid-update at once; failures free their slot (the device still runs its old
     revision). Optional Swarm-style `max_failure_ratio` pauses the rollout."""
 
     name = "max-unavailable"
+    options = {
+        **COMMON_OPTIONS,
+        "max_unavailable": Option(number, 0.25),
+        "max_failure_ratio": Option(optional_float, None),
+    }
 
-    def __init__(self, cfg: Rollout, fleet: int) -> None:
+    def __init__(self, cfg: Any, fleet: int) -> None:
         super().__init__(cfg, fleet)
         limit = cfg.max_unavailable
         self.limit = max(1, math.floor(limit * fleet) if limit < 1 else int(limit))
@@ -190,18 +194,33 @@ class MaxUnavailable(Strategy):
             return self._halt(PAUSED, now)
         return max(0, min(self.limit - tally.in_flight, self._rest(tally))), None
 
+    @classmethod
+    def check(cls, options: Mapping[str, Any]) -> None:
+        if options["max_unavailable"] <= 0:
+            raise RolloutError("option max_unavailable must be above 0")
+        if options["max_failure_ratio"] is not None:
+            _fraction("max_failure_ratio", options["max_failure_ratio"])
 
-class MaintenanceWindow(Strategy):
+
+class MaintenanceWindow(Controller):
     """Every device takes the release, but only inside its own local window: device d's clock is
     offset by a time zone spread evenly over `timezones_h`; it starts at its next window opening."""
 
     name = "maintenance-window"
+    options = {
+        **COMMON_OPTIONS,
+        "window_start_h": Option(number, 2.0),
+        "window_length_h": Option(number, 4.0),
+        "timezones_h": Option(floats, (-8.0, 3.0)),  # [westmost, eastmost] UTC offsets
+    }
 
-    def __init__(self, cfg: Rollout, fleet: int) -> None:
+    def __init__(self, cfg: Any, fleet: int) -> None:
         super().__init__(cfg, fleet)
         self.low, self.high = cfg.timezones_h
 
     def admit(self, now: float, tally: Tally) -> tuple[int, float | None]:
+        if self.state != RUNNING:
+            return 0, None
         return self._rest(tally), None
 
     def zone_h(self, device: int) -> float:
@@ -219,11 +238,10 @@ class MaintenanceWindow(Strategy):
             return 0.0
         return (24.0 - into) * 3600.0
 
-
-REGISTRY: dict[str, type[Strategy]] = {
-    cls.name: cls for cls in (AllAtOnce, Canary, Groups, Exponential, MaxUnavailable, MaintenanceWindow)
-}
-
-
-def make_strategy(cfg: Rollout, fleet: int) -> Strategy:
-    return REGISTRY[cfg.strategy](cfg, fleet)
+    @classmethod
+    def check(cls, options: Mapping[str, Any]) -> None:
+        zones = options["timezones_h"]
+        if len(zones) != 2 or not all(-12 <= z <= 14 for z in zones) or zones[0] > zones[1]:
+            raise RolloutError("option timezones_h must be [westmost, eastmost] UTC offsets in [-12, 14]")
+        if not 0 <= options["window_start_h"] < 24 or not 0 < options["window_length_h"] <= 24:
+            raise RolloutError("option window_start_h must lie in [0, 24), window_length_h in (0, 24]")
