@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,6 +127,7 @@ class Storage:
             d.mkdir(parents=True, exist_ok=True)
         (self.disks_dir / "rev").mkdir(exist_ok=True)
         (self.root / "boot").mkdir(exist_ok=True)
+        shutil.rmtree(self.root / ".trash", ignore_errors=True)  # deletes a crash interrupted
 
     def trail_dir(self, rev: str) -> Path:
         return self.trails_dir / check_revision_name(rev)
@@ -316,7 +318,21 @@ class Storage:
             self.disks_dir / "rev" / rev,
         ):
             if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
+                self._remove_tree(path)
+
+    def _remove_tree(self, path: Path) -> None:
+        """Rename the folder into `.trash/` first, then delete it there. pv-ctrl stores a state
+        on its own worker thread: racing it, a plain rmtree fails half-way ("Directory not
+        empty") and leaves a half-deleted trail; after the rename the writer finds the folder
+        gone and the delete cannot be disturbed. `init_layout` empties what a crash left."""
+        trash = self.root / ".trash"
+        trash.mkdir(exist_ok=True)
+        doomed = trash / f"{path.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        try:
+            os.rename(path, doomed)
+        except FileNotFoundError:
+            return
+        shutil.rmtree(doomed)
 
     def trail_objects(self) -> dict[str, frozenset[str]]:
         """rev -> the object shas its state references (an unreadable trail references none;

@@ -285,3 +285,36 @@ def test_check_of_named_revisions_rehashes_only_their_objects(storage: Storage):
     assert storage.check(["1"]).ok
     assert storage.check(["2"]).corrupt_objects == [sha(other)]
     assert storage.check().corrupt_objects == [sha(other)]
+
+
+def test_removing_a_revision_while_pv_ctrl_stores_its_state_never_fails(tmp_path: Path):
+    """pv-ctrl stores a state on its worker while the engine may delete that revision (a failed
+    upload): the delete moves the trail aside first, so it never fails half-way with "Directory
+    not empty" (which used to send the daemon into recovery reboots), and leaves no half trail."""
+    import threading
+
+    real = Storage(tmp_path / "s")
+    real.init_layout()
+    state = {"#spec": "pantavisor-service-system@1", "a/run.json": {"name": "a"}}
+    stop = threading.Event()
+
+    def writer() -> None:
+        while not stop.is_set():
+            try:
+                real.write_state("locals/x", state)
+            except FileNotFoundError:  # the trail went between mkdir and write: pv-ctrl's 4xx
+                pass
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        for _ in range(300):
+            real.remove_revision("locals/x")  # must never raise
+    finally:
+        stop.set()
+        thread.join()
+    real.remove_revision("locals/x")
+    assert real.revisions() == []
+    assert list((tmp_path / "s" / ".trash").iterdir()) == []
+    real.init_layout()
+    assert not (tmp_path / "s" / ".trash").exists()

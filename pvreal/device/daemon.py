@@ -288,9 +288,10 @@ class Device:
                     CtrlReply(decision.status, decision.retry_after, decision.reason)
                 )
                 return
-        # A reboot a person asked for (REBOOT_DEVICE, LOCAL_RUN_COMMIT, ...) is never a boot loop,
-        # however soon after the boot it comes.
-        self._requested = isinstance(event, CtrlCommand)
+        # A reboot that follows a pv-ctrl request (REBOOT_DEVICE, LOCAL_RUN_COMMIT, a failed
+        # upload's recovery, ...) is never a boot loop, however soon after the boot it comes:
+        # the next one needs another request. Only reboots the device makes by itself count.
+        self._requested = item.reply is not None
         try:
             self._guarded(event, item.reply)
         finally:
