@@ -78,6 +78,10 @@ class FairShare:
         self._changes = 0  # dead heap entries are swept every 1024 starts (_compact)
         self._capped_end: list[tuple[float, int, int, Flow]] = []  # (real end, seq, epoch, flow)
         self._capped_cap: list[tuple[float, int, int, Flow]] = []  # (-cap, ...): largest cap first
+        # _capped_cap is only kept while the egress is contended: uncontended, no flow ever moves
+        # between the groups, so a transfer would pay a heap push for nothing. It is rebuilt from
+        # _capped_end when contention starts (rare: a handful of times in a run).
+        self._cap_kept = False
         self._sharing_end: list[tuple[float, int, int, Flow]] = []  # (virtual end, ...)
         self._sharing_cap: list[tuple[float, int, int, Flow]] = []  # (cap, ...): smallest cap first
 
@@ -134,7 +138,8 @@ class FairShare:
         flow.end = end = now + size / cap
         seq = next(self._seq)
         heappush(self._capped_end, (end, seq, 1, flow))
-        heappush(self._capped_cap, (-cap, seq, 1, flow))
+        if self._cap_kept:
+            heappush(self._capped_cap, (-cap, seq, 1, flow))
         self.capped_sum += cap
         self.capped_n += 1
         if self.sharing_n or self.capped_sum > self.egress:
@@ -229,7 +234,8 @@ class FairShare:
         if announce:
             self.fixed.append((flow, end, flow.epoch))
         heappush(self._capped_end, (end, seq, flow.epoch, flow))
-        heappush(self._capped_cap, (-flow.cap, seq, flow.epoch, flow))
+        if self._cap_kept:
+            heappush(self._capped_cap, (-flow.cap, seq, flow.epoch, flow))
         self.capped_sum += flow.cap
         self.capped_n += 1
 
@@ -266,7 +272,16 @@ class FairShare:
         egress = self.egress
         if not self.sharing_n and self.capped_sum <= egress:
             self.fair = INF  # the common case: every transfer gets what its own path allows
+            if self._cap_kept:
+                self._cap_kept = False
+                self._capped_cap = []
             return
+        if not self._cap_kept:
+            # contention starts: the capped flows by cap (keys are unique, so the heap pops them
+            # in the same order as one kept all along would)
+            self._cap_kept = True
+            self._capped_cap = [(-e[3].cap, e[1], e[2], e[3]) for e in self._capped_end if e[3].epoch == e[2]]
+            heapify(self._capped_cap)
         while True:
             if self.sharing_n:
                 self.fair = max(0.0, egress - self.capped_sum) / self.sharing_n
