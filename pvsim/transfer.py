@@ -117,8 +117,12 @@ class Egress:
             if now > self.counted_to:
                 self._count(now)
             heappop(heap)
-            share.now = now  # share.finish(flow, now), inlined: nothing shares, so no rebalance
-            share._leave(flow, completed=True)
+            # share.finish(flow, now), inlined: nothing shares, so no rebalance; _leave of a capped flow
+            share.now = now
+            share.capped_n -= 1
+            share.capped_sum = share.capped_sum - flow.cap if share.capped_n else 0.0
+            flow.state = ENDED
+            flow.epoch += 1
             flow.owner.mb_downloaded += flow.size
             flow.fixed = -1
             flow.on_end = flow.on_fixed = None
