@@ -185,7 +185,10 @@ class FairShare:
             t = max(t, self.now)
             if count is not None:
                 count(t)
-            self._clock(t)
+            if t > self.now:  # self._clock(t), inlined (hot)
+                if self.sharing_n:
+                    self.v += self.fair * (t - self.now)
+                self.now = t
             ended = False
             while capped and capped[0][0] <= t + EPS_S:
                 _, _, epoch, flow = heappop(capped)
@@ -261,12 +264,6 @@ class FairShare:
         flow.state = ENDED
         flow.epoch += 1
 
-    @staticmethod
-    def _top(heap: list[tuple[float, int, int, Flow]]) -> Flow | None:
-        while heap and heap[0][3].epoch != heap[0][2]:
-            heappop(heap)
-        return heap[0][3] if heap else None
-
     def _rebalance(self) -> None:
         """Restore max(cap of capped) <= f <= min(cap of sharing) after a change (water-filling)."""
         egress = self.egress
@@ -282,23 +279,31 @@ class FairShare:
             self._cap_kept = True
             self._capped_cap = [(-e[3].cap, e[1], e[2], e[3]) for e in self._capped_end if e[3].epoch == e[2]]
             heapify(self._capped_cap)
+        capped_cap, sharing_cap = self._capped_cap, self._sharing_cap  # _compact keeps these lists
         while True:
-            if self.sharing_n:
-                self.fair = max(0.0, egress - self.capped_sum) / self.sharing_n
+            sharing_n = self.sharing_n
+            if sharing_n:
+                self.fair = fair = max(0.0, egress - self.capped_sum) / sharing_n
             else:
-                self.fair = INF
-            big = self._top(self._capped_cap)
-            if big is not None and (big.cap > self.fair if self.sharing_n else self.capped_sum > egress):
-                left = self.left(big)
-                self._leave(big)
-                self._to_sharing(big, left)
-                continue
-            small = self._top(self._sharing_cap)
-            if small is not None and small.cap <= self.fair:
-                left = self.left(small)
-                self._leave(small)
-                self._to_capped(small, left)
-                continue
+                self.fair = fair = INF
+            while capped_cap and capped_cap[0][3].epoch != capped_cap[0][2]:  # dead entries off the top
+                heappop(capped_cap)
+            if capped_cap:
+                big = capped_cap[0][3]
+                if big.cap > fair if sharing_n else self.capped_sum > egress:
+                    left = self.left(big)
+                    self._leave(big)
+                    self._to_sharing(big, left)
+                    continue
+            while sharing_cap and sharing_cap[0][3].epoch != sharing_cap[0][2]:
+                heappop(sharing_cap)
+            if sharing_cap:
+                small = sharing_cap[0][3]
+                if small.cap <= fair:
+                    left = self.left(small)
+                    self._leave(small)
+                    self._to_capped(small, left)
+                    continue
             break
 
     def _compact(self) -> None:
