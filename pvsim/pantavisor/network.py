@@ -214,7 +214,10 @@ class Network:
 
     def _stop_transfers(self, run: DeviceRun, brain: DeviceBrain) -> None:
         """Running transfers are cut (power, the update is over): what they moved is thrown away."""
+        transfers = brain.transfers
+        if not transfers:
+            return  # the usual case: every object arrived
         egress = self.world.egress
-        for flow in brain.transfers:
+        for flow in transfers:
             run.mb_wasted += egress.stop(flow)
-        brain.transfers.clear()
+        transfers.clear()
