@@ -78,6 +78,10 @@ class FairShare:
         self._changes = 0  # dead heap entries are swept every 1024 starts (_compact)
         self._capped_end: list[tuple[float, int, int, Flow]] = []  # (real end, seq, epoch, flow)
         self._capped_cap: list[tuple[float, int, int, Flow]] = []  # (-cap, ...): largest cap first
+        # _capped_cap is only kept while the egress is contended: uncontended, no flow ever moves
+        # between the groups, so a transfer would pay a heap push for nothing. It is rebuilt from
+        # _capped_end when contention starts (rare: a handful of times in a run).
+        self._cap_kept = False
         self._sharing_end: list[tuple[float, int, int, Flow]] = []  # (virtual end, ...)
         self._sharing_cap: list[tuple[float, int, int, Flow]] = []  # (cap, ...): smallest cap first
 
@@ -134,7 +138,8 @@ class FairShare:
         flow.end = end = now + size / cap
         seq = next(self._seq)
         heappush(self._capped_end, (end, seq, 1, flow))
-        heappush(self._capped_cap, (-cap, seq, 1, flow))
+        if self._cap_kept:
+            heappush(self._capped_cap, (-cap, seq, 1, flow))
         self.capped_sum += cap
         self.capped_n += 1
         if self.sharing_n or self.capped_sum > self.egress:
@@ -180,7 +185,10 @@ class FairShare:
             t = max(t, self.now)
             if count is not None:
                 count(t)
-            self._clock(t)
+            if t > self.now:  # self._clock(t), inlined (hot)
+                if self.sharing_n:
+                    self.v += self.fair * (t - self.now)
+                self.now = t
             ended = False
             while capped and capped[0][0] <= t + EPS_S:
                 _, _, epoch, flow = heappop(capped)
@@ -229,7 +237,8 @@ class FairShare:
         if announce:
             self.fixed.append((flow, end, flow.epoch))
         heappush(self._capped_end, (end, seq, flow.epoch, flow))
-        heappush(self._capped_cap, (-flow.cap, seq, flow.epoch, flow))
+        if self._cap_kept:
+            heappush(self._capped_cap, (-flow.cap, seq, flow.epoch, flow))
         self.capped_sum += flow.cap
         self.capped_n += 1
 
@@ -255,35 +264,46 @@ class FairShare:
         flow.state = ENDED
         flow.epoch += 1
 
-    @staticmethod
-    def _top(heap: list[tuple[float, int, int, Flow]]) -> Flow | None:
-        while heap and heap[0][3].epoch != heap[0][2]:
-            heappop(heap)
-        return heap[0][3] if heap else None
-
     def _rebalance(self) -> None:
         """Restore max(cap of capped) <= f <= min(cap of sharing) after a change (water-filling)."""
         egress = self.egress
         if not self.sharing_n and self.capped_sum <= egress:
             self.fair = INF  # the common case: every transfer gets what its own path allows
+            if self._cap_kept:
+                self._cap_kept = False
+                self._capped_cap = []
             return
+        if not self._cap_kept:
+            # contention starts: the capped flows by cap (keys are unique, so the heap pops them
+            # in the same order as one kept all along would)
+            self._cap_kept = True
+            self._capped_cap = [(-e[3].cap, e[1], e[2], e[3]) for e in self._capped_end if e[3].epoch == e[2]]
+            heapify(self._capped_cap)
+        capped_cap, sharing_cap = self._capped_cap, self._sharing_cap  # _compact keeps these lists
         while True:
-            if self.sharing_n:
-                self.fair = max(0.0, egress - self.capped_sum) / self.sharing_n
+            sharing_n = self.sharing_n
+            if sharing_n:
+                self.fair = fair = max(0.0, egress - self.capped_sum) / sharing_n
             else:
-                self.fair = INF
-            big = self._top(self._capped_cap)
-            if big is not None and (big.cap > self.fair if self.sharing_n else self.capped_sum > egress):
-                left = self.left(big)
-                self._leave(big)
-                self._to_sharing(big, left)
-                continue
-            small = self._top(self._sharing_cap)
-            if small is not None and small.cap <= self.fair:
-                left = self.left(small)
-                self._leave(small)
-                self._to_capped(small, left)
-                continue
+                self.fair = fair = INF
+            while capped_cap and capped_cap[0][3].epoch != capped_cap[0][2]:  # dead entries off the top
+                heappop(capped_cap)
+            if capped_cap:
+                big = capped_cap[0][3]
+                if big.cap > fair if sharing_n else self.capped_sum > egress:
+                    left = self.left(big)
+                    self._leave(big)
+                    self._to_sharing(big, left)
+                    continue
+            while sharing_cap and sharing_cap[0][3].epoch != sharing_cap[0][2]:
+                heappop(sharing_cap)
+            if sharing_cap:
+                small = sharing_cap[0][3]
+                if small.cap <= fair:
+                    left = self.left(small)
+                    self._leave(small)
+                    self._to_capped(small, left)
+                    continue
             break
 
     def _compact(self) -> None:

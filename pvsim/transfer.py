@@ -87,9 +87,19 @@ class Egress:
         token `flow.fixed` (then, if it changes, `on_fixed(flow, end, token)`): the owner calls
         `complete(flow, token)` at that time. `on_end(flow)` if it completes while sharing (the
         egress's own event found it done)."""
-        done = self._sync()
         share = self.share
-        flow = share.start(self.env._now, size, cap, owner, on_end, tag, on_fixed)
+        now = self.env._now
+        if not share.sharing_n:  # self._sync(), inlined for the common case: nothing shares, nothing ends
+            heap = share._capped_end
+            if not heap or heap[0][0] > now + EPS_S:
+                if now > self.counted_to:
+                    self._count(now)
+                flow = share.start(now, size, cap, owner, on_end, tag, on_fixed)
+                if share.sharing_n or share.fixed:
+                    self._after([])
+                return flow
+        done = self._sync()
+        flow = share.start(now, size, cap, owner, on_end, tag, on_fixed)
         if done or share.sharing_n or share.fixed:
             self._after(done)
         return flow
@@ -107,8 +117,12 @@ class Egress:
             if now > self.counted_to:
                 self._count(now)
             heappop(heap)
-            share.now = now  # share.finish(flow, now), inlined: nothing shares, so no rebalance
-            share._leave(flow, completed=True)
+            # share.finish(flow, now), inlined: nothing shares, so no rebalance; _leave of a capped flow
+            share.now = now
+            share.capped_n -= 1
+            share.capped_sum = share.capped_sum - flow.cap if share.capped_n else 0.0
+            flow.state = ENDED
+            flow.epoch += 1
             flow.owner.mb_downloaded += flow.size
             flow.fixed = -1
             flow.on_end = flow.on_fixed = None

@@ -18,7 +18,7 @@ from pvsim.device import INF, DeviceRun
 from pvsim.fairshare import CAPPED
 from pvsim.pantavisor.agenda import DeviceBrain, FlowEnd, TransferDue
 from pvsim.pantavisor.storage import MB
-from pvsim.transfer import HTTP_TIMEOUT_S, attempt, outcome
+from pvsim.transfer import HTTP_TIMEOUT_S, attempt
 from shared.engine import commands as C
 from shared.engine import events as E
 from shared.engine.progress import Msg
@@ -189,11 +189,14 @@ class Network:
         if not self.world.egress.complete(flow, entry.token):
             return  # stopped, or slowed down by contention: another entry will come
         answer = brain.transfers.pop(flow)
-        _, ok = outcome(flow)
-        if not ok:
+        if flow.tag[1]:  # outcome(flow), inlined (hot): the connection dropped
+            flow.tag = None
+            self.world.count("network_losses")
             answer = E.ObjectFetched(answer.sha, ok=False)
-        elif answer.hash_mismatch:
-            self.world.count("corrupt_object")
+        else:
+            flow.tag = None
+            if answer.hash_mismatch:
+                self.world.count("corrupt_object")
         self._fetched(run, brain, answer, flow.size, queue)
 
     def _fetched(self, run: DeviceRun, brain: DeviceBrain, event: E.ObjectFetched, mb: float, queue: deque[E.Event]) -> None:
@@ -211,7 +214,10 @@ class Network:
 
     def _stop_transfers(self, run: DeviceRun, brain: DeviceBrain) -> None:
         """Running transfers are cut (power, the update is over): what they moved is thrown away."""
+        transfers = brain.transfers
+        if not transfers:
+            return  # the usual case: every object arrived
         egress = self.world.egress
-        for flow in brain.transfers:
+        for flow in transfers:
             run.mb_wasted += egress.stop(flow)
-        brain.transfers.clear()
+        transfers.clear()
