@@ -18,6 +18,7 @@ Every write that must survive a power cut goes through `pvreal.durable`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import uuid
@@ -333,6 +334,8 @@ class Storage:
         except FileNotFoundError:
             return
         shutil.rmtree(doomed)
+        with contextlib.suppress(OSError):  # left only while another delete is under way
+            trash.rmdir()
 
     def trail_objects(self) -> dict[str, frozenset[str]]:
         """rev -> the object shas its state references (an unreadable trail references none;

@@ -315,6 +315,4 @@ def test_removing_a_revision_while_pv_ctrl_stores_its_state_never_fails(tmp_path
         thread.join()
     real.remove_revision("locals/x")
     assert real.revisions() == []
-    assert list((tmp_path / "s" / ".trash").iterdir()) == []
-    real.init_layout()
-    assert not (tmp_path / "s" / ".trash").exists()
+    assert not (tmp_path / "s" / ".trash").exists()  # the tree is as before the deletes
