@@ -205,14 +205,10 @@ class MemDevice:
         events = 0
         operator_done = False
         while True:
-            for command in commands:
-                self.execute(command)
-                if isinstance(command, Reboot):
-                    return "reboot"
+            if self.execute_batch(commands):
+                return "reboot"
             updater = self.updater
             assert updater is not None
-            if updater.finished:
-                return "reboot"
             event = self._next_event(updater)
             if event is None and not operator_done and self.operator is not None:
                 operator_done = True
@@ -224,6 +220,20 @@ class MemDevice:
             if events > self.MAX_EVENTS_PER_BOOT:
                 raise RuntimeError("no quiescence: event limit reached in one boot")
             commands = updater.handle(event)
+
+    def execute_batch(self, commands: list[Command]) -> bool:
+        """Carry out one batch of commands in order; True when the device reboots (a Reboot, or
+        an engine that is finished)."""
+        for command in commands:
+            self.execute(command)
+            if isinstance(command, Reboot):
+                return True
+        assert self.updater is not None
+        return self.updater.finished
+
+    def next_answer(self) -> Event | None:
+        """The next event a command was answered with at once, if any (driver.py D2)."""
+        return self._queue.popleft() if self._queue else None
 
     def _next_event(self, updater: Updater) -> Event | None:
         if self._queue:

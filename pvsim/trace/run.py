@@ -226,17 +226,13 @@ def _feed(device: TraceDevice, commands: list[Command]) -> str:
     """Carry out `commands`, then the events they are answered with at once: "reboot" when the
     device reboots, else "ok"."""
     while True:
-        for command in commands:
-            device.execute(command)
-            if isinstance(command, Reboot):
-                return "reboot"
-        updater = device.updater
-        assert updater is not None
-        if updater.finished:
+        if device.execute_batch(commands):
             return "reboot"
-        if not device._queue:
+        answer = device.next_answer()
+        if answer is None:
             return "ok"
-        commands = updater.handle(device._queue.popleft())
+        assert device.updater is not None
+        commands = device.updater.handle(answer)
 
 
 def _handle(device: TraceDevice, event: Event) -> bool:
