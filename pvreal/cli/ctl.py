@@ -21,6 +21,7 @@ from typing import Any
 from pvreal.ctrl.client import FINAL, CtrlClient, CtrlError
 from pvreal.ctrl.upload import upload_revision
 from pvreal.objectstore import ObjectStore
+from shared.engine.progress import Status, statuses_ending_wait
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -120,17 +121,11 @@ def progress_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def final_statuses_ending_wait(until: str) -> tuple[str, ...]:
-    """The statuses that end `wait --until UNTIL`: every final one, so that a revision that ended
-    otherwise is reported at once instead of at the timeout. Except that UPDATED (a non-reboot
-    update, pv_try still set) turns into DONE at the next boot, so waiting for DONE goes on."""
-    if until == "DONE":
-        return tuple(s for s in FINAL if s != "UPDATED")
-    return FINAL
-
-
 def wait_command(args: argparse.Namespace) -> int:
-    record = _client(args).wait(args.rev, final_statuses_ending_wait(args.until), args.timeout)
+    ending = statuses_ending_wait(Status(args.until))
+    record = _client(args).wait(
+        args.rev, tuple(s.value for s in Status if s in ending), args.timeout
+    )
     status = record.get("status") if record else None
     _print(args, record, f"{args.rev}: {status} {record.get('status-msg') if record else ''}")
     if status != args.until:

@@ -44,6 +44,17 @@ PROGRESS_NUMBER: Mapping[Status, int] = {
 
 FINAL_STATUSES = frozenset({Status.DONE, Status.UPDATED, Status.WONTGO, Status.ERROR})
 FAILED_STATUSES = frozenset({Status.WONTGO, Status.ERROR})
+
+
+def statuses_ending_wait(until: Status) -> frozenset[Status]:
+    """The statuses at which someone waiting for `until` can stop: every final one, except that
+    UPDATED (a non-reboot update, pv_try still set) becomes DONE at the next boot, so a wait for
+    DONE goes on through it."""
+    if until is Status.DONE:
+        return FINAL_STATUSES - {Status.UPDATED}
+    return FINAL_STATUSES
+
+
 # What the Hub lists as pending (§3.3 step 1).
 PENDING_STATUSES = frozenset(
     {Status.NEW, Status.DOWNLOADING, Status.INPROGRESS, Status.TESTING, Status.QUEUED}
