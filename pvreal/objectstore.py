@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import shutil
 from pathlib import Path
 from typing import BinaryIO
 
 from pvreal.durable import fsync_dir
 from shared.errors import PvError
+from shared.state import is_sha256
 
-SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 _CHUNK = 1 << 20
 
 
@@ -29,7 +28,7 @@ class ObjectHashMismatch(ObjectError):
 
 
 def is_sha(value: object) -> bool:
-    return isinstance(value, str) and SHA_RE.match(value) is not None
+    return is_sha256(value)  # the one object-name rule (shared.state)
 
 
 def sha256_file(path: Path) -> str:
@@ -68,7 +67,7 @@ class ObjectStore:
     def names(self) -> list[str]:
         if not self.dir.is_dir():
             return []
-        return sorted(n for n in os.listdir(self.dir) if SHA_RE.match(n))
+        return sorted(n for n in os.listdir(self.dir) if is_sha256(n))
 
     def partial_names(self) -> list[str]:
         """Leftover `<sha>.tmp` files of interrupted downloads or uploads."""
