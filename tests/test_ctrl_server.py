@@ -100,6 +100,23 @@ def test_object_upload_is_hash_checked_and_idempotent(ctrl):
     assert client.request("PUT", "/objects/not-a-sha", data).status == 422
 
 
+def test_upload_whose_partial_file_the_device_removed_is_a_503(ctrl, monkeypatch):
+    """A boot (or GC) that removes `<sha>.tmp` mid-upload is not a server error: 503 and
+    Retry-After, so the client sends it again (found by the fuzz campaign as a 500)."""
+    device, client, _ = ctrl
+    blob = b"object bytes"
+    sha = hashlib.sha256(blob).hexdigest()
+
+    def removed(name):
+        device.storage.objects.tmp_path(name).unlink()
+        raise FileNotFoundError(2, "No such file or directory")
+
+    monkeypatch.setattr(device.storage.objects, "commit_tmp", removed)
+    answer = client.request("PUT", f"/objects/{sha}", blob)
+    assert answer.status == 503 and answer.headers["Retry-After"] == "1"
+    assert not device.storage.objects.has(sha)
+
+
 def test_truncated_upload_is_refused_and_removed(ctrl):
     device, _, tmp = ctrl
     data = b"short"

@@ -141,6 +141,13 @@ class CtrlApi:
         except ObjectHashMismatch as exc:
             tmp.unlink(missing_ok=True)
             return Response.error(422, f"object {sha}: {exc.message}")
+        except FileNotFoundError:
+            # the device removed the partial file under us: a boot discards partial uploads, and
+            # a GC may run; nothing is wrong with the request, so it can simply be sent again
+            return Response.error(
+                503, f"object {sha}: the upload was interrupted by the device; send it again",
+                **{"Retry-After": "1"},
+            )
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             return Response.error(507 if exc.errno == 28 else 500, f"object {sha}: {exc}")
