@@ -64,12 +64,20 @@ def test_serve_refuses_a_non_loopback_address(tmp_path, capsys):
     assert not (tmp_path / "hub.sqlite").exists()
 
 
-def readme_hub_commands() -> list[str]:
-    text = (REPO / "README.md").read_text()
-    section = text.split("### Hub", 1)[1]
-    block = re.search(r"```console\n(.*?)```", section, re.S)
-    assert block, "README's Hub section has no console block"
+def typed_commands(text: str, after: str) -> list[str]:
+    """The `$ ` commands of the first console block after `after`, comments dropped."""
+    block = re.search(r"```console\n(.*?)```", text.split(after, 1)[1], re.S)
+    assert block, f"no console block after {after!r}"
     return [line[2:].split("#", 1)[0].strip() for line in block[1].splitlines() if line.startswith("$ ")]
+
+
+def readme_hub_commands() -> list[str]:
+    return typed_commands((REPO / "README.md").read_text(), "### Hub")
+
+
+def test_docs_hub_md_types_the_commands_the_readme_test_runs():
+    """docs/hub.md's block is the README's, so running the README's runs it (tests/test_docs_commands.py)."""
+    assert typed_commands((REPO / "docs" / "hub.md").read_text(), "# The Hub") == readme_hub_commands()
 
 
 def run(words: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
