@@ -169,7 +169,10 @@ def _run_device(args: argparse.Namespace, image: build_mod.Image, log: Path) -> 
     # boots and steps were printed as they happened; the first boot's breakdown and a summary
     boots = [timeline.Boot(**boot) for boot in report["boots"]]
     if boots and boots[0].breakdown():
-        print("boot 0, where the time went:")
+        load = report["load"]
+        print("boot 0, where the time went (seconds by the host's time line and by the guest's "
+              f"own clock; load average {load['start']:.2f} at QEMU start, {load['end']:.2f} at "
+              "the end):")  # fmt: skip
         print(timeline.render_breakdown(boots[0]))
     endings = ", ".join(f"{n} {e}" for e, n in Counter(b.ended for b in boots).items())
     print(f"{len(boots)} boots ({endings})")

@@ -7,6 +7,7 @@ the harness run boots `storage.img` with the boot chain test harness until it po
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -71,6 +72,8 @@ def run_device(
             watchdog=watchdog or any(n in scenarios.NEEDS_WATCHDOG for n in scenario_names),
         )  # fmt: skip
         failure: str | None = None
+        # TCG time scales with the host's load: every figure of the run is reported beside it
+        load = {"start": round(os.getloadavg()[0], 2)}
         try:
             with session.running():
                 session.wait_up()
@@ -89,6 +92,7 @@ def run_device(
         finally:
             # after QEMU is gone: the last boot is then labelled as killed by the host
             report = session.report() if session.vm is not None else {"boots": [], "steps": []}
+            report["load"] = {**load, "end": round(os.getloadavg()[0], 2)}
             report["timed_out"] = bool(session.vm and session.vm.timed_out)
             report["timeout"] = timeout
             if session.reset_points:

@@ -8,6 +8,7 @@ console's boots (pvreal.qemu.timeline) complete the report that `pvreal qemu run
 
 from __future__ import annotations
 
+import contextlib
 import random
 import shutil
 import tempfile
@@ -38,6 +39,7 @@ from pvreal.qemu.resetpoints import (
 )
 from shared.errors import PvError
 
+CONSOLE_UP_TIMEOUT = 10.0  # s: pv-ctrl answered booted; its console line follows at once
 BOOT_TIMEOUT = 240.0  # one boot under a loaded TCG host can take a minute; several per update
 # The run's QEMU timeout when none is given: a base for the boots and the other scenarios, and
 # more per hard-reset point (an update, the reset, one or two boots: 30-150 s under TCG).
@@ -160,7 +162,19 @@ class Session:
         if status.get("boots") != self._up_noted:  # once per boot, however many wait for it
             self._up_noted = status.get("boots", 0)
             self.note("device up", booted=status["booted"], running=status["running"])
+            self._console_up()
         return status
+
+    def _console_up(self, timeout: float = CONSOLE_UP_TIMEOUT) -> None:
+        """Wait a moment for this boot's `PVTWIN DEVICE up` line: pv-ctrl can answer booted just
+        before the guest prints it, and a run that ends right after `device up` (the bench,
+        `pvreal qemu run --image DIR`) would otherwise lose the breakdown's last phase."""
+        if self.vm is None:  # no console to wait for (a session driven without QEMU)
+            return
+        lines = self.vm.lines
+        grub = max((i for i, line in enumerate(lines) if "PVGRUB: up" in line.text), default=0)
+        with contextlib.suppress(runner.QemuTimeout):
+            self.vm.wait_for(r"PVTWIN DEVICE up", timeout=timeout, start=grub)
 
     def wait_idle(self, timeout: float = BOOT_TIMEOUT * 2) -> dict[str, Any]:
         """Until the device answers with no update in progress (reboots in between are fine)."""
