@@ -2,7 +2,8 @@
 
 For each kind:
 1. a base storage folder: the factory revision installed (objects, trail, boot env), settled by a
-   first daemon run;
+   first daemon run; for a remote kind also a base Hub (pvreal.crashcheck.hub) the device
+   registered with, which then publishes the update (every run gets a fresh copy of both);
 2. a reference run (a copy of the base, one daemon process to quiescence) records the durable
    steps of the whole update (`PVTWIN_CRASH_STEPS`);
 3. for every step k a fresh copy is updated again by a daemon process that dies right before step
