@@ -58,6 +58,7 @@ def run_device(
     timeout: float | None = None,
     watchdog: bool = False,
     live: bool = True,
+    icount: int | None = None,
 ) -> tuple[dict[str, Any], str | None]:
     """The session's report (boots, steps, reset points) and the failure that ended it, if any;
     the serial console is copied to `log` either way. `timeout` None: grows with hard-reset's
@@ -68,7 +69,7 @@ def run_device(
         timeout = scenarios.run_timeout(scenario_names, points)
     with tempfile.TemporaryDirectory(prefix="pvtwin-qemu-run-") as scratch:
         session = scenarios.Session(
-            image, Path(scratch), timeout=timeout, live=live,
+            image, Path(scratch), timeout=timeout, live=live, icount=icount,
             watchdog=watchdog or any(n in scenarios.NEEDS_WATCHDOG for n in scenario_names),
         )  # fmt: skip
         failure: str | None = None

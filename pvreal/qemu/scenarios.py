@@ -80,6 +80,7 @@ class Session:
     revisions: Revisions | None = None
     disk: Path | None = None
     live: bool = False  # print each boot as it happens (pvreal qemu run)
+    icount: int | None = None  # the guest's clock counts instructions (runner.qemu_argv)
     resets: list[float] = field(default_factory=list)  # host resets, s since QEMU started
     reset_points: list[dict[str, Any]] = field(default_factory=list)  # hard-reset's points
     _t0: float = 0.0
@@ -98,7 +99,7 @@ class Session:
             qmp_path = Path(short) / "qmp"
             argv = runner.qemu_argv(
                 self.image.grub_lnx, self.disk, watchdog=self.watchdog, qmp_socket=qmp_path,
-                ctrl_port=port,
+                ctrl_port=port, icount=self.icount,
             )  # fmt: skip
             self._t0 = time.monotonic()
             with runner.QemuRun(argv, self.work / "console.log", timeout=self.timeout) as vm:
