@@ -268,9 +268,15 @@ assert all(hasattr(pyroute2, name) for name in PYROUTE2_NAMES)
 heavy = [m for m in ("pyroute2.ndb", "pyroute2.ipdb", "pyroute2.conntrack", "pyroute2.plan9")
          if m in sys.modules]
 assert not heavy, heavy
+assert "pyroute2.iproute" in sys.modules  # imported when pvreal.netns asked for IPRoute
+code = 0
 if len(sys.argv) > 1:  # the daemon's network code, for real, on the lean package
     import pytest
-    sys.exit(pytest.main(["-q", "-n", "0", "-p", "no:cacheprovider", sys.argv[1]]))
+    code = pytest.main(["-q", "-n", "0", "-p", "no:cacheprovider", sys.argv[1]])
+    assert "pyroute2.ndb" not in sys.modules
+assert pyroute2.IPDB.__name__ == "IPDB"  # any other name: the real __init__ runs, nothing is lost
+assert "pyroute2.ndb" in sys.modules
+sys.exit(code)
 """
 
 

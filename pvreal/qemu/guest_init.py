@@ -17,6 +17,7 @@ Harness actions (comma separated, run in order): commit, reboot, poweroff, panic
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import fcntl
@@ -336,26 +337,41 @@ PYROUTE2_NAMES = {
 
 def lean_pyroute2() -> bool:
     """Make `import pyroute2` load only what the daemon uses. pyroute2's `__init__` imports its
-    whole library (IPDB, NDB, conntrack, ipset, wireguard, nl80211, plan9 ...), about a quarter
-    of its import time, which under TCG is a second of every boot. The package is registered
-    without running its `__init__` (its `__path__` still finds every submodule, so anything
-    imported later by name works), then the names of PYROUTE2_NAMES are set on it. Returns
-    False, leaving the ordinary import in place, when any of that fails."""
+    whole library (IPDB, NDB, conntrack, ipset, wireguard, nl80211, plan9 ...): under TCG that is
+    most of a second of every boot. The package is registered without running its `__init__`
+    (its `__path__` still finds every submodule); a name of PYROUTE2_NAMES is imported from its
+    submodule when first asked for, and any other name runs the real `__init__` first, so
+    nothing pyroute2 offers goes missing. Nothing is imported here: the cost stays where the
+    daemon first uses pyroute2. False (and nothing done) when pyroute2 is absent or loaded."""
     if "pyroute2" in sys.modules:
         return False
     spec = importlib.util.find_spec("pyroute2")
     if spec is None or spec.loader is None or not spec.submodule_search_locations:
         return False
     package = importlib.util.module_from_spec(spec)  # __path__ set, __init__ not run
+    loader = spec.loader
+    whole: list[bool] = []
+
+    def __getattr__(name: str) -> object:  # PEP 562: only for names not set on the package yet
+        module = PYROUTE2_NAMES.get(name)
+        if module is None and not name.startswith("__"):
+            # `from pyroute2 import config` asks for the attribute before the submodule
+            with contextlib.suppress(ImportError):
+                if importlib.util.find_spec(f"pyroute2.{name}") is not None:
+                    return importlib.import_module(f"pyroute2.{name}")
+        if module is None:
+            if whole or name.startswith("__"):
+                raise AttributeError(f"module 'pyroute2' has no attribute {name!r}")
+            whole.append(True)
+            loader.exec_module(package)  # the real __init__: every name it defines
+            return getattr(package, name)
+        found = importlib.import_module(module)
+        value = found if module.endswith("." + name) else getattr(found, name)
+        setattr(package, name, value)
+        return value
+
+    package.__getattr__ = __getattr__  # type: ignore[method-assign]
     sys.modules["pyroute2"] = package
-    try:
-        for name, module in PYROUTE2_NAMES.items():
-            found = importlib.import_module(module)
-            setattr(package, name, found if module.endswith("." + name) else getattr(found, name))
-    except Exception:  # noqa: BLE001 - any failure: the full package, as without this
-        for loaded in [m for m in sys.modules if m == "pyroute2" or m.startswith("pyroute2.")]:
-            del sys.modules[loaded]
-        return False
     return True
 
 
