@@ -39,7 +39,7 @@ from pvreal.qemu.resetpoints import (
 )
 from shared.errors import PvError
 
-CONSOLE_UP_TIMEOUT = 10.0  # s: pv-ctrl answered booted; its console line follows at once
+CONSOLE_UP_TIMEOUT = 60.0  # s: pv-ctrl says booted before the containers run; the line follows
 BOOT_TIMEOUT = 240.0  # one boot under a loaded TCG host can take a minute; several per update
 # The run's QEMU timeout when none is given: a base for the boots and the other scenarios, and
 # more per hard-reset point (an update, the reset, one or two boots: 30-150 s under TCG).
@@ -167,9 +167,10 @@ class Session:
         return status
 
     def _console_up(self, timeout: float = CONSOLE_UP_TIMEOUT) -> None:
-        """Wait a moment for this boot's `PVTWIN DEVICE up` line: pv-ctrl can answer booted just
-        before the guest prints it, and a run that ends right after `device up` (the bench,
-        `pvreal qemu run --image DIR`) would otherwise lose the breakdown's last phase."""
+        """Wait for this boot's `PVTWIN DEVICE up` line: pv-ctrl answers with a booted revision
+        while the daemon still starts its containers (seconds under load; the line comes once
+        they run), and a run that ends right after `device up` (the bench, `pvreal qemu run
+        --image DIR`) would otherwise lose the breakdown's last phase."""
         if self.vm is None:  # no console to wait for (a session driven without QEMU)
             return
         lines = self.vm.lines
