@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -254,3 +256,44 @@ def test_cli_build_rejects_bad_revisions_before_building(tmp_path: Path, capsys)
     assert main(["qemu", "build", "--out", str(tmp_path / "out"), "--revisions", "0,abc"]) == 1
     assert "--revisions" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+LEAN_CHECK = """
+import sys
+from pvreal.qemu.guest_init import PYROUTE2_NAMES, lean_pyroute2
+assert lean_pyroute2(), "lean pyroute2 not installed"
+import pvreal.netns, pvreal.device.machine  # the daemon's users of pyroute2 import as before
+import pyroute2
+assert all(hasattr(pyroute2, name) for name in PYROUTE2_NAMES)
+heavy = [m for m in ("pyroute2.ndb", "pyroute2.ipdb", "pyroute2.conntrack", "pyroute2.plan9")
+         if m in sys.modules]
+assert not heavy, heavy
+assert "pyroute2.iproute" in sys.modules  # imported when pvreal.netns asked for IPRoute
+code = 0
+if len(sys.argv) > 1:  # the daemon's network code, for real, on the lean package
+    import pytest
+    code = pytest.main(["-q", "-n", "0", "-p", "no:cacheprovider", sys.argv[1]])
+    assert "pyroute2.ndb" not in sys.modules
+assert pyroute2.IPDB.__name__ == "IPDB"  # any other name: the real __init__ runs, nothing is lost
+assert "pyroute2.ndb" in sys.modules
+sys.exit(code)
+"""
+
+
+def test_lean_pyroute2_gives_the_daemon_its_names_without_the_rest() -> None:
+    """PID 1 registers pyroute2 without its `__init__` (guest_init.lean_pyroute2): what the daemon
+    imports from it must still be there, and (as root) its bridge and veth wiring must work."""
+    argv = [sys.executable, "-c", LEAN_CHECK]
+    if os.geteuid() == 0:
+        argv.append(str(Path(__file__).parent / "test_real_netns_own.py"))
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+
+
+def test_icount_makes_the_guest_clock_count_instructions_only_when_asked(tmp_path: Path) -> None:
+    from pvreal.qemu import runner
+
+    plain = runner.qemu_argv(tmp_path / "grub.lnx", tmp_path / "disk.img")
+    assert "-icount" not in plain
+    counted = runner.qemu_argv(tmp_path / "grub.lnx", tmp_path / "disk.img", icount=2)
+    assert counted[counted.index("-icount") + 1] == "shift=2"  # sleep stays on: no clock warps

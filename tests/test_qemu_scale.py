@@ -24,7 +24,7 @@ CONSOLE = [
     (1.0, "PVGRUB: kernel loaded"), (2.0, "PVGRUB: initrd loaded"),
     (3.6, "[    0.100000] Linux version 6.1.0"), (4.7, "[    1.200000] Freeing initrd memory: 26796K"),
     (5.5, "PVTWIN INIT uptime=2.00"), (6.1, "PVTWIN BOOT pv_rev=1 pv_try=1 cmdline=x uptime=2.60"),
-    (7.5, "PVTWIN DAEMON imported uptime=4.00"), (10.0, "PVTWIN DEVICE up booted=1 running=1"),
+    (7.5, "PVTWIN DAEMON imported uptime=4.00"), (10.0, "PVTWIN DEVICE up booted=1 running=1 uptime=6.40"),
     (10.5, "PVTWIN STATUS rev=1 status=TESTING progress=90 running=1 msg="),
     (11.0, "PVTWIN DEVICE reboot: because"), (11.2, "PVTWIN REBOOT uptime=7.7"),
     (12.0, "PVGRUB: up"), (12.1, "PVGRUB: try of 1 already attempted, rollback to 0"),
@@ -145,6 +145,11 @@ def test_boot_breakdown_from_grub_lines_printk_and_uptime_marks() -> None:
     }  # fmt: skip
     assert first.up_seconds() == 10.0
     assert "total: boot start -> device up" in timeline.render_breakdown(first)
+    # the guest's own clock: from the kernel's start (printk 0) to each mark it stamped
+    assert dict(first.guest_breakdown(short=True)) == {
+        "kernel+unpack": 1.2, "kernel->init": 0.8, "PID 1": 0.6, "imports": 1.4, "daemon": 2.4,
+    }  # fmt: skip
+    assert "  2.50   2.40 s  daemon start -> device up" in timeline.render_breakdown(first)
     # the second boot starts where the first ended (its reboot line), not at QEMU start
     second = timeline.boots(_lines())[1]
     assert second.marks["start"] == 11.2 and second.up_seconds() is None

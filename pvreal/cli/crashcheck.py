@@ -37,7 +37,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "durable steps of a full update, then for every step kill the daemon right before it "
             "(and inside it when it is tearable), restart it on the same folder, run to "
             "quiescence and check the same invariants; again during the recovery. Containers "
-            "are stand-ins (no root needed); the files are real. Without --ordering both "
+            "are stand-ins (no root needed); the files are real. hub-unreachable-testing "
+            "takes its update from a real Hub served on 127.0.0.1 by this command, through the "
+            "daemon's own Hub client (remote mode). Without --ordering both "
             "orderings run, and the exit status is pvsim crashcheck's. Left out (the real "
             "daemon cannot run them here): " + ", ".join(LEFT_OUT) + "."
         ),

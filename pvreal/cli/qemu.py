@@ -99,6 +99,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="add QEMU's i6300esb watchdog device (driven by the generic kernel; the cloud "
         "kernel's softdog needs no device)",
     )  # fmt: skip
+    boot.add_argument(
+        "--icount", action="store_true",
+        help="benchmark: the guest's clock counts instructions (QEMU -icount shift="
+        f"{runner.ICOUNT_SHIFT}), so the breakdown's guest column measures the guest's work, "
+        "not the host's load; compare two images on a busy machine with it",
+    )  # fmt: skip
     boot.add_argument("--harness", action="store_true", help="boot storage.img (test harness)")
     boot.add_argument("--log", type=Path, help="serial console log (default: IMAGE/console.log)")
     boot.set_defaults(func=_run)
@@ -165,11 +171,18 @@ def _run_device(args: argparse.Namespace, image: build_mod.Image, log: Path) -> 
     report, failure = launch.run_device(
         image, log, updates=args.update, scenario_names=args.scenario, points=args.points,
         seed=args.seed, timeout=args.timeout, watchdog=args.watchdog,
+        icount=runner.ICOUNT_SHIFT if args.icount else None,
     )  # fmt: skip
     # boots and steps were printed as they happened; the first boot's breakdown and a summary
     boots = [timeline.Boot(**boot) for boot in report["boots"]]
     if boots and boots[0].breakdown():
-        print("boot 0, where the time went:")
+        load = report["load"]
+        print("boot 0, where the time went (seconds by the host's time line and by the guest's "
+              f"own clock; load average {load['start']:.2f} at QEMU start, {load['end']:.2f} at "
+              "the end):")  # fmt: skip
+        if args.icount:
+            print(f"  (guest clock counted in instructions, -icount shift={runner.ICOUNT_SHIFT}: "
+                  "its column does not depend on the host's load)")  # fmt: skip
         print(timeline.render_breakdown(boots[0]))
     endings = ", ".join(f"{n} {e}" for e, n in Counter(b.ended for b in boots).items())
     print(f"{len(boots)} boots ({endings})")

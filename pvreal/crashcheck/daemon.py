@@ -11,7 +11,11 @@ state checks, commands), reboots as a restart of the boot loop. What stands in:
 - the clock: timers run on a virtual clock that jumps to the next deadline whenever the device
   has nothing else to do, so a 60 s goal timeout costs nothing;
 - the person at pv-ctrl: once per boot, when the device is quiet, uploads what the kind updates
-  to and runs it (`RUN_GC` first in the GC kind).
+  to and runs it (`RUN_GC` first in the GC kind);
+- remote kinds: the daemon's real Hub client talks to a real Hub (`hub_url`), one request at a
+  time on the engine's thread and on the virtual clock (pvreal.crashcheck.hub). It makes its
+  periodic request every PH_UPDATER_INTERVAL of virtual time while the engine watches the Hub,
+  and while the engine is idle until a poll changes nothing (the device is then quiet).
 
 The process is killed from inside by `PVTWIN_CRASH_AT_STEP` (pvreal.device.crashpoint); when it
 is not, it writes what the invariants need (`result.json`) and exits 0.
@@ -32,11 +36,13 @@ from types import SimpleNamespace
 from typing import Any
 
 from pvreal.bootenv.errors import EnvCorrupt
+from pvreal.crashcheck.hub import SyncRequests, Unreachable
 from pvreal.crashcheck.kinds import RealKind
 from pvreal.crashcheck.standins import MountsOnPaper, NoRunc
 from pvreal.ctrl.api import CtrlApi
 from pvreal.device import daemon as device_module
-from pvreal.device.daemon import Device, DeviceError, DeviceOptions, _Item
+from pvreal.device import remote as remote_module
+from pvreal.device.daemon import Device, DeviceError, DeviceOptions, HubOptions, _Item
 from pvreal.storage import Storage
 from shared import canonical
 from shared.engine.driver import StartOutcome, container_events
@@ -48,6 +54,7 @@ from shared.engine.events import (
 )
 from shared.engine.invariants import MAX_BOOTS
 from shared.engine.progress import Progress, Status
+from shared.engine.updater import Phase
 from shared.errors import PvError
 from shared.state import Container
 
@@ -112,14 +119,27 @@ class CrashDaemon:
     """The real Device, driven synchronously (see the module docstring). Meant for a process of
     its own (`runner` forks one per daemon run): it sets the daemon module's clock."""
 
-    def __init__(self, storage: Path, run_dir: Path, kind: RealKind | None, ordering: str):
+    def __init__(self, storage: Path, run_dir: Path, kind: RealKind | None, ordering: str,
+                 hub_url: str | None = None, hub_token: str = ""):  # fmt: skip
         self.kind = kind
         self.world = World()
+        hub = HubOptions(hub_url, hub_token, nick="crashcheck", timeout=30.0) if hub_url else None
         self.device = device = Device(
-            DeviceOptions(storage=storage, ordering=ordering, network=False, run_dir=run_dir)
+            DeviceOptions(storage=storage, ordering=ordering, network=False, run_dir=run_dir, hub=hub)
         )
-        # The daemon's own clock (its quick-reboot rule, the timers) is the virtual one.
+        # The daemon's own clock (its quick-reboot rule, the timers, the Hub client's interval)
+        # is the virtual one.
         device_module.time = SimpleNamespace(monotonic=self.world.clock)  # type: ignore[assignment]
+        remote_module.time = SimpleNamespace(monotonic=self.world.clock)  # type: ignore[assignment]
+        self.requests: SyncRequests | None = None
+        self._idle_poll: tuple[Any, ...] | None = None
+        if device.hub is not None:
+            self.requests = SyncRequests(device.hub)
+            client = device.hub.client
+            reachable = client._connection
+            client._connection = lambda: (  # type: ignore[method-assign]
+                Unreachable(client.host, client.port) if self._hub_down() else reachable()
+            )
         device.timers = device.executor.timers = device_module.Timers(now=self.world.clock)
         runner = device.runner
         runner.ops = MountsOnPaper()
@@ -209,6 +229,10 @@ class CrashDaemon:
                 self._count()
                 self._handle(item)
                 continue
+            if self.requests:  # the Hub client's next request, once the engine is idle
+                self._count()
+                self.requests.run_next()
+                continue
             if self._next_in_time():
                 continue
             if self._acted_in_boot != device.boots:
@@ -218,11 +242,18 @@ class CrashDaemon:
             return
 
     def _next_in_time(self) -> bool:
-        """Let time pass to the next container event or timer; False when there is none."""
+        """Let time pass to the next container event, timer or periodic Hub request; False when
+        there is none."""
         device, world = self.device, self.world
         delay = device.timers.next_delay()
         timer_at = None if delay is None else world.now + delay
         later_at = world.next_at()
+        hub_at = self._hub_tick_at()
+        if hub_at is not None and all(t is None or hub_at <= t for t in (timer_at, later_at)):
+            self._count()
+            world.now = max(world.now, hub_at)
+            self._hub_tick()
+            return True
         if timer_at is None and later_at is None:
             return False
         self._count()
@@ -239,6 +270,40 @@ class CrashDaemon:
             device._guarded(TimerFired(name), None)
         return True
 
+    # ------------------------------------------------------------------ the Hub client
+
+    def _hub_down(self) -> bool:
+        updater = self.device.updater
+        return bool(
+            self.kind is not None and self.kind.hub_down_in_testing
+            and updater is not None and updater.phase is Phase.TESTING
+        )  # fmt: skip
+
+    def _idle_snapshot(self) -> tuple[Any, ...]:
+        updater, link = self.device.updater, self.device.hub
+        assert updater is not None and link is not None
+        return (self.device.boots, updater.phase, updater.running_rev, tuple(sorted(link._unsent)))
+
+    def _hub_tick_at(self) -> float | None:
+        """When the Hub client's next periodic request is due (virtual time), or None when it
+        makes none: the engine neither watches the Hub nor takes steps, or it is idle and the
+        last poll changed nothing (a device that stays idle would poll forever: that is quiet)."""
+        device, link = self.device, self.device.hub
+        updater = device.updater
+        if link is None or updater is None or updater.finished:
+            return None
+        if not (updater.watches_hub or updater.accepts_remote_steps):
+            return None
+        if not updater.watches_hub and self._idle_poll == self._idle_snapshot():
+            return None
+        return link._next_tick
+
+    def _hub_tick(self) -> None:
+        updater = self.device.updater
+        if updater is not None and not updater.watches_hub:
+            self._idle_poll = self._idle_snapshot()
+        self.device._hub_tick()
+
     def _count(self) -> None:
         self.events += 1
         if self.events > MAX_EVENTS:
@@ -249,7 +314,7 @@ class CrashDaemon:
     def _act(self) -> None:
         """The operator's requests, made from a thread of their own as pv-ctrl's request threads
         do; this thread handles what they queue, one at a time, until they are answered."""
-        if self.kind is None:
+        if self.kind is None or self.kind.hub:  # a Hub step: nobody at pv-ctrl
             return
         done = threading.Event()
         failure: list[BaseException] = []
@@ -322,8 +387,9 @@ def _read_record(storage: Storage, rev: str) -> Progress | None:
         return None
 
 
-def run_daemon(storage: Path, run_dir: Path, kind: RealKind | None, ordering: str) -> None:
+def run_daemon(storage: Path, run_dir: Path, kind: RealKind | None, ordering: str,
+               hub_url: str | None = None, hub_token: str = "") -> None:  # fmt: skip
     """The body of one daemon process: run, write result.json next to the storage folder."""
     logging.disable(logging.CRITICAL)
-    result = CrashDaemon(storage, run_dir, kind, ordering).run()
+    result = CrashDaemon(storage, run_dir, kind, ordering, hub_url, hub_token).run()
     (storage.parent / RESULT).write_text(json.dumps(result))

@@ -1,9 +1,11 @@
 """The update kinds `pvreal crashcheck` runs: `pvsim crashcheck`'s kinds, as far as a daemon
 without a Hub and outside QEMU can run them.
 
-A pvreal device is updated through pv-ctrl only, so each kind is a local step: the person at
-pv-ctrl uploads the objects and the state (`PUT /objects`, `PUT /steps/locals/NAME`) and runs it
-(`LOCAL_RUN`, or `LOCAL_RUN_COMMIT`). The revisions are pvsim's (`shared.crashrevisions`).
+Most kinds are local steps: the person at pv-ctrl uploads the objects and the state
+(`PUT /objects`, `PUT /steps/locals/NAME`) and runs it (`LOCAL_RUN`, or `LOCAL_RUN_COMMIT`). A
+remote kind (`hub=True`) comes from a real Hub instead: the daemon runs in remote mode
+(`pvreal device run --hub`), and the person at the Hub has published the update to it
+(pvreal.crashcheck.hub). The revisions are pvsim's (`shared.crashrevisions`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from shared.engine.invariants import NEW, OLD
 from shared.engine.progress import Status
 from shared.state import State
 
-UPDATE = "locals/update"  # the revision every kind updates to
+UPDATE = "locals/update"  # the revision every local kind updates to
+HUB_REV = "1"  # the Hub's first step for a device whose factory revision is 0
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,8 @@ class RealKind:
     never_ready: frozenset[str] = frozenset()  # containers of the update that never signal ready
     gc_base: bool = False  # an older revision on disk too; RUN_GC whenever the device is quiet
     rev: str = UPDATE
+    hub: bool = False  # remote mode: the update is a Hub step (revision `rev` on the Hub)
+    hub_down_in_testing: bool = False  # no Hub request gets through while the engine is TESTING
 
 
 def _update(kernel: str = "k1", app: str = "a1", sysc: str = "s1", app_goal: str = "") -> dict[str, Any]:
@@ -71,6 +76,12 @@ def kinds() -> dict[str, RealKind]:
             "RUN_GC whenever quiet (an older revision to collect), then a kernel update",
             NEW, Status.DONE, gc_base=True, **_update(kernel="k3"),
         ),
+        RealKind(
+            "hub-unreachable-testing",
+            "new kernel from a real Hub; every Hub request fails once it is TESTING",
+            OLD, Status.ERROR, hub=True, hub_down_in_testing=True, rev=HUB_REV,
+            **_update(kernel="k2"),
+        ),
     ]
     return {k.name: k for k in items}
 
@@ -82,5 +93,4 @@ LEFT_OUT = {
     "but the upload's NEW record, which it deletes again",
     "corrupt-object": "pv-ctrl re-hashes every uploaded object and refuses a mismatch (422): "
     "nothing reaches the engine",
-    "hub-unreachable-testing": "the real daemon has no Hub client",
 }

@@ -2,7 +2,8 @@
 
 For each kind:
 1. a base storage folder: the factory revision installed (objects, trail, boot env), settled by a
-   first daemon run;
+   first daemon run; for a remote kind also a base Hub (pvreal.crashcheck.hub) the device
+   registered with, which then publishes the update (every run gets a fresh copy of both);
 2. a reference run (a copy of the base, one daemon process to quiescence) records the durable
    steps of the whole update (`PVTWIN_CRASH_STEPS`);
 3. for every step k a fresh copy is updated again by a daemon process that dies right before step
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from pvreal.crashcheck.daemon import NOTEBOOK, RESULT, read_notebook, run_daemon
+from pvreal.crashcheck.hub import copy_hub, hub_files, publish_update, serving
 from pvreal.crashcheck.kinds import RealKind, kinds
 from pvreal.device.crashpoint import AT_STEP, KILLED, STEPS, TORN
 from pvreal.device.latch import boot_files, set_env
@@ -145,14 +147,30 @@ class KindRun:
         self.work = work
         self.base = work / "base" / "storage"
         self.run_root = work / "run"
+        self.base_hub = work / "base" / "hub"
         self.old = OLD_REV
+        self.hub: tuple[str, str] | None = None  # (URL, fleet token) of the Hub serving now
 
     def daemon(self, storage: Path, kind: RealKind | None, env: dict[str, str]) -> tuple[int, str]:
         errors = storage.parent / "error.txt"
         errors.unlink(missing_ok=True)
         run_dir = storage.parent / "rundir"
-        code = _fork(lambda: run_daemon(storage, run_dir, kind, self.ordering), env, errors)
+        url, token = self.hub or (None, "")
+        code = _fork(lambda: run_daemon(storage, run_dir, kind, self.ordering, url, token), env, errors)
         return code, errors.read_text() if errors.is_file() else ""
+
+    @contextlib.contextmanager
+    def hub_serving(self, folder: Path) -> Iterator[None]:
+        """For a remote kind, the real Hub on `folder` while the block runs (nothing otherwise)."""
+        if not self.kind.hub:
+            yield
+            return
+        with serving(folder) as (files, url):
+            self.hub = (url, files.device_token)
+            try:
+                yield
+            finally:
+                self.hub = None
 
     def install_base(self) -> None:
         """The factory revision, settled; with `gc_base` an older one too, committed before it."""
@@ -179,15 +197,27 @@ class KindRun:
                 storage.write_progress(rev, record.to_json())
                 storage.mark_done(rev)
         set_env(boot_files(storage.root / "boot", "uboot", self.ordering), self.old, None)
-        code, error = self.daemon(self.base, None, {})
-        if code != 0:
-            raise RuntimeError(f"base device for {self.kind.name} did not settle: {error}")
+        with self.hub_serving(self.base_hub):
+            code, error = self.daemon(self.base, None, {})  # registers with the Hub, if any
+            if code != 0:
+                raise RuntimeError(f"base device for {self.kind.name} did not settle: {error}")
+            if self.kind.hub:  # the person at the Hub publishes the update to it
+                publish_update(hub_files(self.base_hub), self.hub[0] if self.hub else "",
+                               dict(self.kind.state.entries), self.kind.objects,
+                               self.work / "base" / "release")  # fmt: skip
 
     def run_once(self, cuts: tuple[CutPoint, ...] = ()) -> RunResult:
         shutil.rmtree(self.run_root, ignore_errors=True)
         self.run_root.mkdir(parents=True)
         folder = self.run_root / "storage"
         copy_folder(self.base, folder)
+        if not self.kind.hub:
+            return self._run_once(folder, cuts)
+        copy_hub(self.base_hub, self.run_root / "hub")  # the Hub's own state, fresh too
+        with self.hub_serving(self.run_root / "hub"):
+            return self._run_once(folder, cuts)
+
+    def _run_once(self, folder: Path, cuts: tuple[CutPoint, ...]) -> RunResult:
         storage = Storage(folder)
         rev = self.kind.rev
         violations: list[str] = []

@@ -17,6 +17,7 @@ Harness actions (comma separated, run in order): commit, reboot, poweroff, panic
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import fcntl
@@ -314,6 +315,7 @@ def hand_over(boot: GuestBoot) -> None:
         )
         if guest_main is not None:
             say("PVTWIN DAEMON pvreal.device.guest_main")
+            lean_pyroute2()
             # imported here, not inside guest_main, for the boot-time breakdown's "imports" mark
             importlib.import_module("pvreal.device.guest")
             say("PVTWIN DAEMON imported")
@@ -321,6 +323,56 @@ def hand_over(boot: GuestBoot) -> None:
             boot.poweroff() if code == 0 else boot.reboot()
         actions = ["poweroff"]
     run_harness(boot, actions)
+
+
+# What the daemon takes from pyroute2's top level (pvreal.netns, pvreal.device.machine): the
+# attribute and the submodule it lives in.
+PYROUTE2_NAMES = {
+    "IPRoute": "pyroute2.iproute",
+    "NetNS": "pyroute2.iproute",
+    "NetlinkError": "pyroute2.netlink.exceptions",
+    "netns": "pyroute2.netns",
+}
+
+
+def lean_pyroute2() -> bool:
+    """Make `import pyroute2` load only what the daemon uses. pyroute2's `__init__` imports its
+    whole library (IPDB, NDB, conntrack, ipset, wireguard, nl80211, plan9 ...): under TCG that is
+    most of a second of every boot. The package is registered without running its `__init__`
+    (its `__path__` still finds every submodule); a name of PYROUTE2_NAMES is imported from its
+    submodule when first asked for, and any other name runs the real `__init__` first, so
+    nothing pyroute2 offers goes missing. Nothing is imported here: the cost stays where the
+    daemon first uses pyroute2. False (and nothing done) when pyroute2 is absent or loaded."""
+    if "pyroute2" in sys.modules:
+        return False
+    spec = importlib.util.find_spec("pyroute2")
+    if spec is None or spec.loader is None or not spec.submodule_search_locations:
+        return False
+    package = importlib.util.module_from_spec(spec)  # __path__ set, __init__ not run
+    loader = spec.loader
+    whole: list[bool] = []
+
+    def __getattr__(name: str) -> object:  # PEP 562: only for names not set on the package yet
+        module = PYROUTE2_NAMES.get(name)
+        if module is None and not name.startswith("__"):
+            # `from pyroute2 import config` asks for the attribute before the submodule
+            with contextlib.suppress(ImportError):
+                if importlib.util.find_spec(f"pyroute2.{name}") is not None:
+                    return importlib.import_module(f"pyroute2.{name}")
+        if module is None:
+            if whole or name.startswith("__"):
+                raise AttributeError(f"module 'pyroute2' has no attribute {name!r}")
+            whole.append(True)
+            loader.exec_module(package)  # the real __init__: every name it defines
+            return getattr(package, name)
+        found = importlib.import_module(module)
+        value = found if module.endswith("." + name) else getattr(found, name)
+        setattr(package, name, value)
+        return value
+
+    package.__getattr__ = __getattr__  # type: ignore[method-assign]
+    sys.modules["pyroute2"] = package
+    return True
 
 
 def _has_pvreal() -> bool:

@@ -7,6 +7,7 @@ the harness run boots `storage.img` with the boot chain test harness until it po
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -57,6 +58,7 @@ def run_device(
     timeout: float | None = None,
     watchdog: bool = False,
     live: bool = True,
+    icount: int | None = None,
 ) -> tuple[dict[str, Any], str | None]:
     """The session's report (boots, steps, reset points) and the failure that ended it, if any;
     the serial console is copied to `log` either way. `timeout` None: grows with hard-reset's
@@ -67,10 +69,12 @@ def run_device(
         timeout = scenarios.run_timeout(scenario_names, points)
     with tempfile.TemporaryDirectory(prefix="pvtwin-qemu-run-") as scratch:
         session = scenarios.Session(
-            image, Path(scratch), timeout=timeout, live=live,
+            image, Path(scratch), timeout=timeout, live=live, icount=icount,
             watchdog=watchdog or any(n in scenarios.NEEDS_WATCHDOG for n in scenario_names),
         )  # fmt: skip
         failure: str | None = None
+        # TCG time scales with the host's load: every figure of the run is reported beside it
+        load = {"start": round(os.getloadavg()[0], 2)}
         try:
             with session.running():
                 session.wait_up()
@@ -89,6 +93,7 @@ def run_device(
         finally:
             # after QEMU is gone: the last boot is then labelled as killed by the host
             report = session.report() if session.vm is not None else {"boots": [], "steps": []}
+            report["load"] = {**load, "end": round(os.getloadavg()[0], 2)}
             report["timed_out"] = bool(session.vm and session.vm.timed_out)
             report["timeout"] = timeout
             if session.reset_points:

@@ -42,6 +42,9 @@ def available() -> bool:
     return shutil.which(QEMU) is not None
 
 
+ICOUNT_SHIFT = 2  # 4 ns an instruction: about this host's TCG speed when it is idle
+
+
 def qemu_argv(
     grub_lnx: Path,
     disk: Path,
@@ -52,8 +55,11 @@ def qemu_argv(
     no_reboot: bool = False,
     read_only: bool = False,
     ctrl_port: int | None = None,
+    icount: int | None = None,
 ) -> list[str]:
-    """The QEMU command line: TCG (KVM is unusable here), GRUB as -kernel, the disk on virtio."""
+    """The QEMU command line: TCG (KVM is unusable here), GRUB as -kernel, the disk on virtio.
+    `icount` N: the guest's clock counts instructions (2**N ns each; ICOUNT_SHIFT), so guest-side
+    timings measure the guest's work whatever the host's load (a benchmark, not a device)."""
     argv = [
         # qemu64 + RDRAND: the kernel (RANDOM_TRUST_CPU) seeds its RNG at once; without it
         # Python's start as PID 1 waits ~1 s under TCG for the jitter entropy (docs/qemu.md)
@@ -78,6 +84,10 @@ def qemu_argv(
         argv += ["-qmp", f"unix:{qmp_socket},server=on,wait=off"]
     if no_reboot:
         argv.append("-no-reboot")
+    if icount is not None:
+        # sleep=on (the default): while the guest idles (a wait for I/O) its clock follows the
+        # host's, instead of warping to the next timer (sleep=off jumped minutes ahead here)
+        argv += ["-icount", f"shift={icount}"]
     return argv
 
 

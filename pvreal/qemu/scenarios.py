@@ -8,6 +8,7 @@ console's boots (pvreal.qemu.timeline) complete the report that `pvreal qemu run
 
 from __future__ import annotations
 
+import contextlib
 import random
 import shutil
 import tempfile
@@ -38,6 +39,7 @@ from pvreal.qemu.resetpoints import (
 )
 from shared.errors import PvError
 
+CONSOLE_UP_TIMEOUT = 60.0  # s: pv-ctrl says booted before the containers run; the line follows
 BOOT_TIMEOUT = 240.0  # one boot under a loaded TCG host can take a minute; several per update
 # The run's QEMU timeout when none is given: a base for the boots and the other scenarios, and
 # more per hard-reset point (an update, the reset, one or two boots: 30-150 s under TCG).
@@ -78,6 +80,7 @@ class Session:
     revisions: Revisions | None = None
     disk: Path | None = None
     live: bool = False  # print each boot as it happens (pvreal qemu run)
+    icount: int | None = None  # the guest's clock counts instructions (runner.qemu_argv)
     resets: list[float] = field(default_factory=list)  # host resets, s since QEMU started
     reset_points: list[dict[str, Any]] = field(default_factory=list)  # hard-reset's points
     _t0: float = 0.0
@@ -96,7 +99,7 @@ class Session:
             qmp_path = Path(short) / "qmp"
             argv = runner.qemu_argv(
                 self.image.grub_lnx, self.disk, watchdog=self.watchdog, qmp_socket=qmp_path,
-                ctrl_port=port,
+                ctrl_port=port, icount=self.icount,
             )  # fmt: skip
             self._t0 = time.monotonic()
             with runner.QemuRun(argv, self.work / "console.log", timeout=self.timeout) as vm:
@@ -160,7 +163,20 @@ class Session:
         if status.get("boots") != self._up_noted:  # once per boot, however many wait for it
             self._up_noted = status.get("boots", 0)
             self.note("device up", booted=status["booted"], running=status["running"])
+            self._console_up()
         return status
+
+    def _console_up(self, timeout: float = CONSOLE_UP_TIMEOUT) -> None:
+        """Wait for this boot's `PVTWIN DEVICE up` line: pv-ctrl answers with a booted revision
+        while the daemon still starts its containers (seconds under load; the line comes once
+        they run), and a run that ends right after `device up` (the bench, `pvreal qemu run
+        --image DIR`) would otherwise lose the breakdown's last phase."""
+        if self.vm is None:  # no console to wait for (a session driven without QEMU)
+            return
+        lines = self.vm.lines
+        grub = max((i for i, line in enumerate(lines) if "PVGRUB: up" in line.text), default=0)
+        with contextlib.suppress(runner.QemuTimeout):
+            self.vm.wait_for(r"PVTWIN DEVICE up", timeout=timeout, start=grub)
 
     def wait_idle(self, timeout: float = BOOT_TIMEOUT * 2) -> dict[str, Any]:
         """Until the device answers with no update in progress (reboots in between are fine)."""
