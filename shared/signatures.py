@@ -31,28 +31,51 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum
-from typing import Any
-
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from cryptography.hazmat.primitives.asymmetric.utils import (
-    decode_dss_signature,
-    encode_dss_signature,
-)
-from cryptography.x509.oid import NameOID
-from cryptography.x509.verification import (
-    Criticality,
-    ExtensionPolicy,
-    PolicyBuilder,
-    Store,
-    VerificationError,
-)
+from functools import cache
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
 from shared import canonical
 from shared.errors import InvalidJson, SignatureError
 from shared.globs import any_matches, matcher
+
+
+class _OnFirstUse:
+    """A module imported when one of its names is first read. cryptography's compiled core costs
+    about half a second of a QEMU guest's boot, and a device whose states carry no signature and
+    whose trust settings hold no certificate never needs it: parsing, coverage and the checks of
+    an unsigned state run without it. `import_module` holds the import lock, so threads that
+    meet it at once import it once."""
+
+    __slots__ = ("_name",)
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(import_module(self._name), attr)
+
+
+if TYPE_CHECKING:
+    from cryptography import exceptions, x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+    from cryptography.hazmat.primitives.asymmetric import utils as dss
+    from cryptography.x509 import oid, verification
+
+    PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
+    PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+else:
+    exceptions = _OnFirstUse("cryptography.exceptions")
+    x509 = _OnFirstUse("cryptography.x509")
+    hashes = _OnFirstUse("cryptography.hazmat.primitives.hashes")
+    serialization = _OnFirstUse("cryptography.hazmat.primitives.serialization")
+    ec = _OnFirstUse("cryptography.hazmat.primitives.asymmetric.ec")
+    padding = _OnFirstUse("cryptography.hazmat.primitives.asymmetric.padding")
+    rsa = _OnFirstUse("cryptography.hazmat.primitives.asymmetric.rsa")
+    dss = _OnFirstUse("cryptography.hazmat.primitives.asymmetric.utils")
+    oid = _OnFirstUse("cryptography.x509.oid")
+    verification = _OnFirstUse("cryptography.x509.verification")
 
 SPEC = "pvs@2"
 TYP = "PVS"
@@ -85,24 +108,29 @@ class Outcome(Enum):
 
 @dataclass(frozen=True, slots=True)
 class _Alg:
-    hash: type[hashes.HashAlgorithm]
-    curve: type[ec.EllipticCurve] | None  # None: RSA
+    hash_name: str  # a class of cryptography's `hashes`
+    curve_name: str | None  # a class of cryptography's `ec`; None: RSA
     size: int = 0  # bytes per coordinate of r || s
+
+    @property
+    def hash(self) -> type[hashes.HashAlgorithm]:
+        return getattr(hashes, self.hash_name)
+
+    @property
+    def curve(self) -> type[ec.EllipticCurve] | None:
+        return None if self.curve_name is None else getattr(ec, self.curve_name)
 
 
 ALGORITHMS: Mapping[str, _Alg] = {
-    "RS256": _Alg(hashes.SHA256, None),
-    "ES256": _Alg(hashes.SHA256, ec.SECP256R1, 32),
-    "ES384": _Alg(hashes.SHA384, ec.SECP384R1, 48),
-    "ES512": _Alg(hashes.SHA512, ec.SECP521R1, 66),
+    "RS256": _Alg("SHA256", None),
+    "ES256": _Alg("SHA256", "SECP256R1", 32),
+    "ES384": _Alg("SHA384", "SECP384R1", 48),
+    "ES512": _Alg("SHA512", "SECP521R1", 66),
 }
 _CURVE_ALG = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}
 _JWK_CURVES = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}
 
 _B64URL_RE = re.compile(r"[A-Za-z0-9_-]*\Z")
-
-PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
-PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 
 
 # --------------------------------------------------------------------------------------------
@@ -134,7 +162,7 @@ def _entries_of(state: Any) -> Mapping[str, Any]:
 
 def leaf_common_name(cert: x509.Certificate) -> str | None:
     """The subject CN; with several CN attributes the device keeps the last one."""
-    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    names = cert.subject.get_attributes_for_oid(oid.NameOID.COMMON_NAME)
     if not names:
         return None
     value = names[-1].value
@@ -396,7 +424,7 @@ class TrustConfig:
             return None
         try:
             key = serialization.load_pem_public_key(self.public_key_pem)
-        except (ValueError, UnsupportedAlgorithm) as exc:
+        except (ValueError, exceptions.UnsupportedAlgorithm) as exc:
             raise SignatureError(f"trusted public key is not a PEM public key: {exc}") from None
         if not isinstance(key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
             raise SignatureError("trusted public key must be RSA or EC")
@@ -430,14 +458,19 @@ def _ca_basic_constraints(
 # certificate, CA flag and keyCertSign on issuers. The web-PKI profile of cryptography's verifier
 # adds TLS-specific rules (SAN, EKU serverAuth...), so those extension policies are replaced by
 # the checks above; path building, signatures and dates stay cryptography's.
-_CA_POLICY = (
-    ExtensionPolicy.permit_all()
-    .require_present(x509.BasicConstraints, Criticality.AGNOSTIC, _ca_basic_constraints)
-    .may_be_present(x509.KeyUsage, Criticality.AGNOSTIC, _ca_key_usage)
-)
-_EE_POLICY = ExtensionPolicy.permit_all().may_be_present(
-    x509.KeyUsage, Criticality.AGNOSTIC, _leaf_key_usage
-)
+@cache
+def _policies() -> tuple[verification.ExtensionPolicy, verification.ExtensionPolicy]:
+    """(CA policy, end-entity policy), built when a chain is first checked."""
+    agnostic = verification.Criticality.AGNOSTIC
+    ca = (
+        verification.ExtensionPolicy.permit_all()
+        .require_present(x509.BasicConstraints, agnostic, _ca_basic_constraints)
+        .may_be_present(x509.KeyUsage, agnostic, _ca_key_usage)
+    )
+    ee = verification.ExtensionPolicy.permit_all().may_be_present(
+        x509.KeyUsage, agnostic, _leaf_key_usage
+    )
+    return ca, ee
 
 
 def verify_chain(
@@ -450,16 +483,17 @@ def verify_chain(
         raise SignatureError("verification time must be timezone-aware", key=key)
     leaf = chain[0]
     _check_dates(leaf, now, key)
+    ca_policy, ee_policy = _policies()
     verifier = (
-        PolicyBuilder()
-        .store(Store(list(store.certificates)))
+        verification.PolicyBuilder()
+        .store(verification.Store(list(store.certificates)))
         .time(now)
-        .extension_policies(ca_policy=_CA_POLICY, ee_policy=_EE_POLICY)
+        .extension_policies(ca_policy=ca_policy, ee_policy=ee_policy)
         .build_client_verifier()
     )
     try:
         verified = verifier.verify(leaf, list(chain[1:]))
-    except VerificationError as exc:
+    except verification.VerificationError as exc:
         raise SignatureError(
             f"x5c chain of {_describe(leaf)} does not verify against {store.name}: {exc}", key=key
         ) from None
@@ -604,8 +638,8 @@ def _verify_bytes(public_key: PublicKey, alg: str, signature: bytes, data: bytes
                 return False
             r = int.from_bytes(signature[: spec.size], "big")
             s = int.from_bytes(signature[spec.size :], "big")
-            public_key.verify(encode_dss_signature(r, s), data, ec.ECDSA(spec.hash()))
-    except InvalidSignature:
+            public_key.verify(dss.encode_dss_signature(r, s), data, ec.ECDSA(spec.hash()))
+    except exceptions.InvalidSignature:
         return False
     return True
 
@@ -746,7 +780,7 @@ class Signer:
     ) -> Signer:
         try:
             key = serialization.load_pem_private_key(key_pem, password=password)
-        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        except (ValueError, TypeError, exceptions.UnsupportedAlgorithm) as exc:
             raise SignatureError(f"signing key is not a usable PEM private key: {exc}") from None
         if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
             raise SignatureError("signing key must be RSA or EC (P-256, P-384, P-521)")
@@ -778,7 +812,7 @@ class Signer:
         spec = ALGORITHMS[self.alg]
         if isinstance(self.private_key, rsa.RSAPrivateKey):
             return self.private_key.sign(data, padding.PKCS1v15(), spec.hash())
-        r, s = decode_dss_signature(self.private_key.sign(data, ec.ECDSA(spec.hash())))
+        r, s = dss.decode_dss_signature(self.private_key.sign(data, ec.ECDSA(spec.hash())))
         return r.to_bytes(spec.size, "big") + s.to_bytes(spec.size, "big")
 
 
