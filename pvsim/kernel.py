@@ -7,7 +7,7 @@ timeout, process start and process end passes through) and `call_later` makes th
 and cheap.
 
 `call_later` is how a device waits. A generator process that yields a Timeout costs SimPy a Timeout
-object, a bound-method lookup, `Process._resume` and a generator resume on every wake; a `Call`
+object, a bound-method lookup, `Process._resume` and a generator resume on every wake; a call
 is a queue entry whose one callback is the device's next step, so the wake costs the queue and
 one call. It is still one event, scheduled and counted like any other, ordered with the same
 priority as a Timeout.
@@ -37,18 +37,14 @@ from simpy.events import EventPriority
 BUCKET_S = 1.0  # width of a calendar bucket, simulated seconds
 _FAR = 1e15  # times past this (an infinite delay) share the last bucket
 _LAST = 1 << 62
+INF = float("inf")
 
-Entry = tuple[float, int, int, Any]  # (time, priority, event id, event or Call): SimPy's order
+Entry = tuple[float, int, int, Any]  # (time, priority, event id, event or call): SimPy's order
 
 
-class Call:
-    """A queue entry that calls `fn(self)` when it comes up (it never fails)."""
-
-    __slots__ = ("fn",)
-    _ok = True
-
-    def __init__(self, fn: Callable[[Any], None]) -> None:
-        self.fn = fn
+# A call is a one-item list `[fn]` in the queue: `fn(call)` runs when it comes up (it never fails).
+# A list, not a class, because building one is a single C call, and nothing SimPy schedules is one.
+Call = list
 
 
 class CountingEnvironment(simpy.Environment):
@@ -105,11 +101,11 @@ class CountingEnvironment(simpy.Environment):
         self.events += 1
         self._file((self._now + delay, priority, next(self._eid), event))
 
-    def call_later(self, delay: float, fn: Callable[[Any], None]) -> Call:
+    def call_later(self, delay: float, fn: Callable[[Any], None]) -> list:
         """Call `fn(call)` after `delay` simulated seconds: one event, timed as `timeout(delay)`.
         Returns the call, which `fn` receives: a caller that rescheduled can tell a stale one."""
         self.events += 1
-        call = Call(fn)
+        call = [fn]
         t = self._now + delay
         entry = (t, NORMAL, next(self._eid), call)
         # self._file(entry), inlined: every wait of every device comes through here
@@ -128,7 +124,7 @@ class CountingEnvironment(simpy.Environment):
     def peek(self) -> float:
         entry = self._pop()
         if entry is None:
-            return float("inf")
+            return INF
         self._unpop(entry)
         return entry[0]
 
@@ -141,8 +137,8 @@ class CountingEnvironment(simpy.Environment):
 
     def _fire(self, event: Any) -> None:
         """SimPy's `step` after the pop: run the callbacks, crash on a failed event nobody handled."""
-        if type(event) is Call:
-            event.fn(event)
+        if type(event) is list:
+            event[0](event)
             return
         callbacks, event.callbacks = event.callbacks, None
         try:
@@ -164,7 +160,7 @@ class CountingEnvironment(simpy.Environment):
         the same events. An event `until` is SimPy's own loop over `step`."""
         if until is not None and isinstance(until, simpy.Event):
             return super().run(until)
-        stop_at = None
+        stop_at: float = INF
         stop_id = 0
         if until is not None:
             stop_at = until if isinstance(until, int) else float(until)
@@ -172,20 +168,29 @@ class CountingEnvironment(simpy.Environment):
                 raise ValueError(f"until ({stop_at}) must be greater than the current simulation time")
             stop_id = next(self._eid)  # where SimPy's stop event would stand among equal times
         pop, fire = self._pop, self._fire
+        ordered, soon = self._sorted, self._soon
         while True:
-            entry = pop()
-            if entry is None:
-                if stop_at is not None:
-                    self._now = stop_at  # cannot happen on SimPy's queue (its stop event is there)
-                return None
+            # self._pop(), inlined for the open bucket (the usual case)
+            if ordered:
+                entry = heappop(soon) if soon and soon[0] < ordered[-1] else ordered.pop()
+            elif soon:
+                entry = heappop(soon)
+            else:
+                entry = pop()  # opens the next bucket
+                ordered = self._sorted
+                if entry is None:
+                    if stop_at < INF:
+                        self._now = stop_at  # cannot happen on SimPy's queue (its stop event is there)
+                    return None
             t = entry[0]
-            if stop_at is not None and t >= stop_at and (t > stop_at or (entry[1], entry[2]) > (URGENT, stop_id)):
+            if t >= stop_at and (t > stop_at or (entry[1], entry[2]) > (URGENT, stop_id)):
                 self._unpop(entry)
                 self._now = stop_at
                 return None
             self._now = t
             event = entry[3]
-            if type(event) is Call:
-                event.fn(event)
+            if type(event) is list:
+                event[0](event)  # a call
             else:
                 fire(event)
+                ordered = self._sorted  # a callback may have stepped or peeked the queue
