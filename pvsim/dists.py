@@ -43,8 +43,13 @@ class SimRandom(random.Random):
     def normalvariate(self, mu: float = 0.0, sigma: float = 1.0) -> float:
         normals = self._normals
         if not normals:
-            normals.extend(self._numpy.standard_normal(self.BLOCK).tolist())
+            self.refill()
         return mu + sigma * normals.pop()
+
+    def refill(self) -> None:
+        """The next block of normals (callers that pop `_normals` themselves call this when it is
+        empty; the list stays the same object until the next `seed`)."""
+        self._normals.extend(self._numpy.standard_normal(self.BLOCK).tolist())
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +78,13 @@ class Dist:
         if self.kind == "uniform":
             return rng.uniform(self.a, self.b, n)
         return rng.exponential(self.a, n)
+
+    def lognormal_params(self, rng: random.Random) -> tuple[float, float, list[float]] | None:
+        """(mu, sigma, the normals to pop) when `sample(rng)` is exp(mu + sigma * normals.pop()),
+        for a hot caller that inlines it (refilling through `rng.refill()`); else None."""
+        if self.kind != "lognormal" or not isinstance(rng, SimRandom):
+            return None
+        return math.log(self.a), self.b, rng._normals
 
     @property
     def typical(self) -> float:

@@ -23,18 +23,23 @@ from typing import Any
 
 from shared.engine import events as E
 
-# events whose fields belong to one device: looked up never, interned always
-_PER_DEVICE = frozenset({E.MetadataReceived, E.GcDone, E.WaitTick, E.ContainerExited})
+# events whose fields belong to one device: looked up never, interned always (callers that look up
+# `EngineState.after` themselves, to save a call on the hot path, skip these kinds)
+PER_DEVICE = _PER_DEVICE = frozenset({E.MetadataReceived, E.GcDone, E.WaitTick, E.ContainerExited})
 
 
 class EngineState:
     """A device's engine as the simulator sees it; never mutated while shared."""
 
-    __slots__ = ("updater", "after", "watches_hub", "accepts_remote_steps")
+    __slots__ = ("updater", "after", "after_id", "watches_hub", "accepts_remote_steps")
 
     def __init__(self, updater: Any) -> None:
         self.updater = updater
         self.after: dict[Any, tuple[EngineState, list]] = {}
+        # the same answers by id(event), for events that are interned for the whole run (a caller
+        # that knows which fills it): hashing a frozen dataclass event (a PendingSteps holds a
+        # whole State) costs more than the step it looks up
+        self.after_id: dict[int, tuple[EngineState, list]] = {}
         self.refresh()
 
     def refresh(self) -> None:

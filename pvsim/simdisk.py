@@ -31,6 +31,16 @@ from shared.state import State
 
 _NO_TRAIL = TrailView(None)
 
+# The trail record a durable command leaves, by (id of the record before, id of the command): a
+# fleet's devices write the same commands (the engine's are shared, pvsim.engine_memo) over the same
+# records, so the new record is built once and shared (TrailViews are immutable values). The
+# entries hold both keys' objects, so their ids stay theirs; the table is cleared when it grows
+# past _TRAILS_MAX (commands answering per-device events are new objects every time).
+TRAIL_RECORDS: dict[tuple[int, int], tuple[object, object, TrailView]] = {}
+_TRAILS = TRAIL_RECORDS
+_TRAILS_MAX = 50_000
+TRAIL_WRITES = (C.PersistProgress, C.WriteTrail, C.WriteDoneMarker)  # the commands TRAIL_RECORDS knows
+
 
 class SimDisk:
     """One simulated device's disk (see the module docstring for what a power cut does to it)."""
@@ -101,23 +111,20 @@ class SimDisk:
         commands are told apart by `type(...) is`, most frequent first."""
         kind = type(command)
         trails = self.trails
-        if kind is C.PersistProgress:
-            rev, record = command.rev, command.record  # type: ignore[attr-defined]
+        if kind is C.PersistProgress or kind is C.WriteTrail or kind is C.WriteDoneMarker:
+            rev = command.rev  # type: ignore[attr-defined]
             old = trails.get(rev)
-            trails[rev] = TrailView(old.state, record, old.done) if old else TrailView(None, record)
-        elif kind is C.WriteTrail:
-            rev, state = command.rev, command.state  # type: ignore[attr-defined]
-            old = trails.get(rev)
-            trails[rev] = TrailView(state, old.progress, old.done) if old else TrailView(state)
+            known = _TRAILS.get((id(old), id(command)))
+            if known is None:
+                if len(_TRAILS) >= _TRAILS_MAX:
+                    _TRAILS.clear()
+                known = _TRAILS[id(old), id(command)] = (old, command, _written(old, command))
+            trails[rev] = known[2]
         elif kind is C.SetBootEnv:
             self.set_env(command, torn=torn)  # type: ignore[arg-type]
         elif kind is C.LinkObjects:
             if self.links is not None:  # else links follow the state
                 self.link(command.rev, command.state, torn=torn)  # type: ignore[attr-defined]
-        elif kind is C.WriteDoneMarker:
-            rev = command.rev  # type: ignore[attr-defined]
-            old = trails.get(rev)
-            trails[rev] = TrailView(old.state, old.progress, True) if old else TrailView(None, None, True)
         elif kind is C.DeleteRevision:
             trails.pop(command.rev, None)  # type: ignore[attr-defined]
             if self.links is not None:
@@ -169,3 +176,15 @@ class SimDisk:
         if plan.objects:
             self.objects = self.objects.difference(plan.objects)
         return plan
+
+
+def _written(old: TrailView | None, command: C.Command) -> TrailView:
+    """The trail record after PersistProgress, WriteTrail or WriteDoneMarker over `old` (None: none)."""
+    kind = type(command)
+    if kind is C.PersistProgress:
+        record = command.record  # type: ignore[attr-defined]
+        return TrailView(old.state, record, old.done) if old else TrailView(None, record)
+    if kind is C.WriteTrail:
+        state = command.state  # type: ignore[attr-defined]
+        return TrailView(state, old.progress, old.done) if old else TrailView(state)
+    return TrailView(old.state, old.progress, True) if old else TrailView(None, None, True)

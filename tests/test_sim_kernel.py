@@ -132,3 +132,44 @@ def test_a_cancelled_timer_wakes_nobody():
     update._rest()
     world.env.run(until=20)
     assert woken[0] == 9.0
+
+
+def _busy_program(env, use_calls: bool, seen: list[tuple[float, int]]) -> None:
+    """Items that fire, log themselves and schedule follow-ups (ties, zero delays, far delays),
+    with the randomness drawn in firing order: two queues agree only if they fire alike."""
+    rng = random.Random(11)
+
+    def later(delay: float, label: int) -> None:
+        def fire(_event: object) -> None:
+            seen.append((env.now, label))
+            if label < 3000:
+                pick = rng.random()
+                delay = 0.0 if pick < 0.2 else float(rng.randrange(4)) if pick < 0.6 else rng.uniform(0, 50)
+                later(delay, label + 300)
+                if pick > 0.97:
+                    later(rng.uniform(1e3, 1e4), label + 1)
+
+        if use_calls and label % 2:
+            env.call_later(delay, fire)
+        else:
+            env.timeout(delay).callbacks.append(fire)
+
+    for label in range(300):
+        later(float(label % 7), label)
+
+
+def test_calendar_queue_fires_in_simpy_order_across_chunked_runs():
+    import simpy
+
+    reference: list[tuple[float, int]] = []
+    plain = simpy.Environment()
+    _busy_program(plain, False, reference)
+    plain.run(until=20_000)
+    seen: list[tuple[float, int]] = []
+    env = CountingEnvironment()
+    _busy_program(env, True, seen)
+    for until in (0.5, 3, 3.0000001, 7, 100, 2500, 20_000):  # stops on bucket edges and event times
+        env.run(until=until)
+        assert env.now == until
+    assert seen == reference
+    assert len(seen) > 3000

@@ -14,13 +14,14 @@ import os
 from collections import deque
 from collections.abc import Callable, Generator
 from heapq import heapify, heappop, heappush
+from math import exp
 from typing import Any
 
 from pvsim.device import INF, DeviceRun
 from pvsim.engine_memo import EngineMemo
 from pvsim.pantavisor.agenda import DeviceBrain, FlowEnd, TransferDue
 from pvsim.pantavisor.containers import Containers
-from pvsim.pantavisor.network import Network
+from pvsim.pantavisor.network import HUB_REACHED, HUB_REQUEST_FAILED, Network
 from pvsim.pantavisor.power import Power
 from pvsim.pantavisor.storage import Storage, Write
 from pvsim.pantavisor.update import DeviceUpdate, Outcome
@@ -34,10 +35,6 @@ from shared.engine.progress import Msg
 from shared.engine.updater import Updater
 
 
-def _new_event(kind: type[Any], *fields: Any) -> Any:
-    return kind(*fields)
-
-
 class PantavisorModel(Network, Storage, Containers, Power):
     def __init__(self, world: World) -> None:
         self.world = world
@@ -48,7 +45,10 @@ class PantavisorModel(Network, Storage, Containers, Power):
         self.brains: dict[int, DeviceBrain] = {}
         # one shared instance per distinct event (names and object ids are few): events are values,
         # so devices share them instead of building millions of equal ones
-        self.event = functools.lru_cache(maxsize=None)(_new_event)
+        self.event = functools.lru_cache(maxsize=None)(self._new_event)
+        # ids of the events that live as long as the model (the cache above never drops one, the
+        # fieldless Hub answers are module constants): DeviceUpdate.drain looks their steps up by id
+        self.interned_ids: set[int] = {id(HUB_REACHED), id(HUB_REQUEST_FAILED)}
         self.pools: dict[frozenset[str], frozenset[str]] = {}
         self._timer_fired: dict[str, E.TimerFired] = {}
         revs = world.revisions
@@ -65,6 +65,9 @@ class PantavisorModel(Network, Storage, Containers, Power):
         # the same results, slower (tests/test_sim_perf.py checks that they are the same).
         shared = os.environ.get("PVSIM_ENGINE_MEMO", "1") != "0"
         self.memo = EngineMemo(Updater, self.config, shared=shared)
+        # (mu, sigma) of a lognormal storage latency, which _plan draws inline (None: other kinds)
+        latency = world.device_cfg.storage_latency_s.lognormal_params(world.rng)
+        self._latency_ln = latency[:2] if latency is not None else None
         self._factory_template = None if shared else False
         self.settled_disk = None
         # MB used by each object pool (pools are interned, so few distinct ones)
@@ -86,6 +89,11 @@ class PantavisorModel(Network, Storage, Containers, Power):
                 before = revs[rev.index - 1].state.object_shas()
                 for sha in rev.state.object_shas() - before:
                     self.corrupt[sha] = rev.index
+
+    def _new_event(self, kind: type[Any], *fields: Any) -> Any:
+        event = kind(*fields)
+        self.interned_ids.add(id(event))
+        return event
 
     def transfer_mb(self, old: int, new: int) -> float:
         return self.world.revisions.transfer(old, new)[0]
@@ -151,10 +159,19 @@ class PantavisorModel(Network, Storage, Containers, Power):
         env_write = world.device_cfg.env_write_s
         p_error = world.faults.storage_write_error_probability
         failed_at = INF
+        lognormal = self._latency_ln
+        if lognormal is not None:
+            mu, sigma = lognormal
+            normals = rng._normals  # type: ignore[attr-defined]  # a SimRandom (lognormal_params)
         for command in commands:
             kind = type(command)
             if command.durable:
-                duration = latency.sample(rng)
+                if lognormal is not None:  # latency.sample(rng), inlined: the hottest draw
+                    if not normals:
+                        rng.refill()  # type: ignore[attr-defined]  # a SimRandom (lognormal_params)
+                    duration = exp(mu + sigma * normals.pop())
+                else:
+                    duration = latency.sample(rng)
                 if kind is C.LinkObjects or kind is C.WriteTrail:
                     duration *= 2
                 elif kind is C.SetBootEnv:

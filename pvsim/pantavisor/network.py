@@ -122,7 +122,10 @@ class Network:
             intake = INTAKE_RETRY[msg] = msg.startswith(RETRIED) and not msg.startswith(NOT_RETRIED)
         if intake:
             self.world.retries["intake"] += 1  # an update taken in again (after a reboot or a crash)
-        ok = self._hub_ok(run, brain)
+        if run.env._now < run.up_until and brain.booted not in self.defects:
+            ok = True  # self._hub_ok(run, brain)'s first answer, inlined: hot
+        else:
+            ok = self._hub_ok(run, brain)
         if ok:
             brain.hub_progress[command.rev] = command.record
         if brain.engine.watches_hub:

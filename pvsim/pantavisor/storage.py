@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from pvsim.device import INF, DeviceRun, PowerCut
 from pvsim.pantavisor.agenda import DeviceBrain
-from pvsim.simdisk import SimDisk
+from pvsim.simdisk import TRAIL_RECORDS, TRAIL_WRITES, SimDisk
 from shared.engine import commands as C
 from shared.engine import events as E
 from shared.engine.gc import GcPlan
@@ -108,8 +108,15 @@ class Storage:
         disk = brain.disk
         if disk is self.factory_disk or disk is self.settled_disk:  # _own_disk, inlined: hot
             disk = brain.disk = disk.copy()
+        trails = disk.trails
         for _, _, command in writes:
             run.mb_written += 0.004
+            if type(command) in TRAIL_WRITES:  # disk.apply(command) on a record already built: shared
+                rev = command.rev  # type: ignore[attr-defined]
+                known = TRAIL_RECORDS.get((id(trails.get(rev)), id(command)))
+                if known is not None:
+                    trails[rev] = known[2]
+                    continue
             plan = disk.apply(command)
             if plan is not None:
                 self._gc_done(run, brain, disk, plan)

@@ -15,6 +15,7 @@ from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
 from pvsim.device import INF, DeviceRun, PowerCut
+from pvsim.engine_memo import PER_DEVICE
 from pvsim.pantavisor.agenda import DeviceBrain, FlowEnd, TransferDue
 from pvsim.pantavisor.storage import DaemonCrash
 from pvsim.world import BRICKED_OUT, SILENT
@@ -59,9 +60,21 @@ class DeviceUpdate:
         """Feed the engine everything queued; stop at the first batch that takes time."""
         model, run, brain, queue = self.model, self.run, self.brain, self.queue
         now = run.env._now
-        step = model.memo.handle
+        memo = model.memo
+        step = memo.handle
         while queue:
-            brain.engine, commands = step(brain.engine, queue.popleft())
+            event = queue.popleft()
+            engine = brain.engine
+            # memo.handle's lookup, inlined: by id for an interned event, else by value (most steps
+            # are hits; both tables stay empty without sharing)
+            hit = engine.after_id.get(id(event))
+            if hit is None:
+                hit = engine.after.get(event) if type(event) not in PER_DEVICE else None
+                if hit is None:
+                    hit = step(engine, event)
+                if memo.shared and id(event) in model.interned_ids:
+                    engine.after_id[id(event)] = hit
+            brain.engine, commands = hit
             if not commands:
                 continue  # most events change nothing outside the engine
             writes, failed_at, rebooting = model._plan(run, brain, commands, queue)
