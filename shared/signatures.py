@@ -32,7 +32,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum
 from functools import cache
-from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 from shared import canonical
@@ -41,19 +40,29 @@ from shared.globs import any_matches, matcher
 
 
 class _OnFirstUse:
-    """A module imported when one of its names is first read. cryptography's compiled core costs
-    about half a second of a QEMU guest's boot, and a device whose states carry no signature and
-    whose trust settings hold no certificate never needs it: parsing, coverage and the checks of
-    an unsigned state run without it. `import_module` holds the import lock, so threads that
-    meet it at once import it once."""
+    """Stands for a cryptography module until one of its names is first read. cryptography's
+    compiled core costs about half a second of a QEMU guest's boot, and a device whose states
+    carry no signature and whose trust settings hold no certificate never needs it: parsing,
+    coverage and the checks of an unsigned state run without it. The first read imports
+    cryptography and puts the real modules in place of every stand-in."""
 
-    __slots__ = ("_name",)
+    __slots__ = ("_global",)
 
     def __init__(self, name: str) -> None:
-        self._name = name
+        self._global = name  # the module global this stands for
 
     def __getattr__(self, attr: str) -> Any:
-        return getattr(import_module(self._name), attr)
+        _import_cryptography()
+        return getattr(globals()[self._global], attr)
+
+
+def _import_cryptography() -> None:
+    global exceptions, x509, hashes, serialization, ec, padding, rsa, dss, oid, verification
+    from cryptography import exceptions, x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+    from cryptography.hazmat.primitives.asymmetric import utils as dss
+    from cryptography.x509 import oid, verification
 
 
 if TYPE_CHECKING:
@@ -66,16 +75,8 @@ if TYPE_CHECKING:
     PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
     PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 else:
-    exceptions = _OnFirstUse("cryptography.exceptions")
-    x509 = _OnFirstUse("cryptography.x509")
-    hashes = _OnFirstUse("cryptography.hazmat.primitives.hashes")
-    serialization = _OnFirstUse("cryptography.hazmat.primitives.serialization")
-    ec = _OnFirstUse("cryptography.hazmat.primitives.asymmetric.ec")
-    padding = _OnFirstUse("cryptography.hazmat.primitives.asymmetric.padding")
-    rsa = _OnFirstUse("cryptography.hazmat.primitives.asymmetric.rsa")
-    dss = _OnFirstUse("cryptography.hazmat.primitives.asymmetric.utils")
-    oid = _OnFirstUse("cryptography.x509.oid")
-    verification = _OnFirstUse("cryptography.x509.verification")
+    exceptions, x509, hashes, serialization = map(_OnFirstUse, ("exceptions", "x509", "hashes", "serialization"))
+    ec, padding, rsa, dss, oid, verification = map(_OnFirstUse, ("ec", "padding", "rsa", "dss", "oid", "verification"))
 
 SPEC = "pvs@2"
 TYP = "PVS"

@@ -722,3 +722,22 @@ def test_parsed_state_objects_are_accepted(conformance_dir):
     trust = _anchored_at_chain_end(raw, "_sigs/bsp.json")
     result = S.verify_state(state, trust, now=VALID_AT, mode="strict")
     assert result.ok and result.coverage.notseen == ()
+
+
+def test_an_unsigned_state_is_checked_without_importing_cryptography():
+    """cryptography is imported on first use (about 0.5 s of a QEMU guest's boot): an unsigned
+    state is verified without it, and a signed one still brings it in."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, datetime as dt\n"
+        "from shared.signatures import TrustConfig, verify_state\n"
+        "r = verify_state({'#spec': 'pantavisor-service-system@1', 'a/x': 'y'}, TrustConfig(),"
+        " now=dt.datetime.now(dt.timezone.utc))\n"
+        "print(r.outcome.name, 'cryptography' in sys.modules)\n"
+        "from shared.signatures import ALGORITHMS\n"
+        "print(ALGORITHMS['ES256'].curve.__name__, 'cryptography' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["OK", "False", "SECP256R1", "True"]
