@@ -91,6 +91,7 @@ def boot_device(doc: dict[str, Any], dev: dict[str, Any]) -> None:
     Path(dev["socket"]).unlink(missing_ok=True)
     dev["pid"] = procs.spawn(daemon_argv(doc, dev), Path(dev["log"]), dev["netns"])
     dev["boots"] += 1
+    dev["started_at"] = time.time()  # power-on: `pvsim calibrate` measures boots from it
 
 
 def device_status(dev: dict[str, Any], timeout: float = 2.0) -> dict[str, Any] | None:
