@@ -13,19 +13,21 @@ from pvsim.validate.timeline import statuses
 COUNT_KEYS = ("admitted", "succeeded", "failed", "timed_out")
 SEQUENCE_SHARE = 0.95
 COMMITTED = ("DONE", "UPDATED")
+FINAL = ("DONE", "UPDATED", "ERROR", "WONTGO")
 
 
 def counts(doc: dict[str, Any]) -> dict[str, dict[str, int]]:
     return {r["name"]: {k: int(r[k]) for k in COUNT_KEYS} for r in doc["releases"]}
 
 
-def commit_times(doc: dict[str, Any]) -> list[float]:
-    """Seconds from each release's offer to the Hub hearing DONE or UPDATED, per slot that got there."""
+def commit_times(doc: dict[str, Any], ends: tuple[str, ...] = COMMITTED) -> list[float]:
+    """Seconds from each release's offer to the Hub hearing DONE or UPDATED (or any status in
+    `ends`), per slot that got there."""
     at = {r["name"]: r["at_s"] for r in doc["releases"]}
     times = []
     for slot in doc["slots"]:
         for t, status, _ in slot["reports"]:
-            if status in COMMITTED:
+            if status in ends:
                 times.append(t - at[slot["release"]])
                 break
     return sorted(times)
@@ -71,6 +73,12 @@ def sequences(real: dict[str, Any], sim: dict[str, Any]) -> list[dict[str, Any]]
     return rows
 
 
+def _times(rt: list[float], st: list[float]) -> dict[str, Any]:
+    return {"real_median_s": _round(quantile(rt, 0.5)), "sim_median_s": _round(quantile(st, 0.5)),
+            "real_p90_s": _round(quantile(rt, 0.9)), "sim_p90_s": _round(quantile(st, 0.9)),
+            "real_n": len(rt), "sim_n": len(st), "ks": _round(ks_statistic(rt, st))}  # fmt: skip
+
+
 def _round(x: float | None) -> float | None:
     return None if x is None else round(x, 3)
 
@@ -91,11 +99,10 @@ def compare(real: dict[str, Any], sim: dict[str, Any]) -> dict[str, Any]:
         "counts_equal": counts_equal,
         "sequences_identical": same,
         "sequences_total": len(rows),
-        "time_to_commit": {
-            "real_median_s": _round(quantile(rt, 0.5)), "sim_median_s": _round(quantile(st, 0.5)),
-            "real_p90_s": _round(quantile(rt, 0.9)), "sim_p90_s": _round(quantile(st, 0.9)),
-            "real_n": len(rt), "sim_n": len(st), "ks": _round(ks_statistic(rt, st)),
-        },  # fmt: skip
+        "time_to_commit": _times(rt, st),
+        # the same for every final report, failures included (what a release that commits nowhere
+        # still has to compare)
+        "time_to_final": _times(commit_times(real, FINAL), commit_times(sim, FINAL)),
         "agree": counts_equal and share_ok,
         "sequences": rows,
     }

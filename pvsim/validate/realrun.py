@@ -1,317 +1,90 @@
-"""The scenario on a real fleet: a Hub and `pvreal fleet` started in a temporary folder, the
-releases published and the faults injected on the scenario's schedule (times multiplied by
-`validation.time_scale`), the Hub's records read back as a timeline (pvsim.validate.timeline).
+"""pvsim's side of the real run: the scenario as a rollout plan (JSON), handed to
+`python -m pvreal.fleet.scenario_run` in a child process, whose progress lines drive the display
+and whose timeline comes back as JSON. pvsim and pvreal stay independent backends: they meet only
+in those files (formats in docs/validation.md).
 
-Everything is torn down in `finally` (`pvreal.fleet.lifecycle.down` removes every namespace,
-bridge, process and runc container the fleet made, the Hub included), so a failure or Ctrl-C
-(KeyboardInterrupt) leaves nothing behind.
-
-The scenario's `web` container has status goal READY, as in pvsim. A real app signals ready
-through its pv-ctrl socket; busybox cannot speak HTTP over a unix socket, so `ReadySignaller`
-plays the app: it signals ready for every READY container it sees STARTED, except those whose
-root file system carries the never-ready mark (realrevs), exactly pvsim's `never_ready` defect.
+Ctrl-C reaches the child too (same process group): it tears its fleet down, and this side waits
+for that before letting the interrupt go on. Any other failure here stops the child (SIGTERM,
+which it treats the same way) and waits for it likewise.
 """
 
 from __future__ import annotations
 
-import contextlib
-import socket
-import sqlite3
-import threading
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
-from pvreal.ctrl.client import CtrlClient, CtrlError
-from pvreal.fleet import faults, lifecycle
-from pvreal.fleet.state import load as load_fleet
-from pvreal.hub.client import operator_for, publish
+import pvsim
 from pvsim.scenario import Scenario
-from pvsim.validate import realrevs, timeline
-from shared.engine.progress import Status
+from pvsim.validate import timeline
 from shared.errors import PvError
 from shared.rollout import REGISTRY
 
-POLL_S = 0.1  # how often the harness looks at each device (ready signals, observations)
-FINAL = {Status.DONE.value, Status.UPDATED.value, Status.ERROR.value, Status.WONTGO.value}
+CODE_ROOT = str(Path(pvsim.__file__).resolve().parent.parent)
+TEARDOWN_S = 180.0  # how long the child may take to remove its fleet after an interrupt
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class Event:
-    at: float  # wall seconds after t0
-    what: str
-    act: Callable[[], None]
-    done: bool = False
-
-
-@dataclass
-class Watch:
-    """What the harness saw of the devices, for the progress display and the observations."""
-
-    hub_ids: dict[str, str] = field(default_factory=dict)  # fleet name -> Hub device id
-    seen: dict[tuple[str, str], tuple[int | None, str]] = field(default_factory=dict)
-    started_at: dict[tuple[str, str, int], float] = field(default_factory=dict)
-    ready_s: list[float] = field(default_factory=list)
-    boot_s: list[float] = field(default_factory=list)
-    booted: set[tuple[str, int]] = field(default_factory=set)
-    signalled: set[tuple[str, int]] = field(default_factory=set)
-    phases: dict[str, str] = field(default_factory=dict)
-
-
-class ReadySignaller(threading.Thread):
-    """Plays the apps (ready signals) and records boots and container starts, every POLL_S."""
-
-    def __init__(self, storage: Path, watch: Watch) -> None:
-        super().__init__(name="pvsim-validate-ready", daemon=True)
-        self.storage, self.watch = storage, watch
-        self.stopping = threading.Event()
-
-    def run(self) -> None:
-        while not self.stopping.wait(POLL_S):
-            try:
-                doc = load_fleet(self.storage)
-            except (OSError, PvError, ValueError):
-                continue
-            for dev in doc["devices"]:
-                with contextlib.suppress(OSError, CtrlError, ValueError, KeyError):
-                    self._look(dev)
-
-    def _look(self, dev: dict[str, Any]) -> None:
-        status = lifecycle.device_status(dev, timeout=1.0)
-        if status is None:
-            return
-        name, w, now = dev["name"], self.watch, time.time()
-        w.phases[name] = status.get("phase") or "?"
-        boot = (name, dev["boots"])
-        if boot not in w.booted and dev.get("started_at"):
-            w.booted.add(boot)
-            w.boot_s.append(now - dev["started_at"])
-        hub = status.get("hub") or {}
-        if hub.get("device"):
-            w.hub_ids[name] = hub["device"]
-        for cname, c in status.get("containers", {}).items():
-            pid = c.get("pid")
-            if c["status"] in ("STARTED", "READY") and pid and (name, cname, pid) not in w.started_at:
-                w.started_at[name, cname, pid] = now
-            if c["status_goal"] == "READY" and c["status"] == "STARTED" and pid:
-                self._signal(dev, cname, pid)
-
-    def _signal(self, dev: dict[str, Any], cname: str, pid: int) -> None:
-        if (dev["name"], pid) in self.watch.signalled:
-            return
-        root = Path(f"/proc/{pid}/root")
-        if (root / realrevs.NEVER_READY_MARK).exists():
-            self.watch.signalled.add((dev["name"], pid))  # this app never signals
-            return
-        sock = Path(dev["run_dir"]) / "ctrl" / f"{cname}.sock"
-        answer = CtrlClient(sock, timeout=2).request("POST", "/signal", b'{"type":"ready","payload":""}')
-        if answer.status == 200:
-            self.watch.signalled.add((dev["name"], pid))
-            started = self.watch.started_at.get((dev["name"], cname, pid))
-            if started is not None:
-                self.watch.ready_s.append(time.time() - started)
-
-
-def schedule(scn: Scenario, storage: Path, revs: list[realrevs.RealRevision], objects: Path,
-             db: Path, slot_names: Callable[[int], str | None]) -> list[Event]:  # fmt: skip
-    """The scenario's releases and faults as wall-clock events."""
-    scale, events = scn.validation.time_scale, []
-    strategy = scn.rollout.strategy
-    names = REGISTRY[strategy].options
-    options = {k: _jsonable(getattr(scn.rollout, k)) for k in names}
-    for release, rev in zip(scn.release, revs[1:], strict=True):
-        def offer(release: Any = release, rev: realrevs.RealRevision = rev) -> None:
-            publish(operator_for(db), rev.state, release.name, strategy, options, objects)
-
-        events.append(Event(release.at_s * scale, f"release {release.name}", offer))
-    for outage in scn.faults.hub_outages:
-        events.append(Event(outage.at_s * scale, "Hub down", lambda: faults.hub_stop(storage)))
-        events.append(Event((outage.at_s + outage.duration_s) * scale, "Hub up",
-                            lambda: faults.hub_start(storage)))  # fmt: skip
-    for cut in scn.validation.power_cuts:
-        def power_cut(cut: Any = cut) -> None:
-            name = slot_names(cut.slot)
-            if name is not None:  # a slot the rollout never filled has no device to cut
-                threading.Thread(target=faults.inject, args=(storage, "power-cut", name),
-                                 kwargs={"off_s": cut.off_s * scale}, daemon=True).start()  # fmt: skip
-
-        events.append(Event(cut.at_s * scale, f"power cut (slot {cut.slot})", power_cut))
-    return sorted(events, key=lambda e: e.at)
-
-
-def _jsonable(value: Any) -> Any:
-    return list(value) if isinstance(value, tuple) else value
+def plan_of(scn: Scenario, devices: int) -> dict[str, Any]:
+    """Everything the real side needs, in scenario seconds (it applies the time scale)."""
+    engine = dict(scn.update_model.engine)
+    engine.setdefault("PH_UPDATER_INTERVAL", scn.fleet.poll_interval_s)  # the idle poll, both worlds
+    options = {k: getattr(scn.rollout, k) for k in REGISTRY[scn.rollout.strategy].options}
+    return {
+        "name": scn.name, "devices": devices, "time_scale": scn.validation.time_scale,
+        "releases": [{"name": r.name, "at_s": r.at_s, "parts": list(r.parts), "defect": r.defect}
+                     for r in scn.release],
+        "strategy": scn.rollout.strategy,
+        "options": {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()},
+        "engine": engine,
+        "hub_outages": [[o.at_s, o.duration_s] for o in scn.faults.hub_outages],
+        "power_cuts": [[c.slot, c.at_s, c.off_s] for c in scn.validation.power_cuts],
+        "until_s": scn.run.until_s, "settle_s": scn.validation.settle_s,
+    }  # fmt: skip
 
 
 def run_real(scn: Scenario, devices: int, work: Path, display: Any) -> dict[str, Any]:
-    """Run the scenario on `devices` real devices in `work`; returns the real timeline."""
-    revs_dir = work / "revisions"
-    revs_dir.mkdir(parents=True)
-    display.stage("building the revisions")
-    objects, revs = realrevs.build(revs_dir, list(scn.release))
-    engine = {k: str(v) for k, v in scn.update_model.engine.items()}
-    engine.setdefault("PH_UPDATER_INTERVAL", str(scn.fleet.poll_interval_s))
-    db = work / "hub.sqlite"
-    spec = lifecycle.FleetSpec(storage=work / "fleet", hub=f"http://127.0.0.1:{_free_port()}",
-                               devices=devices, state=revs[0].state, objects=objects, hub_db=db,
-                               config=engine, ready_timeout=60 + 5.0 * devices)  # fmt: skip
-    display.stage(f"bringing up {devices} real devices")
-    watch = Watch()
-    signaller = ReadySignaller(spec.storage, watch)
+    work.mkdir(parents=True, exist_ok=True)
+    plan_path, out = work / "plan.json", work / "real-timeline.json"
+    plan_path.write_text(json.dumps(plan_of(scn, devices), indent=1))
+    argv = [sys.executable, "-m", "pvreal.fleet.scenario_run", str(plan_path), str(work / "real"), str(out)]
+    path = os.environ.get("PYTHONPATH", "")
+    env = {**os.environ, "PYTHONPATH": CODE_ROOT + (os.pathsep + path if path else "")}
+    with open(work / "real.log", "wb") as log:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, cwd=CODE_ROOT, env=env)
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                _show(display, line)
+            rc = proc.wait()
+        except BaseException:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(TEARDOWN_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            raise
+    if rc != 0:
+        tail = (work / "real.log").read_text(errors="replace").strip().splitlines()[-5:]
+        raise PvError("the real fleet's run failed (exit {}): {}".format(rc, " / ".join(tail) or "no output"))
+    return timeline.load(out)
+
+
+def _show(display: Any, line: bytes) -> None:
     try:
-        lifecycle.up(spec)
-        signaller.start()
-        _wait_registered(db, devices, display)
-        t0 = time.time()
-        slot_device = _slot_mapper(db, scn.release[0].name, watch)
-        events = schedule(scn, spec.storage, revs, objects, db, slot_device)
-        _drive(scn, db, events, t0, watch, display)
-        doc = _read(scn, db, devices, revs, t0, watch)
-    finally:
-        signaller.stopping.set()
-        display.stage("tearing the fleet down")
-        lifecycle.down(spec.storage)
-        signaller.join(5)
-    return doc
-
-
-def _connect(db: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(str(db), timeout=30)
-    conn.row_factory = sqlite3.Row
-    return conn
-
-
-def _wait_registered(db: Path, devices: int, display: Any, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.closing(_connect(db)) as conn:
-            n = conn.execute("SELECT COUNT(*) FROM devices").fetchone()[0]
-        display.stage(f"devices registered with the Hub: {n}/{devices}")
-        if n >= devices:
-            return
-        time.sleep(0.2)
-    raise PvError(f"only {n} of {devices} devices registered with the Hub within {timeout:.0f} s")
-
-
-def _slot_mapper(db: Path, first_release: str, watch: Watch) -> Callable[[int], str | None]:
-    def name_of(slot: int) -> str | None:
-        with contextlib.closing(_connect(db)) as conn:
-            row = conn.execute("SELECT device FROM targets WHERE release = ? AND position = ? "
-                               "AND admitted_at IS NOT NULL", (first_release, slot)).fetchone()  # fmt: skip
-        if row is None:
-            return None
-        by_id = {v: k for k, v in watch.hub_ids.items()}
-        return by_id.get(row["device"])
-
-    return name_of
-
-
-def _releases(conn: sqlite3.Connection) -> list[sqlite3.Row]:
-    return conn.execute(
-        "SELECT r.name, r.status, r.fleet, COUNT(t.admitted_at) AS admitted, "
-        "COALESCE(SUM(t.outcome = 'succeeded'), 0) AS ok, COALESCE(SUM(t.outcome = 'failed'), 0) AS bad "
-        "FROM releases r LEFT JOIN targets t ON t.release = r.name GROUP BY r.name ORDER BY r.seq"
-    ).fetchall()
-
-
-def _over(row: sqlite3.Row) -> bool:
-    """A release nothing more will happen to: completed or aborted, or paused with nobody left
-    mid-update."""
-    in_flight = row["admitted"] - row["ok"] - row["bad"]
-    return row["status"] in ("completed", "aborted") or (row["status"] == "paused" and in_flight == 0)
-
-
-def _drive(scn: Scenario, db: Path, events: list[Event], t0: float, watch: Watch, display: Any) -> None:
-    """Fire the events on time; stop once every release is over (nothing in flight, not
-    running) and `settle_s` passed, or at run.until_s."""
-    scale = scn.validation.time_scale
-    until = scn.run.until_s * scale
-    settle = scn.validation.settle_s * scale
-    quiet_since: float | None = None
-    while True:
-        now = time.time() - t0
-        for event in events:
-            if not event.done and event.at <= now:
-                event.done = True
-                display.note(f"{now / scale:7.1f} s  {event.what}")
-                event.act()
-        with contextlib.suppress(sqlite3.Error), contextlib.closing(_connect(db)) as conn:
-            rows = _releases(conn)
-            display.update(now / scale, until / scale, rows, watch.phases)
-            over = all(e.done for e in events) and len(rows) == len(scn.release) and all(map(_over, rows))
-            if over:
-                quiet_since = quiet_since if quiet_since is not None else now
-                if now - quiet_since >= settle:
-                    return
-            else:
-                quiet_since = None
-        if now >= until:
-            return
-        time.sleep(0.25)
-
-
-def _read(scn: Scenario, db: Path, devices: int, revs: list[realrevs.RealRevision], t0: float,
-          watch: Watch) -> dict[str, Any]:  # fmt: skip
-    scale = scn.validation.time_scale
-    doc = timeline.empty("real", scn.name, devices, scale)
-    by_id = {v: k for k, v in watch.hub_ids.items()}
-
-    def t(wall: float | None) -> float | None:
-        return None if wall is None else round((wall - t0) / scale, 3)
-
-    with contextlib.closing(_connect(db)) as conn:
-        for row, rel, rev in zip(_releases(conn), scn.release, revs[1:], strict=False):
-            timed_out = conn.execute("SELECT COUNT(*) FROM targets WHERE release = ? AND timed_out = 1",
-                                     (row["name"],)).fetchone()[0]  # fmt: skip
-            doc["releases"].append({
-                "name": row["name"], "at_s": rel.at_s, "changed_mb": round(rev.changed_mb, 6),
-                "state": row["status"], "admitted": row["admitted"], "succeeded": row["ok"],
-                "failed": row["bad"], "timed_out": timed_out,
-            })  # fmt: skip
-            targets = conn.execute(
-                "SELECT t.device, t.position, t.outcome, t.outcome_at, s.rev FROM targets t "
-                "LEFT JOIN steps s ON s.device = t.device AND s.release = t.release "
-                "WHERE t.release = ? AND t.admitted_at IS NOT NULL ORDER BY t.position",
-                (row["name"],),
-            ).fetchall()
-            for target in targets:
-                log = conn.execute(
-                    "SELECT at, status, status_msg FROM progress_log WHERE device = ? AND rev = ? ORDER BY rowid",
-                    (target["device"], target["rev"]),
-                ).fetchall()
-                reports = [[t(r["at"]), r["status"], r["status_msg"]] for r in log]
-                doc["slots"].append({
-                    "release": row["name"], "position": target["position"],
-                    "device": by_id.get(target["device"], target["device"]), "reports": reports,
-                    "outcome": target["outcome"], "outcome_t": t(target["outcome_at"]),
-                })  # fmt: skip
-                _observe(doc, reports, rev.changed_mb, watch, by_id.get(target["device"]), t0, scale)
-    doc["observations"]["boot_s"] = [round(b / scale, 3) for b in watch.boot_s]
-    doc["observations"]["ready_s"] = [round(r / scale, 3) for r in watch.ready_s]
-    return doc
-
-
-def _observe(doc: dict[str, Any], reports: list[list[Any]], mb: float, watch: Watch,
-             name: str | None, t0: float, scale: float) -> None:  # fmt: skip
-    """Downloads (DOWNLOADING to INPROGRESS) and container starts (INPROGRESS to a container of
-    this device STARTED) from what the Hub heard and the harness saw."""
-    first = {}
-    for t, status, _ in reports:
-        first.setdefault(status, t)
-    down, inprogress = first.get(Status.DOWNLOADING.value), first.get(Status.INPROGRESS.value)
-    if down is not None and inprogress is not None and inprogress > down:
-        doc["observations"]["transfers"].append([round(mb, 6), round(inprogress - down, 3)])
-    if inprogress is None or name is None:
+        doc = json.loads(line)
+    except ValueError:
         return
-    starts = sorted((at - t0) / scale for (dev, _, _), at in watch.started_at.items() if dev == name)
-    later = [s for s in starts if s >= inprogress]
-    if later:
-        doc["observations"]["container_start_s"].append(round(later[0] - inprogress, 3))
+    if "stage" in doc:
+        display.stage(doc["stage"])
+    elif "note" in doc:
+        display.note(doc["note"])
+    elif "releases" in doc:
+        rows = [{"name": r["name"], "status": r["state"], "fleet": r["fleet"], "admitted": r["admitted"],
+                 "ok": r["succeeded"], "bad": r["failed"]} for r in doc["releases"]]  # fmt: skip
+        display.update(doc["now"], doc["until"], rows, doc["phases"])

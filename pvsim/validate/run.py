@@ -22,8 +22,7 @@ def validate(scn: Scenario, devices: int, display: Any, keep: Path | None = None
         raise PvError("pvsim validate runs a real fleet: it needs root (network namespaces, mounts, runc)")
     work = Path(tempfile.mkdtemp(prefix="pvsim-validate-", dir=TMP_PARENT if TMP_PARENT.is_dir() else None))
     try:
-        real = realrun.run_real(scn, devices, work / "real", display)
-        timeline.save(real, work / "real-timeline.json")
+        real = realrun.run_real(scn, devices, work, display)
         figures = calibrate.fit(real)
         display.stage("pvsim: the same scenario, calibrated")
         changed = [r["changed_mb"] for r in real["releases"]]

@@ -1,8 +1,8 @@
-"""The scenario's revisions as real states, shaped like pvsim's (pvsim/revisions.py): a BSP, `net`
+"""A rollout plan's revisions as real states, shaped like pvsim's (pvsim/revisions.py): a BSP, `net`
 in the root group, `web` (status goal READY) and `db` in the app group, default groups. Each
 release rebuilds the parts it names (`bsp`: a new kernel, so a reboot; `app:NAME`: a new root
 file system for that container, a non-reboot update). A `never_ready` release's changed
-containers carry /etc/never-ready: the fleet's app stand-in (`realrun.ReadySignaller`) then never
+containers carry /etc/never-ready: the fleet's app stand-in (`scenario_run.ReadySignaller`) then never
 signals ready for them, which is what the defect means in pvsim."""
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def _container(work: Path, objects: ObjectStore, name: str, tag: str, never_read
                            objects=objects, group=group, status_goal=goal)  # fmt: skip
 
 
-def build(work: Path, releases: list[Any]) -> tuple[Path, list[RealRevision]]:
+def build(work: Path, releases: list[dict[str, Any]]) -> tuple[Path, list[RealRevision]]:
     """Factory state and one state per release under `work` (objects in work/objects);
     returns (objects folder, [factory, release 1, ...])."""
     objects = ObjectStore(work / "objects")
@@ -65,21 +65,22 @@ def build(work: Path, releases: list[Any]) -> tuple[Path, list[RealRevision]]:
         state.update(_container(work, objects, name, f"{name}-factory", False))
     revisions = [_save(work, "factory", state, set(), objects)]
     for release in releases:
-        if release.defect not in SUPPORTED_DEFECTS:
-            raise PvError(f"release {release.name}: defect {release.defect!r} cannot be made real here "
+        name_, defect = release["name"], release.get("defect", "none")
+        if defect not in SUPPORTED_DEFECTS:
+            raise PvError(f"release {name_}: defect {defect!r} cannot be made real here "
                           f"(supported: {', '.join(SUPPORTED_DEFECTS)})")  # fmt: skip
         before = set(_shas(state))
         state = json.loads(json.dumps(state))
-        for part in release.parts:
+        for part in release["parts"]:
             if part == "bsp":
-                kernel.write_bytes(f"pvtwin validation kernel {release.name}\n".encode() * 64)
+                kernel.write_bytes(f"pvtwin validation kernel {name_}\n".encode() * 64)
                 state = replace_part(state, "bsp/", build_bsp(kernel=kernel, initrd=initrd, objects=objects))
             else:
                 name = part.removeprefix("app:")
-                never = release.defect == "never_ready"
-                entries = _container(work, objects, name, f"{name}-{release.name}", never)
+                never = defect == "never_ready"
+                entries = _container(work, objects, name, f"{name}-{name_}", never)
                 state = replace_part(state, f"{name}/", entries)
-        revisions.append(_save(work, release.name, state, before, objects))
+        revisions.append(_save(work, name_, state, before, objects))
     return objects.dir, revisions
 
 
