@@ -108,6 +108,11 @@ def settled(status: dict[str, Any] | None) -> bool:
     return all(c["status"] in ("STARTED", "READY", "MOUNTED") for c in containers)
 
 
+def _registered(status: dict[str, Any] | None) -> bool:
+    hub = (status or {}).get("hub")
+    return isinstance(hub, dict) and bool(hub.get("device"))
+
+
 def wait_ready(doc: dict[str, Any], names: list[str], timeout: float) -> None:
     waiting = {d["name"]: d for d in doc["devices"] if d["name"] in names}
     deadline = time.monotonic() + timeout
@@ -115,7 +120,10 @@ def wait_ready(doc: dict[str, Any], names: list[str], timeout: float) -> None:
         for name, dev in list(waiting.items()):
             if not procs.alive(dev["pid"], dev["storage"]):
                 raise PvError(f"device {name} exited during boot; see {dev['log']}")
-            if settled(device_status(dev)):
+            status = device_status(dev)
+            # in remote mode a device is ready once it also registered with the Hub, so a release
+            # created right after `fleet up` counts it in its fleet
+            if settled(status) and (not doc.get("remote") or _registered(status)):
                 del waiting[name]
         time.sleep(0.1)
     if waiting:

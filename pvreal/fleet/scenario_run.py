@@ -180,7 +180,8 @@ def run_plan(plan: dict[str, Any], work: Path, display: Any) -> dict[str, Any]:
         signaller.stopping.set()
         display.stage("tearing the fleet down")
         lifecycle.down(spec.storage)
-        signaller.join(5)
+        if signaller.is_alive():
+            signaller.join(5)
     return doc
 
 
