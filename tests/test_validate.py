@@ -180,3 +180,83 @@ def test_ctrl_c_during_the_real_run_removes_everything(tmp_path):
     for pid in pids:
         cmdline = Path(f"/proc/{pid}/cmdline")
         assert not cmdline.exists() or str(fleet_json.parent) not in cmdline.read_bytes().decode(errors="replace")
+
+
+README_MARKER = "<!-- tests/test_validate.py runs this block as written (with 4 devices, paths swapped) -->"
+# the README's 16 devices become 4 here (2 for its `pvsim validate`), to keep CI affordable
+README_SWAPS = {
+    "--devices 16": "--devices 4", "--real-devices 16": "--real-devices 2",
+    "4 of 16 devices": "1 of 4 devices",
+    "fleet 16  admitted 16  succeeded 16": "fleet 4  admitted 4  succeeded 4",
+}  # fmt: skip
+
+
+def _readme_steps() -> list[tuple[str, list[str]]]:
+    text = (REPO / "README.md").read_text()
+    section = text[text.index(README_MARKER):]
+    block = section[section.index("```console\n") + len("```console\n"):section.index("\n```")]
+    steps: list[tuple[str, list[str]]] = []
+    for line in block.splitlines():
+        if line.startswith("# "):
+            steps.append((line[2:], []))
+        elif line.strip():
+            steps[-1][1].append(line)
+    return steps
+
+
+def _swap(text: str, storage: Path, port: str) -> str:
+    for old, new in README_SWAPS.items():
+        text = text.replace(old, new)
+    return text.replace("/var/lib/pvfleet", str(storage)).replace("12365", port)
+
+
+def _printed(expected: str, output: str) -> bool:
+    import re
+
+    pattern = ".*".join(re.escape(part) for part in expected.split("..."))
+    return any(re.fullmatch(pattern, line.rstrip()) for line in output.splitlines())
+
+
+def test_the_readme_rollout_and_validation_block_runs_as_written(tmp_path):
+    need_device()
+    from pvreal.fleet import lifecycle, procs, revisions
+
+    _, revs = revisions.build(tmp_path / "build", [{"name": "r1", "parts": ["app:web"]}])
+    (tmp_path / "rev0.json").write_bytes(revs[0].state.read_bytes())
+    (tmp_path / "rev1.json").write_bytes(revs[1].state.read_bytes())
+    os.symlink(tmp_path / "build" / "objects", tmp_path / "objects")
+    os.symlink(REPO / "scenarios", tmp_path / "scenarios")
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    env = {**os.environ, "PYTHONPATH": str(REPO),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}  # fmt: skip
+    storage = tmp_path / "fleetdir"
+    background = None
+    try:
+        for command, expected in _readme_steps():
+            command = _swap(command.split("   #")[0], storage, port)
+            if command.endswith("&"):
+                background = subprocess.Popen(["bash", "-c", command.rstrip("& ")], cwd=tmp_path,
+                                              env=env, start_new_session=True)  # fmt: skip
+                assert procs.wait_port("127.0.0.1", int(port), 30)
+                continue
+            if command == "kill %1":
+                assert background is not None
+                os.killpg(background.pid, signal.SIGTERM)
+                background.wait(30)
+                background = None
+                continue
+            done = subprocess.run(["bash", "-c", command], cwd=tmp_path, env=env,
+                                  capture_output=True, text=True, timeout=400)  # fmt: skip
+            assert done.returncode == 0, (command, done.stdout, done.stderr)
+            for line in expected:
+                assert _printed(_swap(line, storage, port), done.stdout), (command, line, done.stdout)
+    finally:
+        lifecycle.down(storage)
+        if background is not None:
+            os.killpg(background.pid, signal.SIGKILL)
+            background.wait()
+    assert net.leftovers(lifecycle.fleet_id(storage)) == []

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import socket
 import sqlite3
 import threading
@@ -345,7 +346,13 @@ def main(argv: list[str]) -> int:
     import signal
     import sys
 
+    me = os.getpid()
+
     def stop(signum: int, _frame: Any) -> None:
+        # only in this process: pyroute2 forks helpers that inherit the handler, and a helper told
+        # to stop must die, not unwind this process's stack (and run its fleet's teardown) itself
+        if os.getpid() != me:
+            os._exit(128 + signum)
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
