@@ -21,11 +21,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import socket
 import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +37,7 @@ from pvreal.fleet import faults, lifecycle
 from pvreal.fleet import revisions as realrevs
 from pvreal.fleet.state import load as load_fleet
 from pvreal.hub.client import operator_for, publish
-from shared.engine.progress import Status
+from shared.engine.progress import Msg, Status
 from shared.errors import PvError
 from shared.rollout import parse_options
 
@@ -44,6 +46,15 @@ OBSERVATIONS = ("boot_s", "container_start_s", "ready_s", "transfers")
 
 POLL_S = 0.1  # how often the harness looks at each device (ready signals, observations)
 FINAL = {Status.DONE.value, Status.UPDATED.value, Status.ERROR.value, Status.WONTGO.value}
+
+
+MAIN_PID = os.getpid()  # forked helpers (pyroute2's) inherit signal handlers, not this pid
+
+
+def _hold(signum: int, _frame: Any) -> None:
+    """During teardown: this process carries on; a forked helper still dies as told."""
+    if os.getpid() != MAIN_PID:
+        os._exit(128 + signum)
 
 
 def _free_port() -> int:
@@ -81,16 +92,23 @@ class ReadySignaller(threading.Thread):
         super().__init__(name="pvsim-validate-ready", daemon=True)
         self.storage, self.watch = storage, watch
         self.stopping = threading.Event()
+        self.since = float("inf")
 
     def run(self) -> None:
-        while not self.stopping.wait(POLL_S):
-            try:
-                doc = load_fleet(self.storage)
-            except (OSError, PvError, ValueError):
-                continue
-            for dev in doc["devices"]:
-                with contextlib.suppress(OSError, CtrlError, ValueError, KeyError):
-                    self._look(dev)
+        self.since = time.time()
+        # every device looked at in parallel: one slow pv-ctrl answer must not delay the others'
+        # ready signals (an app signals as soon as it is up) nor blur their observations
+        with ThreadPoolExecutor(max_workers=64, thread_name_prefix="pvsim-validate-look") as pool:
+            while not self.stopping.wait(POLL_S):
+                try:
+                    doc = load_fleet(self.storage)
+                except (OSError, PvError, ValueError):
+                    continue
+                list(pool.map(self._look_quietly, doc["devices"]))
+
+    def _look_quietly(self, dev: dict[str, Any]) -> None:
+        with contextlib.suppress(OSError, CtrlError, ValueError, KeyError):
+            self._look(dev)
 
     def _look(self, dev: dict[str, Any]) -> None:
         status = lifecycle.device_status(dev, timeout=1.0)
@@ -101,7 +119,8 @@ class ReadySignaller(threading.Thread):
         boot = (name, dev["boots"])
         if boot not in w.booted and dev.get("started_at"):
             w.booted.add(boot)
-            w.boot_s.append(now - dev["started_at"])
+            if dev["started_at"] >= self.since:  # a restart this harness saw from its start
+                w.boot_s.append(now - dev["started_at"])
         hub = status.get("hub") or {}
         if hub.get("device"):
             w.hub_ids[name] = hub["device"]
@@ -178,6 +197,10 @@ def run_plan(plan: dict[str, Any], work: Path, display: Any) -> dict[str, Any]:
         _drive(plan, db, events, t0, watch, display)
         doc = _read(plan, db, revs, t0, watch)
     finally:
+        if threading.current_thread() is threading.main_thread():
+            # a second Ctrl-C or SIGTERM must not cut the teardown short
+            signal.signal(signal.SIGINT, _hold)
+            signal.signal(signal.SIGTERM, _hold)
         signaller.stopping.set()
         display.stage("tearing the fleet down")
         lifecycle.down(spec.storage)
@@ -298,28 +321,34 @@ def _read(plan: dict[str, Any], db: Path, revs: list[realrevs.RealRevision], t0:
                     "device": by_id.get(target["device"], target["device"]), "reports": reports,
                     "outcome": target["outcome"], "outcome_t": t(target["outcome_at"]),
                 })  # fmt: skip
-                _observe(doc, reports, rev.changed_mb, watch, by_id.get(target["device"]), t0, scale)
+                _observe(doc, reports, rev.changed_mb, 2 if "bsp" in rel["parts"] else 1)
     doc["observations"]["boot_s"] = [round(b / scale, 3) for b in watch.boot_s]
     doc["observations"]["ready_s"] = [round(r / scale, 3) for r in watch.ready_s]
     return doc
 
 
-def _observe(doc: dict[str, Any], reports: list[list[Any]], mb: float, watch: Watch,
-             name: str | None, t0: float, scale: float) -> None:  # fmt: skip
-    """Downloads (DOWNLOADING to INPROGRESS) and container starts (INPROGRESS to a container of
-    this device STARTED) from what the Hub heard and the harness saw."""
-    first = {}
-    for t, status, _ in reports:
+def _observe(doc: dict[str, Any], reports: list[list[Any]], mb: float, groups: int) -> None:
+    """What one device-update shows of the device's figures, from what the Hub heard: a
+    download (DOWNLOADING to INPROGRESS), an in-daemon reboot ("Rebooting" to "Trying new
+    revision"), and a container start ("Trying new revision" to TESTING, per group started; the
+    harness's own look at containers every POLL_S is too coarse for starts of a tenth of a
+    second)."""
+    obs = doc["observations"]
+    first: dict[str, float] = {}
+    for t, status, msg in reports:
         first.setdefault(status, t)
+        first.setdefault(msg, t)
     down, inprogress = first.get(Status.DOWNLOADING.value), first.get(Status.INPROGRESS.value)
     if down is not None and inprogress is not None and inprogress > down:
-        doc["observations"]["transfers"].append([round(mb, 6), round(inprogress - down, 3)])
-    if inprogress is None or name is None:
-        return
-    starts = sorted((at - t0) / scale for (dev, _, _), at in watch.started_at.items() if dev == name)
-    later = [s for s in starts if s >= inprogress]
-    if later:
-        doc["observations"]["container_start_s"].append(round(later[0] - inprogress, 3))
+        obs["transfers"].append([round(mb, 6), round(inprogress - down, 3)])
+    rebooting, trying = first.get(Msg.REBOOTING), first.get(Msg.TRYING)
+    if rebooting is not None and trying is not None and trying > rebooting:
+        obs["boot_s"].append(round(trying - rebooting, 3))
+    testing = first.get(Status.TESTING.value)
+    if trying is not None and testing is not None and testing > trying:
+        # the groups whose containers the update restarts start one after the other: a BSP
+        # restarts root and app, an app update its own group
+        obs["container_start_s"].append(round((testing - trying) / groups, 3))
 
 
 class JsonLines:
@@ -343,15 +372,12 @@ class JsonLines:
 def main(argv: list[str]) -> int:
     """PLAN WORK OUT: run the plan (JSON) with WORK as the fleet's folder, write the timeline to
     OUT. SIGINT or SIGTERM tear the fleet down before exiting."""
-    import signal
     import sys
-
-    me = os.getpid()
 
     def stop(signum: int, _frame: Any) -> None:
         # only in this process: pyroute2 forks helpers that inherit the handler, and a helper told
         # to stop must die, not unwind this process's stack (and run its fleet's teardown) itself
-        if os.getpid() != me:
+        if os.getpid() != MAIN_PID:
             os._exit(128 + signum)
         raise KeyboardInterrupt
 

@@ -6,10 +6,10 @@ logarithms (at least SIGMA_FLOOR, so one repeated value does not make a constant
 
 | figure | from |
 |---|---|
-| `boot_s` | power-on (daemon started) to pv-ctrl answering, every boot the harness saw |
-| `container_start_s` | the Hub heard INPROGRESS to the device's new container STARTED |
+| `boot_s` | the Hub heard "Rebooting" to "Trying new revision" (an update's reboot), and a restart after a power cut to pv-ctrl answering |
+| `container_start_s` | "Trying new revision" to TESTING, divided by the groups the update restarts (a BSP: root and app, one after the other; an app: its group) |
 | `ready_s` | container STARTED to its ready signal accepted |
-| `storage_write_mb_s` | changed MB / (DOWNLOADING to INPROGRESS), per device-update |
+| `storage_write_mb_s` | changed MB / (DOWNLOADING to INPROGRESS), per device-update moving at least 0.5 MB |
 
 The link is set far above the storage speed (`link_mbit_s`), since the fleet's link is a veth on
 one machine: the measured transfer time is then the write speed's to explain. A figure with no
@@ -25,6 +25,7 @@ from typing import Any
 SIGMA_FLOOR = 0.05
 MIN_DURATION_S = 1e-3
 LINK_MBIT_S = 10_000.0
+MIN_TRANSFER_MB = 0.5
 
 
 def lognormal(samples: list[float]) -> dict[str, Any] | None:
@@ -45,7 +46,8 @@ def fit(doc: dict[str, Any]) -> dict[str, Any]:
         dist = lognormal(obs[key])
         if dist is not None:
             figures[key] = dist
-    speeds = [mb / s for mb, s in obs["transfers"] if s > 0 and mb > 0]
+    # a small download is all request overhead: it says nothing of the storage's speed
+    speeds = [mb / s for mb, s in obs["transfers"] if s > 0 and mb >= MIN_TRANSFER_MB]
     dist = lognormal(speeds)
     if dist is not None:
         figures["storage_write_mb_s"] = dist

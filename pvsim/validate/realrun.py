@@ -3,9 +3,9 @@
 and whose timeline comes back as JSON. pvsim and pvreal stay independent backends: they meet only
 in those files (formats in docs/validation.md).
 
-Ctrl-C reaches the child too (same process group): it tears its fleet down, and this side waits
-for that before letting the interrupt go on. Any other failure here stops the child (SIGTERM,
-which it treats the same way) and waits for it likewise.
+The child runs in a session of its own, so a Ctrl-C reaches this side only: it stops the child
+with SIGTERM (which tears its fleet down) and waits for that before letting the interrupt go
+on; any other failure here does the same.
 """
 
 from __future__ import annotations
@@ -54,7 +54,10 @@ def run_real(scn: Scenario, devices: int, work: Path, display: Any) -> dict[str,
     path = os.environ.get("PYTHONPATH", "")
     env = {**os.environ, "PYTHONPATH": CODE_ROOT + (os.pathsep + path if path else "")}
     with open(work / "real.log", "wb") as log:
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, cwd=CODE_ROOT, env=env)
+        # a session of its own: a Ctrl-C reaches this process only, which then stops the child
+        # once (SIGTERM), so the child's teardown runs exactly once and to the end
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, cwd=CODE_ROOT, env=env,
+                                start_new_session=True)  # fmt: skip
         try:
             assert proc.stdout is not None
             for line in proc.stdout:

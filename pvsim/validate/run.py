@@ -32,8 +32,20 @@ def validate(scn: Scenario, devices: int, display: Any, keep: Path | None = None
         result["calibration"] = figures
         if keep is not None:
             keep.mkdir(parents=True, exist_ok=True)
-            for name in ("real-timeline.json", "sim-timeline.json"):
+            for name in ("real-timeline.json", "sim-timeline.json", "plan.json", "real.log"):
                 shutil.copy(work / name, keep / name)
+            _keep_logs(work / "real", keep / "logs")
         return result
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _keep_logs(real: Path, dest: Path) -> None:
+    """The real side's own logs (each daemon's, the Hub's, the relay's), to see why a device did
+    what it did."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for log in sorted(real.glob("fleet/devices/*/daemon.log")):
+        shutil.copy(log, dest / f"{log.parent.name}.log")
+    for name in ("hub.log", "relay.log"):
+        if (real / "fleet" / name).is_file():
+            shutil.copy(real / "fleet" / name, dest / name)

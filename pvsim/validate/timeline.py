@@ -15,9 +15,10 @@ A slot is one device's part in one release, named by its admission position (0 =
 first): the two worlds pick devices in different orders (pvsim a seeded permutation, the real
 Hub registration order), so the k-th admitted device of one is compared with the k-th of the
 other. `reports` are the progress records the Hub heard, in order. `observations` are what the
-real harness measured (empty lists for pvsim): boots (power-on to pv-ctrl answering), container
-starts (the Hub heard INPROGRESS to the new container STARTED), ready signals, and downloads
-(changed MB, DOWNLOADING to INPROGRESS).
+real side measured (empty lists for pvsim): boots ("Rebooting" to "Trying new revision", and a
+restart after a power cut to pv-ctrl answering), container starts ("Trying new revision" to
+TESTING per group restarted), ready signals (STARTED to the signal accepted), and downloads
+(changed MB, DOWNLOADING to INPROGRESS); docs/validation.md.
 """
 
 from __future__ import annotations
