@@ -322,8 +322,8 @@ def _read(plan: dict[str, Any], db: Path, revs: list[realrevs.RealRevision], t0:
                     "outcome": target["outcome"], "outcome_t": t(target["outcome_at"]),
                 })  # fmt: skip
                 _observe(doc, reports, rev.changed_mb, 2 if "bsp" in rel["parts"] else 1)
-    doc["observations"]["boot_s"] = [round(b / scale, 3) for b in watch.boot_s]
-    doc["observations"]["ready_s"] = [round(r / scale, 3) for r in watch.ready_s]
+    doc["observations"]["boot_s"] += [round(b / scale, 3) for b in watch.boot_s]
+    doc["observations"]["ready_s"] += [round(r / scale, 3) for r in watch.ready_s]
     return doc
 
 
