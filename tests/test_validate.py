@@ -153,8 +153,10 @@ def test_ctrl_c_during_the_real_run_removes_everything(tmp_path):
     need_device()
     argv = [sys.executable, "-m", "pvsim", "validate", str(SCENARIOS[0]), "--real-devices", "2", "--quiet"]
     existing = set(Path("/var/tmp").glob("pvsim-validate-*"))
+    # SIGINT as a terminal delivers it (a test run started in the background inherits it ignored)
     proc = subprocess.Popen(argv, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.default_int_handler))  # fmt: skip
     try:
         fleet_json = None
         for _ in range(1200):  # until the fleet is up

@@ -55,6 +55,7 @@ def _container(work: Path, objects: ObjectStore, name: str, tag: str, never_read
 def build(work: Path, releases: list[dict[str, Any]]) -> tuple[Path, list[RealRevision]]:
     """Factory state and one state per release under `work` (objects in work/objects);
     returns (objects folder, [factory, release 1, ...])."""
+    work.mkdir(parents=True, exist_ok=True)
     objects = ObjectStore(work / "objects")
     state: dict[str, Any] = {"#spec": "pantavisor-service-system@1"}
     kernel, initrd = work / "kernel.img", work / "initrd.img"
