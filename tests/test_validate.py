@@ -188,7 +188,7 @@ README_MARKER = "<!-- tests/test_validate.py runs this block as written (with 4 
 # the README's 16 devices become 4 here (2 for its `pvsim validate`), to keep CI affordable
 README_SWAPS = {
     "--devices 16": "--devices 4", "--real-devices 16": "--real-devices 2",
-    "4 of 16 devices": "1 of 4 devices",
+    "4 of 16 devices": "1 of 4 devices", ": 16 devices up": ": 4 devices up",
     "fleet 16  admitted 16  succeeded 16": "fleet 4  admitted 4  succeeded 4",
 }  # fmt: skip
 
@@ -196,13 +196,15 @@ README_SWAPS = {
 def _readme_steps() -> list[tuple[str, list[str]]]:
     text = (REPO / "README.md").read_text()
     section = text[text.index(README_MARKER):]
-    block = section[section.index("```console\n") + len("```console\n"):section.index("\n```")]
+    start = section.index("```console\n") + len("```console\n")
+    block = section[start:section.index("\n```", start)]
     steps: list[tuple[str, list[str]]] = []
     for line in block.splitlines():
         if line.startswith("# "):
             steps.append((line[2:], []))
         elif line.strip():
             steps[-1][1].append(line)
+    assert len(steps) >= 8, "the README's rollout block lost its commands"
     return steps
 
 
@@ -221,12 +223,14 @@ def _printed(expected: str, output: str) -> bool:
 
 def test_the_readme_rollout_and_validation_block_runs_as_written(tmp_path):
     need_device()
-    from pvreal.fleet import lifecycle, procs, revisions
+    from devicekit import Revisions
 
-    _, revs = revisions.build(tmp_path / "build", [{"name": "r1", "parts": ["app:web"]}])
-    (tmp_path / "rev0.json").write_bytes(revs[0].state.read_bytes())
-    (tmp_path / "rev1.json").write_bytes(revs[1].state.read_bytes())
-    os.symlink(tmp_path / "build" / "objects", tmp_path / "objects")
+    from pvreal.fleet import lifecycle, procs
+
+    # the device section's rev0.json and rev1.json: one `web` container (goal STARTED), changed
+    revs = Revisions(tmp_path, group_timeout=10)
+    revs.state("rev0", {"web": {"tag": "w1"}})
+    revs.state("rev1", {"web": {"tag": "w2"}})
     os.symlink(REPO / "scenarios", tmp_path / "scenarios")
     import socket
 
