@@ -178,6 +178,7 @@ def test_ctrl_c_during_the_real_run_removes_everything(tmp_path):
     assert proc.returncode != 0, out
     assert net.leftovers(doc["id"]) == []
     assert not fleet_json.parent.parent.parent.exists()  # the temporary folder is gone
+    assert [d["run_dir"] for d in doc["devices"] if Path(d["run_dir"]).exists()] == []
     pids = [doc["relay"]["pid"], doc["hub"]["pid"]] + [d["pid"] for d in doc["devices"]]
     for pid in pids:
         cmdline = Path(f"/proc/{pid}/cmdline")
