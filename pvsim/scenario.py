@@ -210,6 +210,27 @@ class Run(_Table):
     timeline_step_s: float = Field(60.0, gt=0)
 
 
+class PowerCutAt(_Table):
+    """One scheduled power cut for `pvsim validate`: the device admitted `slot`-th (0 = first) by
+    the first release loses power at `at_s` for `off_s` seconds, in both worlds."""
+
+    slot: int = Field(ge=0)
+    at_s: float = Field(ge=0)
+    off_s: float = Field(1.0, gt=0)
+
+
+class Validation(_Table):
+    """How `pvsim validate` runs this scenario on a real fleet (docs/validation.md)."""
+
+    devices: int = Field(16, ge=1, le=253)  # the default of --real-devices
+    # real seconds per scenario second: the schedule (releases, faults, run.until_s) is multiplied
+    # by it in both worlds; device configuration (update_model.engine, fleet.poll_interval_s) is not
+    time_scale: float = Field(1.0, gt=0, le=1)
+    power_cuts: tuple[PowerCutAt, ...] = ()
+    # the real run ends once every release is over and this many scenario seconds passed quietly
+    settle_s: float = Field(5.0, ge=0)
+
+
 class Scenario(_Table):
     name: str = "scenario"
     description: str = ""
@@ -220,6 +241,7 @@ class Scenario(_Table):
     rollout: Rollout = Rollout()
     update_model: UpdateModel = UpdateModel()
     run: Run = Run()
+    validation: Validation = Validation()
 
     @model_validator(mode="after")
     def _releases_ordered(self) -> Scenario:
@@ -302,10 +324,44 @@ def load_scenario(path: str | Path, **overrides: Any) -> Scenario:
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError(f"not valid TOML: {exc}", source=str(path)) from None
     data.setdefault("name", path.stem)
+    data = _with_includes(data, path)
     for dotted, value in overrides.items():
         if value is not None:
             set_dotted(data, dotted, value, str(path))
     return validate_scenario(data, str(path))
+
+
+def _with_includes(data: dict[str, Any], path: Path) -> dict[str, Any]:
+    """`include = ["fragment.toml", ...]` (paths relative to the file): each fragment's tables
+    are laid under the file's own, in order, so the file's keys win; `pvsim calibrate` writes such
+    fragments. A fragment cannot include further."""
+    names = data.pop("include", [])
+    if isinstance(names, str):
+        names = [names]
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ScenarioError("must be a file name or a list of file names", source=str(path), key="include")
+    merged: dict[str, Any] = {}
+    for name in names:
+        frag_path = path.parent / name
+        try:
+            fragment = tomllib.loads(toml_text(frag_path.read_bytes(), str(frag_path)))
+        except OSError as exc:
+            raise ScenarioError(f"cannot read {frag_path}: {exc.strerror}", source=str(path), key="include") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ScenarioError(f"not valid TOML: {exc}", source=str(frag_path)) from None
+        if "include" in fragment:
+            raise ScenarioError("a fragment cannot include others", source=str(frag_path), key="include")
+        _merge(merged, fragment)
+    _merge(merged, data)
+    return merged
+
+
+def _merge(into: dict[str, Any], top: dict[str, Any]) -> None:
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict) and "dist" not in value:
+            _merge(into[key], value)
+        else:
+            into[key] = value
 
 
 def toml_text(raw: bytes, source: str) -> str:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from hubkit import device, hub_files, write_release
 
+from pvreal.hub.api import TICK_S
 from pvreal.hub.client import operator_for, publish
 from pvreal.hub.server import running
 from pvsim.hub import make_strategy
@@ -182,3 +184,42 @@ def test_the_silent_device_rule_counts_each_silent_device_failed_once():
     assert books.timed_out == [1, 3]
     assert not books.reported(3)  # too late: the Hub ignores the report
     assert books.expire(900.0) == []
+
+
+def test_the_real_hub_counts_a_silent_device_failed_on_its_own_timer(tmp_path):
+    """Time passing alone (the Hub's ticker, no request) counts a device that took the release and
+    stayed silent past device_timeout_s as failed, once; its late report changes nothing; a device
+    that never polled has not taken the release and is not counted."""
+    clock = Clock()
+    files = hub_files(tmp_path)
+    with running(files, clock=clock) as url:
+        quick, silent, absent = (device(url, files, f"d{i}") for i in range(3))
+        state, objects = write_release(tmp_path / "r", "v1")
+        op = operator_for(files.database)
+        options = parse_options("all-at-once", {"device_timeout_s": "60"})
+        publish(op, state, "web-1.1", "all-at-once", options, objects)
+        assert [len(d.steps()) for d in (quick, silent)] == [1, 1]  # both took it at t0
+        quick.put_progress(1, {"status": "DONE", "status-msg": "", "progress": 100})
+
+        def release():
+            return op.status()["releases"][0]
+
+        clock.now += 59
+        time.sleep(3 * TICK_S)
+        assert (release()["failed"], release()["timed_out"]) == (0, 0)  # not yet due
+        clock.now += 1
+        deadline = time.monotonic() + 10
+        while release()["failed"] == 0 and time.monotonic() < deadline:
+            time.sleep(TICK_S / 2)  # no request to the Hub moves it: only its timer
+        rel = release()
+        assert (rel["succeeded"], rel["failed"], rel["timed_out"], rel["state"]) == (1, 1, 1, RUNNING)
+        silent.put_progress(1, {"status": "DONE", "status-msg": "", "progress": 100})
+        rel = release()
+        assert (rel["succeeded"], rel["failed"]) == (1, 1)  # too late: already counted failed
+        absent.steps()  # takes it now: its own deadline starts now
+        clock.now += 61
+        deadline = time.monotonic() + 10
+        while release()["state"] == RUNNING and time.monotonic() < deadline:
+            time.sleep(TICK_S / 2)
+        rel = release()
+        assert (rel["failed"], rel["timed_out"], rel["state"]) == (2, 2, COMPLETED)

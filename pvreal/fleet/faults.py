@@ -98,16 +98,32 @@ def _crash(folder: Path, name: str, *, power_cut: bool, off_s: float) -> str:
 
 
 def _hub_restart(folder: Path) -> str:
+    hub_stop(folder)
+    pid = hub_start(folder)
+    return f"hub: restarted (pid {pid})"
+
+
+def hub_stop(folder: Path) -> None:
+    """The Hub goes away (SIGTERM): devices' requests are refused until `hub_start`."""
     with editing(folder) as doc:
         hub = doc["hub"]
         if not hub["argv"]:
             raise PvError("this fleet did not start the Hub (fleet up --hub-db FILE does)")
         procs.stop([(hub["pid"], hub["db"])], grace=10)
+        hub["pid"] = None
+
+
+def hub_start(folder: Path) -> int:
+    """Start the Hub again on the same database and port; returns once it listens."""
+    with editing(folder) as doc:
+        hub = doc["hub"]
+        if not hub["argv"]:
+            raise PvError("this fleet did not start the Hub (fleet up --hub-db FILE does)")
         hub["pid"] = procs.spawn(hub["argv"], Path(hub["log"]))
         host, port = hub["argv"][-1].rsplit(":", 1)
     if not procs.wait_port(host, int(port), 30):
         raise PvError(f"the Hub did not come back; see {hub['log']}")
-    return f"hub: restarted (pid {hub['pid']})"
+    return int(hub["pid"])
 
 
 def wait_booted(storage: Path, name: str, timeout: float = 60.0) -> None:

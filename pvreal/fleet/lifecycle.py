@@ -91,6 +91,7 @@ def boot_device(doc: dict[str, Any], dev: dict[str, Any]) -> None:
     Path(dev["socket"]).unlink(missing_ok=True)
     dev["pid"] = procs.spawn(daemon_argv(doc, dev), Path(dev["log"]), dev["netns"])
     dev["boots"] += 1
+    dev["started_at"] = time.time()  # power-on: `pvsim calibrate` measures boots from it
 
 
 def device_status(dev: dict[str, Any], timeout: float = 2.0) -> dict[str, Any] | None:
@@ -107,6 +108,11 @@ def settled(status: dict[str, Any] | None) -> bool:
     return all(c["status"] in ("STARTED", "READY", "MOUNTED") for c in containers)
 
 
+def _registered(status: dict[str, Any] | None) -> bool:
+    hub = (status or {}).get("hub")
+    return isinstance(hub, dict) and bool(hub.get("device"))
+
+
 def wait_ready(doc: dict[str, Any], names: list[str], timeout: float) -> None:
     waiting = {d["name"]: d for d in doc["devices"] if d["name"] in names}
     deadline = time.monotonic() + timeout
@@ -114,7 +120,10 @@ def wait_ready(doc: dict[str, Any], names: list[str], timeout: float) -> None:
         for name, dev in list(waiting.items()):
             if not procs.alive(dev["pid"], dev["storage"]):
                 raise PvError(f"device {name} exited during boot; see {dev['log']}")
-            if settled(device_status(dev)):
+            status = device_status(dev)
+            # in remote mode a device is ready once it also registered with the Hub, so a release
+            # created right after `fleet up` counts it in its fleet
+            if settled(status) and (not doc.get("remote") or _registered(status)):
                 del waiting[name]
         time.sleep(0.1)
     if waiting:

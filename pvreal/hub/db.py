@@ -80,7 +80,21 @@ ALTER TABLE targets ADD COLUMN outcome_at REAL;
 ALTER TABLE steps ADD COLUMN visible_at REAL NOT NULL DEFAULT 0;
 """
 
-MIGRATIONS: Sequence[str] = (V1, V2)
+# v3: the silent-device rule (when a device took its step, whether it was counted failed for its
+# silence) and every progress status the Hub heard, in order (the validation timeline).
+V3 = """
+ALTER TABLE targets ADD COLUMN taken_at REAL;
+ALTER TABLE targets ADD COLUMN timed_out INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE progress_log (
+    device TEXT NOT NULL REFERENCES devices(id),
+    rev INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    status_msg TEXT NOT NULL,
+    at REAL NOT NULL
+);
+"""
+
+MIGRATIONS: Sequence[str] = (V1, V2, V3)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

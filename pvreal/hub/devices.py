@@ -158,7 +158,18 @@ class DeviceSide(HubBase):
             query += " AND status = ?"
             args.append(status)
         rows = self.conn.execute(query + " ORDER BY rev", args).fetchall()
+        self._taken(device, [r["release"] for r in rows if r["release"] and r["status"] == Status.NEW.value])
         return [self._step_json(r) for r in rows]
+
+    def _taken(self, device: str, releases: list[str]) -> None:
+        """The device saw these releases' steps pending: it took them now, which starts the
+        silent-device clock (as pvsim's Hub starts it at the device's first poll)."""
+        if releases:
+            with self._tx() as c:
+                c.executemany(
+                    "UPDATE targets SET taken_at = ? WHERE release = ? AND device = ? AND taken_at IS NULL",
+                    [(self.clock(), name, device) for name in releases],
+                )
 
     def _step_row(self, device: str, rev_text: str) -> sqlite3.Row:
         try:
@@ -234,6 +245,10 @@ class DeviceSide(HubBase):
             c.execute(
                 "UPDATE steps SET progress = ?, status = ?, progress_time = ? WHERE device = ? AND rev = ?",
                 (canonical.dumps(doc), status.value, now, device, row["rev"]),
+            )
+            c.execute(
+                "INSERT INTO progress_log (device, rev, status, status_msg, at) VALUES (?,?,?,?,?)",
+                (device, row["rev"], status.value, progress.status_msg, now),
             )
             done = status in FINAL_STATUSES and status not in FAILED_STATUSES
             c.execute(

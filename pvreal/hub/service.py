@@ -36,6 +36,7 @@ from shared.rollout import (
     make_controller,
     parse_options,
 )
+from shared.rollout.silent import SilentDevices
 from shared.state import State, check_revision_name, parse_state
 
 
@@ -186,13 +187,46 @@ class Hub(DeviceSide):
         return self.release_json(name)
 
     def tick_due(self) -> None:
-        """Wake the running releases whose controller asked to be asked again by now."""
+        """Time passed: count silent devices failed, and wake the running releases whose
+        controller asked to be asked again by now."""
+        for name in self.expire_silent():
+            self.tick(name)
         rows = self.conn.execute(
             "SELECT name FROM releases WHERE status = ? AND wake_at IS NOT NULL AND wake_at <= ?",
             (RUNNING, self.clock()),
         ).fetchall()
         for row in rows:
             self.tick(row["name"])
+
+    def expire_silent(self) -> list[str]:
+        """The silent-device rule (shared.rollout.silent) on every unfinished release: a device
+        that took the release and sent no final report within `device_timeout_s` is counted
+        failed, once; a report that comes later finds its outcome set and is not counted again.
+        Returns the releases that counted someone, whose controller must be asked again."""
+        now, changed = self.clock(), []
+        for row in self.conn.execute(
+            "SELECT name, options FROM releases WHERE status IN ('running', 'paused')"
+        ).fetchall():
+            books = SilentDevices(float(json.loads(row["options"]).get("device_timeout_s", 0)))
+            if not books.enabled:
+                continue
+            waiting = self.conn.execute(
+                "SELECT position, taken_at FROM targets WHERE release = ? AND taken_at IS NOT NULL "
+                "AND outcome IS NULL ORDER BY taken_at, position",
+                (row["name"],),
+            ).fetchall()
+            for target in waiting:
+                books.took(target["position"], target["taken_at"])
+            expired = books.expire(now)
+            if expired:
+                with self._tx() as c:
+                    c.executemany(
+                        "UPDATE targets SET outcome = ?, outcome_at = ?, timed_out = 1 "
+                        "WHERE release = ? AND position = ? AND outcome IS NULL",
+                        [(FAILED, now, row["name"], k) for k in expired],
+                    )
+                changed.append(row["name"])
+        return changed
 
     # ------------------------------------------------------------------ operator: what is going on
 
@@ -202,9 +236,16 @@ class Hub(DeviceSide):
             "name": name, "state": row["status"], "strategy": row["strategy"],
             "options": json.loads(row["options"]), "fleet": tally.fleet,
             "admitted": tally.admitted, "succeeded": tally.succeeded, "failed": tally.failed,
-            "in_flight": tally.in_flight, "created": iso(row["created"]),
+            "in_flight": tally.in_flight, "timed_out": self._timed_out(name),
+            "created": iso(row["created"]),
             "state-sha": row["state_sha"],
         }  # fmt: skip
+
+    def _timed_out(self, name: str) -> int:
+        row = self.conn.execute(
+            "SELECT COUNT(*) FROM targets WHERE release = ? AND timed_out = 1", (name,)
+        ).fetchone()
+        return int(row[0])
 
     def status(self) -> dict[str, Any]:
         names = [r["name"] for r in self.conn.execute("SELECT name FROM releases ORDER BY seq")]

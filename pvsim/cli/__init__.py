@@ -26,6 +26,8 @@ pvtwin's discrete-event simulator.
   pvsim compare SCENARIO           strategies or update models side by side over many seeds
   pvsim sweep SCENARIO --grid ...  factorial parameter sweeps (process pool or Dask)
   pvsim bench                      event rate, events per device-update, memory per device
+  pvsim validate SCENARIO          the scenario on a real fleet (root) and in pvsim, compared
+  pvsim calibrate TIMELINE         device figures fitted from a real fleet's timeline
 """
 
 GROUPS = (
@@ -36,6 +38,8 @@ GROUPS = (
     "pvsim.cli.compare",
     "pvsim.cli.sweep",
     "pvsim.cli.bench",
+    "pvsim.cli.validate",
+    "pvsim.cli.calibrate",
 )
 
 
