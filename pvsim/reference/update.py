@@ -112,7 +112,9 @@ class InterruptUpdate(DeviceUpdate):
                 yield env.timeout(duration)
                 return
             except simpy.Interrupt as cut:
-                duration = float(cut.cause) + self.fleet.figures.boot_s.sample(self.fleet.rng) + duration
+                outage = cut.cause  # how long the power is out (InterruptUpdate.power)
+                assert outage is not None
+                duration = outage + self.fleet.figures.boot_s.sample(self.fleet.rng) + duration
 
 
 class PredrawnUpdate(DeviceUpdate):
