@@ -136,8 +136,10 @@ def run_sharded_twin(scenario: Any, shards: int, dask: Any = None) -> dict[str, 
     x = result.extras
     shard_peaks = x["shard_peak_rss_mb"]
     inherited = 0.0 if dask is not None else rss.before_mb
-    hosts = set(zip(x["shard_host_cpu_s"], shard_peaks, strict=True))  # the shards of one host report the same
-    grown = sum(max(0.0, peak - inherited) for _, peak in hosts)
+    per_process: dict[int, float] = {}  # shards in one worker process report its one peak
+    for pid, peak in zip(x["shard_pid"], shard_peaks, strict=True):
+        per_process[pid] = max(peak, per_process.get(pid, 0.0))
+    grown = sum(max(0.0, peak - inherited) for peak in per_process.values())
     return {
         "shards": shards,
         "executor": "dask" if dask is not None else "processes",
@@ -149,7 +151,8 @@ def run_sharded_twin(scenario: Any, shards: int, dask: Any = None) -> dict[str, 
         "shard_host_cpu_s": x["shard_host_cpu_s"],
         "shard_busy_s": x.get("shard_busy_s"),
         "shard_peak_rss_mb": shard_peaks,
-        "hosts": len(hosts),
+        "worker_processes": len(per_process),
+        "worker_peak_rss_mb": sorted(per_process.values()),
         "peak_rss_mb_in_all": round(rss.peak_mb + grown, 1),
         **_outcomes(result.results, result.releases),
     }

@@ -23,6 +23,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import math
+import os
 import time
 import traceback
 from array import array
@@ -106,6 +107,7 @@ class ShardWorld(World):
             "owned": sum(1 for d in range(self.shard, self.table.n, self.shards)),
             "peak_rss_mb": peak_rss_mb(),
             "busy_s": round(self.busy_s, 3),
+            "pid": os.getpid(),  # shards that share a worker process share its memory
         }
 
 
@@ -422,6 +424,7 @@ def merge(
     extras["shard_devices"] = [p["owned"] for p in parts]
     extras["shard_host_cpu_s"] = [p["host_cpu_s"] for p in parts]
     extras["shard_busy_s"] = [p["busy_s"] for p in parts]
+    extras["shard_pid"] = [p["pid"] for p in parts]
     marks = sorted(m for r in rollouts for m in r.marks)
     return RunResult(out, releases, timeline, marks, extras)
 

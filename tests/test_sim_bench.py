@@ -56,7 +56,8 @@ def test_rss_sampler_sees_memory_taken_and_given_back_inside_its_block():
 def test_sharded_twin_is_reported_beside_the_unsharded_one():
     row = bench_size(400, models=["twin", "sharded"], shards=2)
     sharded = row["sharded"]
-    assert sharded["shards"] == 2 and sharded["executor"] == "processes" and sharded["hosts"] == 2
+    assert sharded["shards"] == 2 and sharded["executor"] == "processes" and sharded["worker_processes"] == 2
+    assert len(sharded["worker_peak_rss_mb"]) == 2
     assert sharded["shard_devices"] == [200, 200]
     assert len(sharded["shard_busy_s"]) == 2 and all(t > 0 for t in sharded["shard_busy_s"])
     assert sharded["epochs"] == 720  # 12 simulated hours of 60 s epochs

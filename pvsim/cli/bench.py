@@ -149,6 +149,8 @@ def _summary_table(report: dict[str, Any]) -> Table:
     table.add_column(f"twin ÷ interrupt (bar ≤ {bar_i})", justify="right")
     table.add_column(f"twin ÷ predrawn (bar ≤ {bar_p})", justify="right")
     for row in report["sizes"]:
+        if not any(m in row for m in MODELS):
+            continue  # only the sharded twin ran: it is in the caption
         wall, cpu = row.get("twin_over_reference", {}), row.get("twin_over_reference_cpu", {})
         table.add_row(
             f"{row['devices']:,}", *(_fmt(row["us_per_device_update"].get(m)) for m in MODELS),
