@@ -186,6 +186,7 @@ def bench_size(
     if "sharded" in models:
         say(f"{devices} devices: sharded twin ({shards} shards)")
         out["sharded"] = run_sharded_twin(scenario, shards, dask)
+        say(_headline("sharded", out["sharded"]))
     order = [m for m in MODELS if m in models]
     rounds: dict[str, list[dict[str, Any]]] = {m: [] for m in order}
     for k in range(repeat):
@@ -193,6 +194,7 @@ def bench_size(
             say(f"{devices} devices, round {k + 1}/{repeat}: {model}")
             run = run_twin(scenario) if model == "twin" else run_reference_model(scenario, model)
             rounds[model].append(run)
+            say(_headline(model, run))
     for model, runs in rounds.items():
         out[model] = _median_run(runs)
     if "twin" in rounds:
@@ -208,6 +210,12 @@ def bench_size(
     if "sharded" in out and "twin" in out:
         out["sharded_over_unsharded_wall"] = round(out["sharded"]["wall_s"] / out["twin"]["wall_s"], 3)
     return out
+
+
+def _headline(model: str, run: dict[str, Any]) -> str:
+    """One line as soon as a run is over: a long benchmark shows its figures as it goes."""
+    memory = run.get("peak_rss_mb", run.get("peak_rss_mb_in_all"))
+    return f"  {model}: {run['wall_s']:.1f} s wall, {us_per_update(run)} µs per device-update, peak RSS {memory:.0f} MB"
 
 
 def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:

@@ -19,7 +19,9 @@ def test_one_size_runs_every_model_interleaved_with_agreeing_outcomes():
     said = []
     row = bench_size(300, repeat=2, say=said.append)
     # round 1 in order, round 2 reversed: drift favours no model
-    assert said == [f"300 devices, round {k}/2: {m}" for k, ms in ((1, ("twin", "interrupt", "predrawn")), (2, ("predrawn", "interrupt", "twin"))) for m in ms]
+    started = [line for line in said if not line.startswith("  ")]
+    assert started == [f"300 devices, round {k}/2: {m}" for k, ms in ((1, ("twin", "interrupt", "predrawn")), (2, ("predrawn", "interrupt", "twin"))) for m in ms]
+    assert len(said) == 2 * len(started) and said[1].startswith("  twin: ") and "µs per device-update" in said[1]
     for model in ("twin", "interrupt", "predrawn"):
         run = row[model]
         assert run["wall_s"] > 0 and run["peak_rss_mb"] > 0 and len(run["wall_s_rounds"]) == 2

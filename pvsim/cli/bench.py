@@ -26,8 +26,9 @@ interrupt idiom and its pre-drawn-cut variant; the twin's events per device-upda
 per device; each model's outcome counts (they should agree). From {SHARD_FROM:,} devices the
 sharded twin (--shards) runs too, beside the unsharded one.
 
-time on the 2-core build machine (current code): the default sizes take about 1.5 minutes a round
-(`make bench`: 3 rounds, about 4 minutes); --devices 1000000 about 20 minutes.
+time on the 2-core build machine, quiet, with the twin as of issue 18: the default sizes take about
+a minute a round (`make bench`: 3 rounds, about 3 minutes; twice that while other work loads the
+machine); --devices 1000000 about 20 minutes (the sharded twin, the twin, both references).
 """
 
 
