@@ -28,7 +28,8 @@ sharded twin (--shards) runs too, beside the unsharded one.
 
 time on the 2-core build machine, quiet, with the twin as of issue 18: the default sizes take about
 a minute a round (`make bench`: 3 rounds, about 3 minutes; twice that while other work loads the
-machine); --devices 1000000 about 20 minutes (the sharded twin, the twin, both references).
+machine); --devices 1000000 about 15 minutes (the sharded twin, the twin, both references; 41
+minutes measured while other work loaded the machine).
 """
 
 
