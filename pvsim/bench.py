@@ -1,125 +1,286 @@
-"""What `pvsim bench` measures: measured, not guessed — event rates, events per device-update, memory per device.
+"""What `pvsim bench` measures: the twin against the reference model, side by side in one process.
 
-In one process: a raw SimPy loop (processes that only yield timeouts) to calibrate this machine, the
-twin running scenarios/quickstart.toml at the requested size, and the raw loop again. The machine's
-speed drifts (a shared VM measured here varies by tens of percent within a minute), so the raw rate
-is the mean of the runs before and after the twin, and both are reported. Reported: both
-event rates and their ratio, SimPy events per device-update, memory per device (peak RSS growth
-over the twin run divided by the fleet size), the twin's wall time and its peak RSS.
+"pvtwin, or the model I would write myself in an afternoon?" The bar is wall time per
+device-update against the reference model (`pvsim.reference`): the simplest honest plain-SimPy
+model of the same scenario, in its two idioms for power cuts (`interrupt`, `predrawn`). At each
+size the three models run one after the other in this process, `repeat` rounds, the order
+reversed every other round so that a machine whose speed drifts (this shared VM's does, by tens
+of percent within a minute) favours none of them. Each model's wall time covers the whole call
+(building the fleet, simulating, counting), with the cyclic GC off in both models.
 
-The ratio of event rates says how much work a twin event carries next to an empty timeout; the
-per-device-update figures say what that means for a run: a twin at ratio 0.5 spends at most
-2 x (raw cost of an event) x (events per device-update) on one device-update.
+Reported per size: each model's wall and CPU time, µs per device-update and peak RSS during its
+run (sampled: /proc/self/statm every 20 ms, so every model in the one process gets its own);
+`twin_over_reference` (the median over rounds of twin wall ÷ reference wall, per variant, and the
+same per CPU second); the twin's events per device-update and memory per device (peak RSS growth
+over its run ÷ devices); and the outcome counts of each model, which should agree.
+
+At sizes from `SHARD_FROM` (1 000 000 devices) on, the sharded twin (`pvsim.shard`, `shards`
+worker processes or Dask actors) runs first, before the unsharded models (its workers are forked
+from this process, so they inherit its memory), and is reported beside the unsharded twin: wall,
+peak RSS per shard and in all, time each shard spent simulating, epochs.
 """
 
 from __future__ import annotations
 
+import math
+import os
+import statistics
+import threading
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import simpy
-
-from pvsim.results import peak_rss_mb
-
 QUICKSTART = Path(__file__).resolve().parent.parent / "scenarios" / "quickstart.toml"
+REFERENCES = ("interrupt", "predrawn")
+MODELS = ("twin", *REFERENCES)
+SHARD_FROM = 1_000_000
+# issue 18's bars, printed beside the measurements: twin ÷ reference wall at 20 000 and 100 000
+# devices, cost growth from 10 000 to 1 000 000, and the million-device run
+TARGETS = {
+    "twin_over_reference.interrupt": 2.0,
+    "twin_over_reference.predrawn": 2.5,
+    "twin_cost_growth_10k_to_1m": 1.25,
+    "million_wall_s": 180.0,
+    "million_peak_rss_mb": 3000.0,
+}
 
 
 def current_rss_mb() -> float:
-    try:
-        with open("/proc/self/statm", encoding="ascii") as handle:
-            pages = int(handle.read().split()[1])
-        import resource
-
-        return pages * resource.getpagesize() / (1024 * 1024)
-    except OSError:
-        return peak_rss_mb()
+    with open("/proc/self/statm", encoding="ascii") as handle:
+        pages = int(handle.read().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / (1024 * 1024)
 
 
-def raw_simpy_rate(processes: int = 10_000, timeouts: int = 100) -> dict[str, float]:
-    """Events per second of plain SimPy: `processes` generators each yielding `timeouts` timeouts."""
-    env = simpy.Environment()
+class RssSampler:
+    """The peak of this process's resident memory while the `with` block runs (a thread reads it
+    every `every_s`): ru_maxrss is the peak of the whole process, which later runs cannot undercut."""
 
-    def proc(env: simpy.Environment, k: int) -> Generator[Any, Any, None]:
-        delay = 1.0 + (k % 7) * 0.1
-        for _ in range(timeouts):
-            yield env.timeout(delay)
+    def __init__(self, every_s: float = 0.02) -> None:
+        self.every_s = every_s
+        self.peak_mb = 0.0
+        self.before_mb = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
 
-    for k in range(processes):
-        env.process(proc(env, k))
-    start = time.perf_counter()
-    cpu_start = time.process_time()
-    env.run()
-    wall = time.perf_counter() - start
-    cpu = time.process_time() - cpu_start
-    # each process: one Initialize, `timeouts` timeouts, one process-end event
-    events = processes * (timeouts + 2)
-    return {"events": events, "wall_s": wall, "cpu_s": cpu, "events_per_s": events / wall, "events_per_cpu_s": events / cpu}
+    def __enter__(self) -> RssSampler:
+        self.before_mb = self.peak_mb = current_rss_mb()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak_mb = max(self.peak_mb, current_rss_mb())
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.every_s):
+            self.peak_mb = max(self.peak_mb, current_rss_mb())
 
 
-def twin_run(devices: int, scenario_path: Path = QUICKSTART) -> dict[str, Any]:
+def _outcomes(results: dict[str, Any], releases: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "committed": results["committed"],
+        "rolled_back": results["rolled_back"],
+        "rollout_state": results["rollout_state"],
+        "paused_at_s": [None if r["halted_at_s"] is None else round(r["halted_at_s"], 1) for r in releases],
+    }
+
+
+def run_twin(scenario: Any) -> dict[str, Any]:
     from pvsim.runner import run_scenario
+
+    with RssSampler() as rss:
+        start, cpu_start = time.perf_counter(), time.process_time()
+        result = run_scenario(scenario)
+        wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    r, x = result.results, result.extras
+    devices = scenario.fleet.devices
+    return {
+        "wall_s": round(wall, 3),
+        "cpu_s": round(cpu, 3),
+        "device_updates": r["device_updates"],
+        "peak_rss_mb": round(rss.peak_mb, 1),
+        "memory_per_device_kb": round(max(0.0, rss.peak_mb - rss.before_mb) * 1024 / devices, 3),
+        "events": r["events"],
+        "events_per_device_update": x["events_per_device_update"],
+        **_outcomes(r, result.releases),
+    }
+
+
+def run_reference_model(scenario: Any, variant: str) -> dict[str, Any]:
+    from pvsim.reference import run_reference
+
+    with RssSampler() as rss:
+        r = run_reference(scenario, variant)
+    return {
+        "wall_s": r["wall_s"],
+        "cpu_s": r["cpu_s"],
+        "device_updates": r["device_updates"],
+        "peak_rss_mb": round(rss.peak_mb, 1),
+        **_outcomes(r, r["releases"]),
+    }
+
+
+def run_sharded_twin(scenario: Any, shards: int, dask: Any = None) -> dict[str, Any]:
+    """The sharded twin: wall, and memory per shard worker and in all. A forked worker's RSS
+    includes the pages it inherited from this process, so each worker's growth is counted
+    (its peak less this process's RSS at the start) and added to this process's peak."""
+    from pvsim.shard import DEFAULT_EPOCH_S, run_sharded
+
+    with RssSampler() as rss:
+        start, cpu_start = time.perf_counter(), time.process_time()
+        result = run_sharded(scenario, shards, dask=dask)
+        wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    x = result.extras
+    shard_peaks = x["shard_peak_rss_mb"]
+    inherited = 0.0 if dask is not None else rss.before_mb
+    per_process: dict[int, float] = {}  # shards in one worker process report its one peak
+    for pid, peak in zip(x["shard_pid"], shard_peaks, strict=True):
+        per_process[pid] = max(peak, per_process.get(pid, 0.0))
+    grown = sum(max(0.0, peak - inherited) for peak in per_process.values())
+    return {
+        "shards": shards,
+        "executor": "dask" if dask is not None else "processes",
+        "wall_s": round(wall, 3),
+        "coordinator_cpu_s": round(cpu, 3),
+        "device_updates": result.results["device_updates"],
+        "epochs": math.ceil(scenario.run.until_s / DEFAULT_EPOCH_S),
+        "shard_devices": x["shard_devices"],
+        "shard_host_cpu_s": x["shard_host_cpu_s"],
+        "shard_busy_s": x.get("shard_busy_s"),
+        "shard_peak_rss_mb": shard_peaks,
+        "worker_processes": len(per_process),
+        "worker_peak_rss_mb": sorted(per_process.values()),
+        "peak_rss_mb_in_all": round(rss.peak_mb + grown, 1),
+        **_outcomes(result.results, result.releases),
+    }
+
+
+def us_per_update(run: dict[str, Any], key: str = "wall_s") -> float | None:
+    """Microseconds of `key` (wall or CPU time) per device-update."""
+    updates = run["device_updates"]
+    seconds = run.get(key)
+    return round(1e6 * seconds / updates, 1) if updates and seconds is not None else None
+
+
+def bench_size(
+    devices: int,
+    repeat: int = 1,
+    models: Sequence[str] = MODELS,
+    shards: int = 2,
+    dask: Any = None,
+    scenario_path: Path = QUICKSTART,
+    say: Callable[[str], None] = lambda _line: None,
+) -> dict[str, Any]:
+    """All runs at one fleet size, interleaved; the figures of one row of the report."""
     from pvsim.scenario import load_scenario
 
     scenario = load_scenario(scenario_path, **{"fleet.devices": devices})
-    before = current_rss_mb()
-    result = run_scenario(scenario)
-    after_peak = peak_rss_mb()
-    r, x = result.results, result.extras
-    return {
-        "devices": devices,
-        "events": r["events"],
-        "wall_s": r["wall_s"],
-        "events_per_s": r["events"] / r["wall_s"] if r["wall_s"] else None,
-        "cpu_s": x["cpu_s"],
-        "events_per_cpu_s": r["events"] / x["cpu_s"] if x["cpu_s"] else None,
-        "device_updates": x["device_updates"],
-        "events_per_device_update": x["events_per_device_update"],
-        "memory_per_device_kb": round(max(0.0, after_peak - before) * 1024 / devices, 3),
-        "peak_rss_mb": after_peak,
-        "rollout_state": r["rollout_state"],
-        "committed": r["committed"],
-        "rolled_back": r["rolled_back"],
+    if any(m in REFERENCES for m in models):
+        from pvsim.reference import check_supported
+
+        check_supported(scenario)
+    out: dict[str, Any] = {"devices": devices, "rounds": repeat}
+    if "sharded" in models:
+        say(f"{devices} devices: sharded twin ({shards} shards)")
+        out["sharded"] = run_sharded_twin(scenario, shards, dask)
+        say(_headline("sharded", out["sharded"]))
+    order = [m for m in MODELS if m in models]
+    rounds: dict[str, list[dict[str, Any]]] = {m: [] for m in order}
+    for k in range(repeat):
+        for model in order if k % 2 == 0 else order[::-1]:
+            say(f"{devices} devices, round {k + 1}/{repeat}: {model}")
+            run = run_twin(scenario) if model == "twin" else run_reference_model(scenario, model)
+            rounds[model].append(run)
+            say(_headline(model, run))
+    for model, runs in rounds.items():
+        out[model] = _median_run(runs)
+    if "twin" in rounds:
+        for variant in REFERENCES:
+            if variant not in rounds:
+                continue
+            pairs = list(zip(rounds["twin"], rounds[variant], strict=True))
+            out.setdefault("twin_over_reference", {})[variant] = _median_ratio(pairs, "wall_s")
+            out.setdefault("twin_over_reference_cpu", {})[variant] = _median_ratio(pairs, "cpu_s")
+    out["us_per_device_update"] = {m: us_per_update(out[m]) for m in (*order, "sharded") if m in out}
+    # per CPU second: what a loaded machine (other processes on the same cores) disturbs least
+    out["cpu_us_per_device_update"] = {m: us_per_update(out[m], "cpu_s") for m in order}
+    if "sharded" in out and "twin" in out:
+        out["sharded_over_unsharded_wall"] = round(out["sharded"]["wall_s"] / out["twin"]["wall_s"], 3)
+    return out
+
+
+def _headline(model: str, run: dict[str, Any]) -> str:
+    """One line as soon as a run is over: a long benchmark shows its figures as it goes."""
+    memory = run.get("peak_rss_mb", run.get("peak_rss_mb_in_all"))
+    return f"  {model}: {run['wall_s']:.1f} s wall, {us_per_update(run)} µs per device-update, peak RSS {memory:.0f} MB"
+
+
+def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run of median wall time (its own figures, so they stay consistent), plus every round's wall."""
+    ranked = sorted(runs, key=lambda r: r["wall_s"])
+    run = dict(ranked[(len(ranked) - 1) // 2])
+    if len(runs) > 1:
+        run["wall_s_rounds"] = [r["wall_s"] for r in runs]
+    return run
+
+
+def _median_ratio(pairs: list[tuple[dict[str, Any], dict[str, Any]]], key: str) -> float | None:
+    ratios = [twin[key] / ref[key] for twin, ref in pairs if ref[key] > 0]
+    return round(statistics.median(ratios), 3) if ratios else None
+
+
+def bench(
+    sizes: Sequence[int],
+    repeat: int = 1,
+    models: Sequence[str] | None = None,
+    shards: int = 2,
+    dask: Any = None,
+    scenario_path: Path = QUICKSTART,
+    say: Callable[[str], None] = lambda _line: None,
+) -> dict[str, Any]:
+    """Every size in turn (smallest first). `models` None: the twin and both reference variants,
+    and the sharded twin at sizes from SHARD_FROM (when `shards` ≥ 2)."""
+    import platform
+
+    import simpy
+
+    rows = []
+    for devices in sorted(sizes):
+        chosen = list(models) if models is not None else [*MODELS, *(["sharded"] if devices >= SHARD_FROM and shards >= 2 else [])]
+        rows.append(bench_size(devices, repeat, chosen, shards, dask, scenario_path, say))
+    report: dict[str, Any] = {
+        "scenario": str(scenario_path),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "simpy": simpy.__version__},
+        "repeat": repeat,
+        "sizes": rows,
+        "targets": TARGETS,
     }
+    twin_rows = [row for row in rows if row["us_per_device_update"].get("twin")]
+    if len(twin_rows) > 1:
+        small, large = twin_rows[0], twin_rows[-1]
+        report["twin_cost_growth"] = {
+            "from_devices": small["devices"],
+            "to_devices": large["devices"],
+            "ratio": round(large["us_per_device_update"]["twin"] / small["us_per_device_update"]["twin"], 3),
+            "cpu_ratio": round(large["cpu_us_per_device_update"]["twin"] / small["cpu_us_per_device_update"]["twin"], 3),
+        }
+    return report
 
 
-def per_update_figures(twin_wall_s: float, device_updates: int, events_per_update: float, raw_events_per_s: float) -> dict[str, float]:
-    """Microseconds: the twin's wall time per device-update, the raw loop's per event, and the
-    per-device-update time at which the twin's event rate would be half the raw loop's."""
-    raw_us = 1e6 / raw_events_per_s
-    return {
-        "twin_us_per_device_update": round(1e6 * twin_wall_s / device_updates, 1),
-        "raw_simpy_us_per_event": round(raw_us, 3),
-        "us_per_device_update_at_ratio_0_5": round(2 * raw_us * events_per_update, 1),
-    }
+@contextmanager
+def local_dask_cluster(workers: int) -> Iterator[Any]:
+    """A client of a Dask LocalCluster of `workers` single-threaded worker processes on loopback.
+    A shard actor's memory is not data Dask could spill: no spilling or pausing, but a worker past
+    95 % of its memory limit (the machine's memory split between the workers) is still stopped
+    before it takes the whole machine down."""
+    import dask
+    from dask.distributed import Client, LocalCluster
 
-
-def bench(devices: int) -> dict[str, Any]:
-    before = raw_simpy_rate()
-    twin = twin_run(devices)
-    after = raw_simpy_rate()
-    raw = {key: (before[key] + after[key]) / 2 for key in ("events_per_s", "events_per_cpu_s")}
-    ratio = twin["events_per_s"] / raw["events_per_s"] if twin["events_per_s"] else None
-    cpu_ratio = twin["events_per_cpu_s"] / raw["events_per_cpu_s"] if twin["events_per_cpu_s"] else None
-    return {
-        "raw_simpy_events_per_s": round(raw["events_per_s"]),
-        "raw_simpy_events_per_s_before": round(before["events_per_s"]),
-        "raw_simpy_events_per_s_after": round(after["events_per_s"]),
-        "twin_events_per_s": round(twin["events_per_s"] or 0),
-        "twin_to_raw_ratio": round(ratio, 4) if ratio is not None else None,
-        # per CPU second: the same ratio, robust to other processes sharing the machine
-        "raw_simpy_events_per_cpu_s": round(raw["events_per_cpu_s"]),
-        "twin_events_per_cpu_s": round(twin["events_per_cpu_s"] or 0),
-        "twin_to_raw_cpu_ratio": round(cpu_ratio, 4) if cpu_ratio is not None else None,
-        "events_per_device_update": twin["events_per_device_update"],
-        **per_update_figures(twin["wall_s"], twin["device_updates"], twin["events_per_device_update"], raw["events_per_s"]),
-        "memory_per_device_kb": twin["memory_per_device_kb"],
-        "quickstart_devices": devices,
-        "quickstart_wall_s": twin["wall_s"],
-        "quickstart_cpu_s": twin["cpu_s"],
-        "quickstart_events": twin["events"],
-        "device_updates": twin["device_updates"],
-        "peak_rss_mb": twin["peak_rss_mb"],
-        "rollout_state": twin["rollout_state"],
-    }
+    settings = {f"distributed.worker.memory.{key}": False for key in ("target", "spill", "pause")}
+    with dask.config.set(settings), LocalCluster(
+        n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
+    ) as cluster, Client(cluster) as client:
+        yield client

@@ -23,6 +23,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import math
+import os
 import time
 import traceback
 from array import array
@@ -59,6 +60,7 @@ class ShardWorld(World):
         # per-event draws differ per shard (same seed would correlate the shards' fault draws)
         self.rng.seed(stable_seed("shard", scenario.fleet.seed, shard, shards))
         self.hub_mbps = self.egress.mbps
+        self.busy_s = 0.0
 
     def _release(self, index: int, at_s: float):
         return  # the coordinator opens releases (open_release)
@@ -87,7 +89,9 @@ class ShardWorld(World):
             if count > 0:
                 self._admit(by_index[index], count)
         if until > self.env.now:
+            started = time.perf_counter()
             self.env.run(until=until)
+            self.busy_s += time.perf_counter() - started  # this shard's own simulating, for pvsim bench
         return {
             "tally": {r.index: (r.tally.succeeded, r.tally.failed) for r in self.rollouts},
             "active": self.egress.active,
@@ -102,6 +106,8 @@ class ShardWorld(World):
             "commit_times": {r.index: array("d", r.commit_times) for r in self.rollouts},
             "owned": sum(1 for d in range(self.shard, self.table.n, self.shards)),
             "peak_rss_mb": peak_rss_mb(),
+            "busy_s": round(self.busy_s, 3),
+            "pid": os.getpid(),  # shards that share a worker process share its memory
         }
 
 
@@ -417,6 +423,8 @@ def merge(
     extras["shard_peak_rss_mb"] = [p["peak_rss_mb"] for p in parts]
     extras["shard_devices"] = [p["owned"] for p in parts]
     extras["shard_host_cpu_s"] = [p["host_cpu_s"] for p in parts]
+    extras["shard_busy_s"] = [p["busy_s"] for p in parts]
+    extras["shard_pid"] = [p["pid"] for p in parts]
     marks = sorted(m for r in rollouts for m in r.marks)
     return RunResult(out, releases, timeline, marks, extras)
 

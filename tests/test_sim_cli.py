@@ -1,11 +1,10 @@
-"""The pvsim run / compare / bench commands and the files they write."""
+"""The pvsim run / compare / sweep commands and the files they write (bench: test_sim_bench.py)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from pvsim.bench import per_update_figures, raw_simpy_rate, twin_run
 from pvsim.cli import main
 from pvsim.results import RESULT_KEYS
 
@@ -69,24 +68,6 @@ def test_compare_rejects_unknown_strategy(tmp_path, capsys):
     scenario = REPO / "scenarios" / "strategy-study.toml"
     assert main(["compare", str(scenario), "--strategies", "yolo", "--seeds", "1"]) == 1
     assert "yolo" in capsys.readouterr().err
-
-
-def test_bench_pieces_measure_something():
-    raw = raw_simpy_rate(processes=200, timeouts=20)
-    assert raw["events"] == 200 * 22 and raw["events_per_s"] > 0
-    twin = twin_run(200)
-    assert twin["events"] > 0 and twin["device_updates"] >= 200
-    assert 0 < twin["events_per_device_update"] <= 40
-
-
-def test_bench_per_update_budget_is_twice_the_raw_cost_of_its_events():
-    # 4.5 s for 20 000 device-updates of 13.5 events, raw loop at 250 000 events/s (4 us each)
-    figures = per_update_figures(4.5, 20_000, 13.5, 250_000)
-    assert figures == {
-        "twin_us_per_device_update": 225.0,
-        "raw_simpy_us_per_event": 4.0,
-        "us_per_device_update_at_ratio_0_5": 108.0,
-    }
 
 
 def test_sweep_is_factorial_and_writes_csv(tmp_path, capsys):

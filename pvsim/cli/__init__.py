@@ -25,7 +25,8 @@ pvtwin's discrete-event simulator.
   pvsim shard-check SCENARIO       how far a sharded run is from the unsharded one
   pvsim compare SCENARIO           strategies or update models side by side over many seeds
   pvsim sweep SCENARIO --grid ...  factorial parameter sweeps (process pool or Dask)
-  pvsim bench                      event rate, events per device-update, memory per device
+  pvsim bench                      the twin against the plain-SimPy reference model: wall ratio,
+                                   µs per device-update, memory (pvsim/reference)
   pvsim validate SCENARIO          the scenario on a real fleet (root) and in pvsim, compared
   pvsim calibrate TIMELINE         device figures fitted from a real fleet's timeline
 """
