@@ -3,6 +3,8 @@ trail and to the objects it was offered, every input checked (JSON 4xx, never a 
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 import json
 import sqlite3
 import time
@@ -131,6 +133,12 @@ def test_steps_progress_and_the_device_record(tmp_path, hub):
     assert step["state-sha"] == rel["state-sha"] and "#spec" in step["state"]
     d1.put_progress(1, {"status": "DOWNLOADING", "status-msg": "", "progress": 25})
     assert d1.steps() == [] and d1.steps("DOWNLOADING")[0]["rev"] == 1
+    # the device's own poll: every pending status at once, as Pantavisor's `{"$in": [...]}`
+    assert [s["rev"] for s in d1.steps(["NEW", "QUEUED", "DOWNLOADING"])] == [1]
+    assert d1.steps(["NEW", "QUEUED"]) == []
+    for bad in ('{"$in": ["NOPE"]}', '{"$in": []}', '{"$in": "NEW"}', "{", "NOPE", '{"$nin": ["NEW"]}'):
+        answer = raw(url, "GET", f"/trails/{d1.device}/steps?progress.status={quote(bad)}", token=d1.token)
+        assert answer.status == 400 and "progress.status" in answer.json()["Error"], bad
     d1.put_progress(1, {"status": "DONE", "status-msg": "Update finished", "progress": 100})
     assert d1.info()["revision"] == 1 and d1.info()["status"] == "DONE"
     assert len(d1.steps("ALL")) == 1

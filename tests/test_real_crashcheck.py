@@ -155,13 +155,9 @@ def test_a_kill_after_the_download_of_a_hub_update_recovers(hub_kind: KindRun):
     assert (result.outcome, result.violations) == ("old", [])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: the daemon's Hub client asks the Hub only for NEW steps "
-    "(pvreal/device/remote.py HubLink._periodic), where Pantavisor asks for every pending "
-    "status (pantavisor.md §3.3): a device killed after it reported QUEUED never resumes",
-)
 def test_a_kill_during_the_download_of_a_hub_update_recovers(hub_kind: KindRun):
+    """A device killed after it reported DOWNLOADING finds its step again: its Hub client asks
+    for every pending status, as Pantavisor does (pantavisor.md §3.3; pantahub.c), not only NEW."""
     ref = hub_kind.run_once()
     downloading = next(i for i, s in enumerate(ref.steps) if "DOWNLOADING" in s)
     first = hub_kind.run_once((CutPoint(downloading),))

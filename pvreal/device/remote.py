@@ -58,13 +58,14 @@ from shared.engine.events import (
     Step,
     StorageStats,
 )
-from shared.engine.progress import Progress
+from shared.engine.progress import PENDING_STATUSES, Progress
 from shared.errors import PvError
 
 log = logging.getLogger(__name__)
 CREDENTIALS = "hub-credentials.json"
 REQUEST_TIMEOUT_S = 60.0  # a request to a Hub that stopped answering fails after this
 HUB_COMMANDS = (ReportProgress, FetchMetadata, FetchObject)
+PENDING = tuple(sorted(s.value for s in PENDING_STATUSES))  # the steps query of every poll
 
 
 class Credentials:
@@ -280,7 +281,9 @@ class HubLink:
             post(_outcome(answered))
             return
         try:
-            listed = self._call(self.client.steps)
+            # every pending status, as Pantavisor asks (pantahub.c): a step this device took
+            # before a crash (QUEUED, DOWNLOADING ...) is still its to finish
+            listed = self._call(lambda: self.client.steps(PENDING))
         except HubClientError:
             return  # idle: a failed poll changes nothing; the next one asks again
         steps = sorted(listed, key=lambda s: int(s["rev"])) if isinstance(listed, list) else []

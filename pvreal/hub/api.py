@@ -20,6 +20,7 @@ from pvreal.hub.objects import BadObject
 from pvreal.hub.service import Hub, HubError
 from shared import canonical
 from shared.engine.ctrl import MAX_STATE_BYTES
+from shared.engine.progress import Status
 from shared.errors import PvError
 
 HUB: web.AppKey[Hub] = web.AppKey("hub", Hub)
@@ -113,8 +114,26 @@ async def patch_meta(request: web.Request) -> web.Response:
 
 @routes.get("/trails/{id}/steps")
 async def get_steps(request: web.Request) -> web.Response:
-    status = request.query.get("progress.status", "NEW")
-    return web.json_response(_hub(request).steps(device_of(request), None if status == "ALL" else status))
+    statuses = status_filter(request.query.get("progress.status", "NEW"))
+    return web.json_response(_hub(request).steps(device_of(request), statuses))
+
+
+def status_filter(text: str) -> tuple[str, ...] | None:
+    """`progress.status` of a steps query: one status, `{"$in": [...]}` as Pantavisor's device
+    asks for every pending one (pantahub.c), or `ALL` (None: no filter)."""
+    if text == "ALL":
+        return None
+    if not text.startswith("{"):
+        wanted: Any = [text]
+    else:
+        try:
+            wanted = canonical.loads_object(text).get("$in")
+        except PvError:
+            wanted = None
+    known = {s.value for s in Status}
+    if not isinstance(wanted, list) or not wanted or not all(w in known for w in wanted):
+        raise HubError(400, f"progress.status: expected a status or {{\"$in\": [statuses]}}, got {text[:80]!r}")
+    return tuple(wanted)
 
 
 @routes.get("/trails/{id}/steps/{rev}")

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from pvreal.ctrl.client import Answer
 from pvreal.durable import fsync_dir
@@ -103,8 +104,10 @@ class DeviceClient(HttpClient):
     def put_meta(self, meta: Mapping[str, str | None]) -> dict[str, Any]:
         return self.checked("PATCH", f"/devices/{self.device}/device-meta", dict(meta))
 
-    def steps(self, status: str = "NEW") -> list[dict[str, Any]]:
-        return self.checked("GET", f"/trails/{self.device}/steps?progress.status={status}")
+    def steps(self, status: str | Iterable[str] = "NEW") -> list[dict[str, Any]]:
+        """Steps whose progress status is `status`, or any of several (`{"$in": [...]}`)."""
+        wanted = status if isinstance(status, str) else json.dumps({"$in": sorted(status)})
+        return self.checked("GET", f"/trails/{self.device}/steps?progress.status={quote(wanted)}")
 
     def step(self, rev: int | str) -> dict[str, Any]:
         return self.checked("GET", f"/trails/{self.device}/steps/{rev}")

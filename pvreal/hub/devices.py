@@ -7,6 +7,7 @@ import asyncio
 import json
 import secrets
 import sqlite3
+from collections.abc import Collection
 from typing import Any
 
 from pvreal.hub import auth
@@ -149,14 +150,16 @@ class DeviceSide(HubBase):
             "step-time": iso(row["step_time"]), "progress-time": iso(row["progress_time"]),
         }  # fmt: skip
 
-    def steps(self, device: str, status: str | None = Status.NEW.value) -> list[dict[str, Any]]:
-        """The device's steps it may see now, oldest first; by default the pending (NEW) ones,
-        as Pantahub answers a device."""
+    def steps(
+        self, device: str, statuses: Collection[str] | None = (Status.NEW.value,)
+    ) -> list[dict[str, Any]]:
+        """The device's steps it may see now, oldest first, whose progress status is one of
+        `statuses` (None: any); by default the NEW ones, as Pantahub answers a device."""
         query = "SELECT * FROM steps WHERE device = ? AND visible_at <= ?"
         args: list[Any] = [device, self.clock()]
-        if status is not None:
-            query += " AND status = ?"
-            args.append(status)
+        if statuses is not None:
+            query += f" AND status IN ({', '.join('?' * len(statuses))})"
+            args.extend(statuses)
         rows = self.conn.execute(query + " ORDER BY rev", args).fetchall()
         self._taken(device, [r["release"] for r in rows if r["release"] and r["status"] == Status.NEW.value])
         return [self._step_json(r) for r in rows]
