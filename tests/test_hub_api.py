@@ -3,11 +3,10 @@ trail and to the objects it was offered, every input checked (JSON 4xx, never a 
 
 from __future__ import annotations
 
-from urllib.parse import quote
-
 import json
 import sqlite3
 import time
+from urllib.parse import quote
 
 import pytest
 from hubkit import device, hub_files, write_release
