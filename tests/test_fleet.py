@@ -26,6 +26,9 @@ from pvreal.fleet import faults, lifecycle, net, procs
 from pvreal.fleet.state import load
 from shared.errors import PvError
 
+# One xdist worker for every real fleet (tests/test_validate.py says why).
+pytestmark = pytest.mark.xdist_group("fleet")
+
 REPO = Path(__file__).resolve().parent.parent
 README_MARKER = "<!-- tests/test_fleet.py runs this block as written -->"
 

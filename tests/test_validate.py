@@ -21,6 +21,10 @@ from pvsim.cli import main as pvsim_main
 from pvsim.scenario import ScenarioError, load_scenario
 from pvsim.validate import calibrate, compare, simrun, timeline
 
+# Every test that brings up a real fleet, here and in tests/test_fleet.py, runs in one xdist worker:
+# the leftover checks look at every fleet namespace and validate folder on the machine.
+FLEET_GROUP = pytest.mark.xdist_group("fleet")
+
 REPO = Path(__file__).resolve().parent.parent
 SCENARIOS = sorted((REPO / "scenarios" / "validation").glob("*.toml"))
 CI_DEVICES = 4
@@ -133,6 +137,7 @@ def test_pvsims_side_cuts_power_on_the_scheduled_slot_only():
     assert doc["releases"][0]["failed"] == 2
 
 
+@FLEET_GROUP
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[p.stem for p in SCENARIOS])
 def test_each_validation_scenario_agrees_on_a_real_fleet(scenario, tmp_path):
     need_device()
@@ -149,6 +154,7 @@ def test_each_validation_scenario_agrees_on_a_real_fleet(scenario, tmp_path):
     assert not list(Path("/var/tmp").glob("pvsim-validate-*/real/fleet/fleet.json"))
 
 
+@FLEET_GROUP
 def test_ctrl_c_during_the_real_run_removes_everything(tmp_path):
     need_device()
     argv = [sys.executable, "-m", "pvsim", "validate", str(SCENARIOS[0]), "--real-devices", "2", "--quiet"]
@@ -222,6 +228,7 @@ def _printed(expected: str, output: str) -> bool:
     return any(re.fullmatch(pattern, line.rstrip()) for line in output.splitlines())
 
 
+@FLEET_GROUP
 def test_the_readme_rollout_and_validation_block_runs_as_written(tmp_path):
     need_device()
     from devicekit import Revisions
