@@ -62,6 +62,8 @@ class DeviceTable:
 
 
 class World:
+    run_class: type[DeviceRun] = DeviceRun  # what one device-update is (pvsim validate's schedules cuts)
+
     def __init__(self, scenario: Scenario, model_factory: Any) -> None:
         self.scenario = scenario
         self.env = CountingEnvironment()
@@ -196,7 +198,7 @@ class World:
 
     def _begin(self, device: int, rollout: Rollout) -> None:
         self._expect_report(rollout, device)
-        run = DeviceRun(self, device, rollout)
+        run = self.run_class(self, device, rollout)
         self.active_runs[device] = run
 
         def ended(outcome: tuple[str, bool | None]) -> None:

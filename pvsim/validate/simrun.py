@@ -4,7 +4,7 @@ real one moved, the calibrated device figures, and the scheduled power cuts on t
 
 pvsim has no per-device fault schedule in its scenarios (its cuts are a Poisson rate), so this
 module runs pvsim's own World and Pantavisor model with two small subclasses: `ValidationWorld`
-hands each admitted device a `ScheduledRun` whose next power cut is the schedule's, and
+hands each admitted device a `ScheduledRun` (its `run_class`) whose next power cut is the schedule's, and
 `RecordingModel` notes every progress record the Hub heard. Neither changes what a device or
 the Hub decides: that stays in shared/ (the engine and the rollout controller)."""
 
@@ -52,6 +52,7 @@ class RecordingModel(PantavisorModel):
 
 
 class ValidationWorld(World):
+    run_class = ScheduledRun
     def __init__(self, scenario: Scenario, cuts: list[tuple[int, float, float]]) -> None:
         self.heard: dict[tuple[int, str], list[list[Any]]] = {}
         self.ended: dict[tuple[int, str], tuple[bool, float]] = {}  # (device, release) -> (ok, t)
@@ -66,18 +67,6 @@ class ValidationWorld(World):
             return []
         order = self.rollouts[0].order
         return sorted((at, off) for slot, at, off in self.schedule if slot < len(order) and int(order[slot]) == device)
-
-    def _begin(self, device: int, rollout: Any) -> None:
-        # World._begin with a ScheduledRun in place of a DeviceRun
-        self._expect_report(rollout, device)
-        run = ScheduledRun(self, device, rollout)
-        self.active_runs[device] = run
-
-        def ended(outcome: tuple[str, bool | None]) -> None:
-            del self.active_runs[device]
-            self._finish(device, rollout, run, *outcome)
-
-        self.model.begin(run, rollout.revision, ended)
 
     def _finish(self, device: int, rollout: Any, run: Any, outcome: str, report: bool | None) -> None:
         counted = report is not SILENT and (not rollout.silent.enabled or device in rollout.silent.waiting)
