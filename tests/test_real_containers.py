@@ -10,6 +10,7 @@ collide with each other or with a second pytest worker.
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import shutil
 import socket
@@ -142,19 +143,48 @@ class Device:
         # The loop device is released by the kernel (autoclear) when its last user closes it,
         # which can come a moment after the unmount returns.
         deadline = time.monotonic() + 3.0
-        while _loops_backed_by(self.storage.root) and time.monotonic() < deadline:
+        while _orphan_loops(self.storage.root) and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert _loops_backed_by(self.storage.root) == []
+        assert _orphan_loops(self.storage.root) == []
 
 
-def _loops_backed_by(prefix: Path) -> list[str]:
-    found = []
+def _loops_backed_by(prefix: Path) -> dict[str, str]:
+    """Loop devices whose backing file lies under `prefix`: name -> a line for the report."""
+    found = {}
     for dev in Path("/sys/block").glob("loop*"):
         backing = dev / "loop" / "backing_file"
         if backing.exists() and backing.read_text().strip().startswith(str(prefix)):
             autoclear = (dev / "loop" / "autoclear").read_text().strip()
-            found.append(f"{dev.name} ({backing.read_text().strip()}, autoclear={autoclear})")
+            found[dev.name] = f"{dev.name} ({backing.read_text().strip()}, autoclear={autoclear})"
     return found
+
+
+def _held_in_other_mount_namespaces(loop: str) -> bool:
+    """Whether a process in another mount namespace still has /dev/<loop> mounted.
+
+    unshare(CLONE_NEWNS) copies every mount of the namespace it leaves. A pvreal daemon that
+    another xdist worker starts while this test has a squashfs mounted (a fleet device, say)
+    keeps a copy of that mount, and with it the loop device, until it exits. That copy is not
+    this test's leak: what the test unmounted is gone from its own namespace (checked above)."""
+    ours = os.readlink("/proc/self/ns/mnt")
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if os.readlink(proc / "ns" / "mnt") == ours:
+                continue
+            for line in (proc / "mountinfo").read_text().splitlines():
+                if line.split(" - ", 1)[-1].split()[1:2] == [f"/dev/{loop}"]:
+                    return True
+        except OSError:  # the process left meanwhile, or is a kernel thread
+            continue
+    return False
+
+
+def _orphan_loops(prefix: Path) -> list[str]:
+    """Loop devices under `prefix` that nothing but a leak can explain."""
+    loops = _loops_backed_by(prefix)
+    return [line for name, line in loops.items() if not _held_in_other_mount_namespaces(name)]
 
 
 def _cgroup_limit(pid: int, controller: str, v1_file: str, v2_file: str) -> str:
