@@ -92,8 +92,9 @@ class Daemon:
 
     def __init__(self, base: Path, *, config: dict[str, Any] | None = None,
                  network: bool = True, bootloader: str = "uboot", ordering: str = "hardened",
-                 extra_args: tuple[str, ...] = ()):
+                 extra_args: tuple[str, ...] = (), env: dict[str, str] | None = None):
         self.base = base
+        self.env = {**os.environ, **(env or {})}  # e.g. pv_quickboot, read as Pantavisor does
         self.storage = base / "storage"
         self.socket = base / "pv-ctrl"
         self.run_dir = base / "run"
@@ -124,7 +125,7 @@ class Daemon:
         self.socket.unlink(missing_ok=True)
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=log, cwd=REPO,
-                                         start_new_session=True)
+                                         start_new_session=True, env=self.env)
         self.wait_settled(timeout)
 
     def status(self) -> dict[str, Any]:

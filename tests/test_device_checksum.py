@@ -3,7 +3,10 @@
 At boot every object of the booted revision's trail must be the same inode as objects/<sha> and
 re-hash to <sha>, and every JSON file must equal its state value; otherwise the revision fails
 with ERROR `Object validation went wrong` (and a try-boot rolls back). PV_SECUREBOOT_CHECKSUM=0
-skips it. The rule's pieces are checked on plain files first (no root), then on the device.
+skips it, and so does `pv_quickboot` in the daemon's environment (state.c
+`pv_state_validate_checksum` tests `getenv("pv_quickboot")`; the kernel puts a cmdline
+`pv_quickboot=1` there, as Pantavisor's generic U-Boot script always does). The rule's pieces are
+checked on plain files first (no root), then on the device.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import json
 import os
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -72,6 +76,18 @@ def test_a_corrupt_object_is_withheld_unless_checksums_are_off(trail):
     assert sha["rootfs"] not in valid_pool(storage, "1", Config())
     off = Config.from_mapping({"PV_SECUREBOOT_CHECKSUM": "0"})
     assert valid_pool(storage, "1", off) == frozenset(storage.objects.names())
+    quick = replace(Config(), quickboot=True)
+    assert valid_pool(storage, "1", quick) == frozenset(storage.objects.names())
+
+
+def test_the_boot_checksum_pass_needs_the_key_on_and_no_quickboot():
+    """state.c `pv_state_validate_checksum`: `getenv("pv_quickboot") || !PV_SECUREBOOT_CHECKSUM`
+    skips the pass."""
+    for checksum, quickboot, expected in [
+        (True, False, True), (True, True, False), (False, False, False), (False, True, False)
+    ]:
+        config = replace(Config(secureboot_checksum=checksum), quickboot=quickboot)
+        assert config.boot_checksum is expected, (checksum, quickboot)
 
 
 def test_a_trail_file_that_is_another_inode_fails(trail):
@@ -136,9 +152,11 @@ def states(tmp_path_factory):
     return revs, s0, s1, doc1["bsp/kernel.img"]
 
 
-def _update_with_corrupt_kernel(tmp_path: Path, states, config: dict) -> tuple[Daemon, dict]:
+def _update_with_corrupt_kernel(
+    tmp_path: Path, states, config: dict, env: dict | None = None
+) -> tuple[Daemon, dict]:
     revs, s0, s1, kernel = states
-    d = Daemon(tmp_path / "dev", network=False, config=config)
+    d = Daemon(tmp_path / "dev", network=False, config=config, env=env)
     d.init(s0, revs.objects)
     d.start()
     doc = json.loads(s1.read_text())
@@ -174,6 +192,18 @@ def test_corrupt_object_of_a_tried_revision_rolls_back(tmp_path, states):
 @pytest.mark.xdist_group("real")
 def test_checksum_off_boots_the_same_revision(tmp_path, states):
     d, out = _update_with_corrupt_kernel(tmp_path, states, {"PV_SECUREBOOT_CHECKSUM": 0})
+    try:
+        record, status = out["record"], out["status"]
+        assert record["status"] == "DONE", (record, d.tail())
+        assert status["running"] == "locals/k2" and status["pv_rev"] == "locals/k2"
+    finally:
+        d.stop()
+    assert d.leftovers() == []
+
+
+@pytest.mark.xdist_group("real")
+def test_pv_quickboot_in_the_environment_boots_the_same_revision(tmp_path, states):
+    d, out = _update_with_corrupt_kernel(tmp_path, states, {}, env={"pv_quickboot": "1"})
     try:
         record, status = out["record"], out["status"]
         assert record["status"] == "DONE", (record, d.tail())

@@ -166,10 +166,10 @@ class ContainerRunner:
         )
         write_bundle(bundle, config)
         console = self.storage.log_dir(rev, name) / "console.log"
-        with contextlib.suppress(PvError):
-            self.runc.delete(running.cid, force=True)  # a stale one of the same id
-        running.init = self.runc.create(running.cid, bundle, console_log=console)
-        self.runc.start(running.cid)
+        if self.runc.known(running.cid):
+            with contextlib.suppress(PvError):
+                self.runc.delete(running.cid, force=True)  # a stale one of the same id
+        running.init = self.runc.run(running.cid, bundle, console_log=console)
         running.started_at = time.monotonic()
         log.info("%s: started, runc id %s, pid %d, netns %s", name, running.cid,
                  running.init.pid, running.net.netns_name if running.net else "(the daemon's)")

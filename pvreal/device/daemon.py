@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import queue
 import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Mapping
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +97,8 @@ class DeviceOptions:
     trust: TrustOptions = field(default_factory=TrustOptions)  # pvs@2 trust material (§1.8)
     device_netns: str | None = ""  # "": a netns of its own; None: the current one (QEMU PID 1)
     hub: HubOptions | None = None  # remote mode: updates come from this Hub (pvreal.device.remote)
+    # Pantavisor reads `pv_quickboot` from its environment (getenv, state.c); so does this daemon
+    quickboot: bool = field(default_factory=lambda: "pv_quickboot" in os.environ)
 
 
 class Device:
@@ -110,6 +113,7 @@ class Device:
              "PV_BOOTLOADER_TYPE": options.bootloader},
             source="device config",
         )
+        config = replace(config, quickboot=options.quickboot)
         self.storage = Storage(options.storage, reserved_percent=config.gc_reserved)
         self.prefix = storage_prefix(options.storage)
         self.run_dir = Path(options.run_dir or RUN_ROOT / self.prefix)

@@ -138,8 +138,9 @@ def invalid_objects(storage: Storage, rev: str) -> frozenset[str]:
 
 def valid_pool(storage: Storage, booted_rev: str, config: Config) -> frozenset[str]:
     """The object set the engine boots with (`DiskView.objects`): the pool, minus the booted
-    revision's objects that fail validation when PV_SECUREBOOT_CHECKSUM is on."""
+    revision's objects that fail validation when the engine's config asks for the boot pass
+    (`Config.boot_checksum`: PV_SECUREBOOT_CHECKSUM on, no `pv_quickboot`)."""
     pool = frozenset(n for n in storage.objects.names() if is_sha(n))
-    if not config.secureboot_checksum:
+    if not config.boot_checksum:
         return pool
     return pool - invalid_objects(storage, booted_rev)

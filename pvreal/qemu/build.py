@@ -113,11 +113,14 @@ def build(
     device_disk: bool = True,
     kernel_flavour: str = kernel_mod.DEFAULT_FLAVOUR,
     compression: str = initramfs.DEFAULT_COMPRESSION,
+    boot_checksum: bool = False,
 ) -> Image:
     """Build (or reuse) every artifact in `out`; each Artifact says where it came from.
 
     `repo` is the folder holding `shared/` and `pvreal/` to put in the guest (this checkout);
     `kernel_flavour` is "cloud" (fast) or "generic" (has the i6300esb driver), pvreal.qemu.kernel.
+    `boot_checksum`: GRUB leaves `pv_quickboot` off the kernel command line, so every boot re-hashes
+    the booted revision's objects (Pantavisor's boot-time checksum pass); see grub.QUICKBOOT.
     """
     cache = cache or default_cache()
     out.mkdir(parents=True, exist_ok=True)
@@ -143,7 +146,9 @@ def build(
         image.artifacts["initrd"] = _artifact("initrd", image.initrd, source, started, initrd_key)
 
         started = time.monotonic()
-        script = grub.boot_script(on_save_env_failure=on_save_env_failure)
+        script = grub.boot_script(
+            on_save_env_failure=on_save_env_failure, quickboot=not boot_checksum
+        )
         grub_key = _key("grub", grub.fingerprint(script))
         source = "cache hit"
         if previous.get("grub") != grub_key or not image.grub_lnx.exists():

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from pvreal import tools
 from pvreal.qemu import kernel as kernel_mod
+from pvreal.qemu import methodcache
 from pvreal.qemu.cpio import CpioWriter
 from pvreal.tools import ToolError
 
@@ -80,6 +81,8 @@ INIT_SCRIPT = f"""#!/usr/bin/python3 -S
 import sys, time
 print(f"PVTWIN INIT uptime={{time.clock_gettime(time.CLOCK_BOOTTIME):.2f}}", flush=True)
 sys.path.insert(0, "{GUEST_PYTHON_PATH}")
+from pvreal.qemu.methodcache import CACHE_NAME, install
+install("{GUEST_PYTHON_PATH}/" + CACHE_NAME)  # before any dataclass is defined
 from pvreal.qemu.guest_init import main
 main()
 """
@@ -96,6 +99,9 @@ class Plan:
     executable: set[str] = field(default_factory=set)
     symlinks: dict[str, str] = field(default_factory=dict)
     directories: set[str] = field(default_factory=set)
+    # the pvtwin checkout whose daemon's dataclass methods are compiled into the archive
+    # (pvreal.qemu.methodcache) when it is written: derived from files fingerprinted here
+    method_cache_from: Path | None = None
 
     def fingerprint(self) -> str:
         """Changes when an input file (content, or path+size+mtime for system files) changes."""
@@ -139,6 +145,7 @@ def plan(kern: kernel_mod.Kernel, repo: Path, cache: Path) -> Plan:
     _add_modules(result, kern)
     result.generated["init"] = INIT_SCRIPT.encode()
     result.executable.add("init")
+    result.method_cache_from = repo
     _strip_large_elves(result, cache / "stripped")
     return result
 
@@ -318,8 +325,14 @@ def write(result: Plan, out: Path, compression: str = DEFAULT_COMPRESSION) -> No
         archive.char_device(dest, major, minor, 0o600 if dest == "dev/console" else 0o666)
     for dest in sorted(result.files):
         archive.copy(dest, result.files[dest])
-    for dest in sorted(result.generated):
-        archive.file(dest, result.generated[dest], 0o755 if dest in result.executable else 0o644)
+    generated = dict(result.generated)
+    if result.method_cache_from is not None:
+        kept = out.with_name(out.name + ".methods")
+        methodcache.record(kept, path=result.method_cache_from)
+        generated[f"{GUEST_PYTHON_PATH.lstrip('/')}/{methodcache.CACHE_NAME}"] = kept.read_bytes()
+        kept.unlink()
+    for dest in sorted(generated):
+        archive.file(dest, generated[dest], 0o755 if dest in result.executable else 0o644)
     for dest in sorted(result.symlinks):
         archive.symlink(dest, result.symlinks[dest])
     archive.close()

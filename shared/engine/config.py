@@ -70,6 +70,16 @@ class Config:
     boot_latch: BootLatch = BootLatch.SINGLE_SHOT  # PVTWIN_BOOT_LATCH
     boot_attempts: int = 3  # PVTWIN_BOOT_ATTEMPTS (counter latch only)
     verify_signature: SignatureVerifier | None = None  # pure check run on update intake
+    # `pv_quickboot` in Pantavisor's environment (a kernel cmdline `pv_quickboot=...`, as the
+    # generic U-Boot script always passes): not a config key, a fact of the boot
+    quickboot: bool = False
+
+    @property
+    def boot_checksum(self) -> bool:
+        """Whether a boot re-hashes the booted revision's objects and JSONs: state.c
+        `pv_state_validate_checksum` skips it when `pv_quickboot` is set or
+        PV_SECUREBOOT_CHECKSUM is off."""
+        return self.secureboot_checksum and not self.quickboot
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], *, source: str | None = None) -> Config:

@@ -566,7 +566,7 @@ class Updater:
             msg = Msg.NOT_FOUND
         else:
             msg = self._signature_problem(state)
-            checksum = self.config.secureboot_checksum
+            checksum = self.config.boot_checksum
             if msg is None and checksum and not _shas(state) <= self.objects:
                 msg = Msg.OBJECT_VALIDATION
         if msg is not None:
