@@ -49,8 +49,8 @@ save_env() {
   done
   mv "$ENVFILE.new" "$ENVFILE"
 }
-linux() { for arg in "$@"; do case $arg in pv_rev=*) echo "BOOTED ${arg#pv_rev=}";; esac; done; }
-initrd() { :; }
+linux16() { for arg in "$@"; do case $arg in pv_rev=*) echo "BOOTED ${arg#pv_rev=}";; esac; done; }
+initrd16() { :; }
 boot() { exit 0; }
 reboot() { exit 1; }
 """

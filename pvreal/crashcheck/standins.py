@@ -37,6 +37,12 @@ class NoRunc:
     def start(self, cid: str) -> None:
         pass
 
+    def run(self, cid: str, bundle: Path, *, console_log: Path | None = None) -> Any:
+        return self.create(cid, bundle, console_log=console_log)
+
+    def known(self, cid: str) -> bool:
+        return cid in self.started
+
     def stop(self, cid: str, *, grace: float) -> StopResult:
         self.started.pop(cid, None)
         return StopResult("exited", 0.0)
