@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,6 +63,8 @@ class VerityInfo:
 
 def verity_format(data: Path, hash_out: Path, *, runner: tools.Runner = tools.run) -> VerityInfo:
     """Write the dm-verity hash tree of `data` into `hash_out`; a clear error without veritysetup."""
+    import uuid  # here, not at the top: the device imports this module at boot, uuid costs there
+
     data_sha = sha256_file(data)
     salt = hashlib.sha256(b"pvtwin-verity-salt:" + data_sha.encode()).hexdigest()
     vuuid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"pvtwin:verity:{data_sha}"))

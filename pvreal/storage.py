@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -328,7 +327,7 @@ class Storage:
         gone and the delete cannot be disturbed. `init_layout` empties what a crash left."""
         trash = self.root / ".trash"
         trash.mkdir(exist_ok=True)
-        doomed = trash / f"{path.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        doomed = trash / f"{path.name}-{os.getpid()}-{os.urandom(4).hex()}"
         try:
             os.rename(path, doomed)
         except FileNotFoundError:

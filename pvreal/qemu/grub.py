@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import io
 import subprocess
-import tarfile
 from pathlib import Path
 
 from pvreal import tools
@@ -142,6 +141,8 @@ def fingerprint(script: str) -> str:
 
 def build(out: Path, script: str) -> None:
     """Write grub.lnx (lnxboot.img followed by a core.img embedding `script`) to `out`."""
+    import tarfile  # build time only: the guest imports this module (pvreal.qemu.cmdline)
+
     work = out.parent
     early = work / "grub-early.cfg"
     memdisk = work / "grub-memdisk.tar"
