@@ -186,11 +186,14 @@ def _walk(root: Path, skip_dirs: set[str]) -> Iterable[Path]:
 
 
 ELF_STRIP_MIN_BYTES = 64_000
+STRIP = "--strip-unneeded"
 
 
 def _strip_large_elves(result: Plan, cache: Path) -> None:
-    """Replace ELF files by `strip --strip-debug` copies (pyenv's libpython and extension modules
-    carry their debug info: 12 MB of lib-dynload). Kernel modules are left alone (signed)."""
+    """Replace ELF files by `strip --strip-unneeded` copies (pyenv's libpython and extension
+    modules carry their debug info, 12 MB of lib-dynload, and symbol tables the loader does not
+    read: 2.7 MB of cryptography's and libpython's, 0.8 MB of lz4, that GRUB would read at every
+    boot; the dynamic symbols stay). Kernel modules are left alone (signed)."""
     strip = shutil.which("strip")
     if strip is None:
         return
@@ -198,12 +201,14 @@ def _strip_large_elves(result: Plan, cache: Path) -> None:
         st = source.stat()
         if dest.endswith(".ko") or st.st_size < ELF_STRIP_MIN_BYTES or _head(source) != b"\x7fELF":
             continue
-        key = hashlib.sha256(f"{source} {st.st_size} {st.st_mtime_ns}".encode()).hexdigest()[:24]
+        key = hashlib.sha256(
+            f"{source} {st.st_size} {st.st_mtime_ns} {STRIP}".encode()
+        ).hexdigest()[:24]
         stripped = cache / f"{key}-{source.name}"
         if not stripped.exists():
             cache.mkdir(parents=True, exist_ok=True)
             tmp = stripped.with_name(stripped.name + ".tmp")
-            subprocess.run([strip, "--strip-debug", "-o", str(tmp), str(source)], check=True)
+            subprocess.run([strip, STRIP, "-o", str(tmp), str(source)], check=True)
             tmp.replace(stripped)
         result.files[dest] = stripped
 
