@@ -79,12 +79,15 @@ def _simulate(scenario: Scenario, args: argparse.Namespace, console: Console) ->
     collector stays off until then: run_scenario turns it off for the run, and turned back on
     while the world lives, its first young collection would scan all of it. A caller that runs
     this in-process (tests) keeps the frozen objects of its runs; nothing else changes for it."""
+    if args.shards > 1 or args.dask:
+        # the world lives in the shards' processes; the coordinator keeps its collector as it was
+        result = _run_sharded(scenario, args, console)
+        gc.freeze()
+        return result
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        if args.shards > 1 or args.dask:
-            result = _run_sharded(scenario, args, console)
-        elif args.quiet:
+        if args.quiet:
             result = run_scenario(scenario)
         else:
             columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn())
