@@ -46,9 +46,12 @@ def run_scenario(
                 progress(world.env.now, until)
         wall = time.perf_counter() - start
         cpu = time.process_time() - cpu_start
+        # collected before the collector is back on: every object the run built is still in the
+        # youngest generation, so the first collection after gc.enable() would scan the whole live
+        # world (measured: 0.05-0.07 s on the quickstart) when all `collect` needs is to read it
+        result = collect(world, wall, world.env.events)
     finally:
         if gc_was_enabled:
             gc.enable()
-    result = collect(world, wall, world.env.events)
     result.extras["cpu_s"] = round(cpu, 3)
     return result

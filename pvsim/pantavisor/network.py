@@ -218,9 +218,11 @@ class Network:
     def _stop_transfers(self, run: DeviceRun, brain: DeviceBrain) -> None:
         """Running transfers are cut (power, the update is over): what they moved is thrown away."""
         transfers = brain.transfers
-        if not transfers:
-            return  # the usual case: every object arrived
-        egress = self.world.egress
-        for flow in transfers:
-            run.mb_wasted += egress.stop(flow)
-        transfers.clear()
+        if transfers:
+            egress = self.world.egress
+            for flow in transfers:
+                run.mb_wasted += egress.stop(flow)
+        # A fresh dict rather than the emptied one: a dict that held flows keeps its table and stays
+        # tracked by the cyclic collector, and every resting device of the fleet has one (measured:
+        # 20 000 dicts of 224 bytes on the quickstart, each scanned by every full collection).
+        brain.transfers = {}

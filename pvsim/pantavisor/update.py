@@ -145,9 +145,15 @@ class DeviceUpdate:
     def nudge(self, at: float) -> None:
         """An agenda entry due at `at` was added from outside (a transfer ended): wake up for it,
         at once when it is due now (no event spent; the pending wake-up goes stale)."""
-        if self.sleeping is not None and at < self.wake_at:
+        sleeping = self.sleeping
+        if sleeping is not None and at < self.wake_at:
+            # The stale wake-up stays queued until its time, often the device's next power cut,
+            # past the end of the run: pointed at `_stale`, it no longer keeps this update (its run,
+            # queue, closures) alive that long. Measured on the quickstart: ~4 000 ended updates
+            # held at any time, a third more objects for the cache and for the collector.
+            sleeping[0] = _stale
             if at <= self.run.env._now and self.model.world.egress.in_tick:
-                self._woke(self.sleeping)  # the egress's own event delivers it: no need for another
+                self._woke(sleeping)  # the egress's own event delivers it: no need for another
             else:
                 self._sleep(at)
 
@@ -206,6 +212,10 @@ class DeviceUpdate:
         self.brain.waker = None  # the brain, the update and its pending wake-up refer to each other:
         self.sleeping = None  # broken here, as the run keeps the cyclic collector off
         self.done(outcome)
+
+
+def _stale(_call: Any) -> None:
+    """A superseded wake-up when it comes up: nothing to do (see DeviceUpdate.nudge)."""
 
 
 def _power_cut() -> Generator[Any, Any, bool]:
