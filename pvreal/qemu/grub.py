@@ -95,7 +95,7 @@ sleep 1
 reboot
 """
 # Kernel arguments that only make the guest boot sooner under TCG (measured with initcall_debug,
-# docs/qemu.md "Where the boot goes"): the crypto self-tests (~0.3 s); and the first kernel user of
+# docs/qemu.md "Under 10 s"): the crypto self-tests (~0.3 s); and the first kernel user of
 # hmac(sha256) waits ~0.5 s, which is the KDF108 self-test, else IPv6, else the encrypted/trusted
 # key types (none of which the device uses: its networks are IPv4, it holds no kernel keys).
 KERNEL_ARGS = (
@@ -106,7 +106,7 @@ KERNEL_ARGS = (
 DEFAULT_CMDLINE = " ".join(("console=ttyS0", "panic=2", *KERNEL_ARGS))
 # Pantavisor skips its boot-time checksum pass when `pv_quickboot` is in its environment (state.c
 # `pv_state_validate_checksum`), and the generic U-Boot script always passes it. Under TCG the pass
-# re-hashes ~40 MB of kernel and initramfs at every boot (~2 s); `--boot-checksum` keeps it.
+# re-hashes ~44 MB of kernel and initramfs at every boot (~0.7 s idle); `--boot-checksum` keeps it.
 QUICKBOOT = "pv_quickboot=1"
 # A revision's extra kernel arguments (bsp/run.json "cmdline", a pvtwin extension): a grubenv
 # block in its trail holding pv_cmdline, written when the trail is linked (pvreal.qemu.cmdline).
