@@ -60,7 +60,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     make.add_argument(
         "--boot-checksum", action="store_true",
         help="re-hash the booted revision's objects at every boot (Pantavisor's boot-time "
-        "checksum pass, ~2 s per boot under TCG). Default: GRUB passes pv_quickboot on the "
+        "checksum pass, ~0.7 s per boot under TCG). Default: GRUB passes pv_quickboot on the "
         "kernel command line, as Pantavisor's generic U-Boot script does, which skips the pass",
     )  # fmt: skip
     make.set_defaults(func=_build)
