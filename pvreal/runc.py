@@ -337,8 +337,8 @@ class Runc:
         return self._spawn(("create",), cid, bundle, console_log)
 
     def run(self, cid: str, bundle: Path, *, console_log: Path | None = None) -> InitProcess:
-        """`runc run --detach`: `create` and `start` in one runc process (each runc start-up is a
-        few tenths of a second under QEMU/TCG); the same console, log and errors as `create`."""
+        """`runc run --detach`: `create` and `start` in one runc process (one Go start-up instead
+        of two, which counts under QEMU/TCG); the same console, log and errors as `create`."""
         return self._spawn(("run", "--detach"), cid, bundle, console_log)
 
     def _spawn(
@@ -388,7 +388,7 @@ class Runc:
 
     def known(self, cid: str) -> bool:
         """Whether runc holds state for `cid` under our root (its `<root>/<id>` folder): checked
-        without running runc, which costs a few tenths of a second under QEMU/TCG."""
+        without starting a runc process (slow under QEMU/TCG)."""
         return (self.root / cid).is_dir()
 
     def delete(self, cid: str, *, force: bool = False) -> None:

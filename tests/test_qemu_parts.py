@@ -85,7 +85,7 @@ def test_grub_script_latches_and_says_what_it_does_when_save_env_fails() -> None
     for script in (failsafe, faithful):
         assert "load_env -f ${pv_env} pv_rev pv_try pv_trying" in script
         assert "save_env -f ${pv_env} pv_trying" in script
-        # the 16-bit boot protocol: GRUB's 32-bit `linux` hand-over took ~2 s more under TCG
+        # the 16-bit boot protocol: GRUB's 32-bit `linux` hand-over took 2.1 s against 0.4-0.9 s under TCG
         assert "linux16 /trails/${boot_rev}/.pv/pv-kernel.img" in script
         assert "initrd16 /trails/${boot_rev}/.pv/pv-initrd.img" in script
         assert "pv_rev=${boot_rev} pv_try=${pv_try}" in script

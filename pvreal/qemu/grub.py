@@ -106,7 +106,7 @@ KERNEL_ARGS = (
 DEFAULT_CMDLINE = " ".join(("console=ttyS0", "panic=2", *KERNEL_ARGS))
 # Pantavisor skips its boot-time checksum pass when `pv_quickboot` is in its environment (state.c
 # `pv_state_validate_checksum`), and the generic U-Boot script always passes it. Under TCG the pass
-# re-hashes ~44 MB of kernel and initramfs at every boot (~0.7 s idle); `--boot-checksum` keeps it.
+# re-hashes ~44 MB of kernel and initramfs at every boot (~0.7 s at load ~2); `--boot-checksum` keeps it.
 QUICKBOOT = "pv_quickboot=1"
 # A revision's extra kernel arguments (bsp/run.json "cmdline", a pvtwin extension): a grubenv
 # block in its trail holding pv_cmdline, written when the trail is linked (pvreal.qemu.cmdline).

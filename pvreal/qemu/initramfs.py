@@ -192,7 +192,7 @@ STRIP = "--strip-unneeded"
 def _strip_large_elves(result: Plan, cache: Path) -> None:
     """Replace ELF files by `strip --strip-unneeded` copies (pyenv's libpython and extension
     modules carry their debug info, 12 MB of lib-dynload, and symbol tables the loader does not
-    read: 2.7 MB of cryptography's and libpython's, 0.8 MB of lz4, that GRUB would read at every
+    read: 3.4 MB of cryptography's and libpython's, 0.8 MB of lz4, that GRUB would read at every
     boot; the dynamic symbols stay). Kernel modules are left alone (signed)."""
     strip = shutil.which("strip")
     if strip is None:
