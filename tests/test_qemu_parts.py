@@ -273,6 +273,7 @@ assert all(hasattr(pyroute2, name) for name in PYROUTE2_NAMES)
 heavy = [m for m in ("pyroute2.ndb", "pyroute2.ipdb", "pyroute2.conntrack", "pyroute2.plan9")
          if m in sys.modules]
 assert not heavy, heavy
+assert "unittest.mock" in sys.modules and "unittest.main" not in sys.modules  # lean unittest too
 assert "pyroute2.iproute" in sys.modules  # imported when pvreal.netns asked for IPRoute
 code = 0
 if len(sys.argv) > 1:  # the daemon's network code, for real, on the lean package
@@ -286,8 +287,9 @@ sys.exit(code)
 
 
 def test_lean_pyroute2_gives_the_daemon_its_names_without_the_rest() -> None:
-    """PID 1 registers pyroute2 without its `__init__` (guest_init.lean_pyroute2): what the daemon
-    imports from it must still be there, and (as root) its bridge and veth wiring must work."""
+    """PID 1 registers pyroute2 (and unittest, which pyroute2 imports for `unittest.mock`) without
+    their `__init__` (guest_init.lean_pyroute2): what the daemon imports from pyroute2 must still
+    be there, and (as root) its bridge and veth wiring must work."""
     argv = [sys.executable, "-c", LEAN_CHECK]
     if os.geteuid() == 0:
         argv.append(str(Path(__file__).parent / "test_real_netns_own.py"))
@@ -302,3 +304,32 @@ def test_icount_makes_the_guest_clock_count_instructions_only_when_asked(tmp_pat
     assert "-icount" not in plain
     counted = runner.qemu_argv(tmp_path / "grub.lnx", tmp_path / "disk.img", icount=2)
     assert counted[counted.index("-icount") + 1] == "shift=2"  # sleep stays on: no clock warps
+
+
+SEAL_CHECK = """
+import fcntl, os, shutil, subprocess, sys
+from pvreal.device import guest
+runc = shutil.which("runc")
+before = os.stat(runc).st_ino
+guest._seal_runc()
+assert guest._sealed_runc, "runc was not sealed"
+with open(runc, "rb") as binary:
+    seals = fcntl.fcntl(binary.fileno(), fcntl.F_GET_SEALS)
+    assert seals == sum(getattr(fcntl, name) for name in guest.RUNC_SEALS), seals
+    assert os.fstat(binary.fileno()).st_ino != before  # the memfd, not the file on disk
+print(subprocess.run([runc, "--version"], capture_output=True, text=True, check=True).stdout)
+"""
+
+
+def test_pid1_runs_runc_from_a_sealed_copy() -> None:
+    """guest._seal_runc (PID 1 in QEMU) puts a fully sealed memfd copy of runc over its binary,
+    the copy runc 1.1 accepts instead of cloning itself at every container start; runc still
+    runs from it. Run in a private mount namespace, so the host's runc is left as it was."""
+    from realkit import need_root, need_tools
+
+    need_root()
+    need_tools("runc", "unshare")
+    argv = ["unshare", "--mount", "--propagation", "private", sys.executable, "-c", SEAL_CHECK]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "runc version" in done.stdout

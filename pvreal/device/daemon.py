@@ -33,14 +33,13 @@ from collections.abc import Iterable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pvreal.device import machine, report
 from pvreal.device.clock import Timers
 from pvreal.device.containers import ContainerRunner
 from pvreal.device.executor import Executor, storage_prefix
 from pvreal.device.latch import BootFiles, apply_latch, boot_files
-from pvreal.device.remote import REQUEST_TIMEOUT_S, HubLink
 from pvreal.device.secureboot import TrustOptions, with_verifier
 from pvreal.device.storagelock import StorageLock
 from pvreal.storage import Storage
@@ -58,6 +57,9 @@ from shared.engine.events import (
     TimerFired,
 )
 from shared.engine.updater import Updater
+
+if TYPE_CHECKING:
+    from pvreal.device.remote import HubLink
 
 log = logging.getLogger(__name__)
 RUN_ROOT = Path("/run/pvtwin")
@@ -82,7 +84,7 @@ class HubOptions:
     url: str
     token: str  # the fleet's registration token (used once; the device keeps its credentials)
     nick: str | None = None
-    timeout: float = REQUEST_TIMEOUT_S
+    timeout: float | None = None  # None: pvreal.device.remote.REQUEST_TIMEOUT_S
 
 
 @dataclass
@@ -143,6 +145,10 @@ class Device:
         )
         self.hub: HubLink | None = None
         if options.hub is not None:
+            # imported only here: a device without a Hub does not load the Hub client at boot
+            # (docs/qemu.md, "Fifth pass")
+            from pvreal.device.remote import HubLink
+
             h = options.hub
             self.hub = HubLink(h.url, h.token, self.storage, self.config, self.post,
                                watching=self._watches_hub, nick=h.nick, timeout=h.timeout)  # fmt: skip

@@ -99,7 +99,7 @@ class HubLink:
         *,
         watching: Callable[[], bool] = lambda: True,
         nick: str | None = None,
-        timeout: float = REQUEST_TIMEOUT_S,
+        timeout: float | None = None,  # None: REQUEST_TIMEOUT_S
     ) -> None:
         self.url, self.fleet_token, self.nick = url, fleet_token, nick
         self.storage, self.config, self.post = storage, config, post
@@ -110,6 +110,8 @@ class HubLink:
         self._pending = 0  # requests queued or under way (`wait_idle`)
         self._idle = threading.Condition()
         self.credentials = Credentials(storage.root / CREDENTIALS)
+        if timeout is None:
+            timeout = REQUEST_TIMEOUT_S
         self.client = DeviceClient(url, self.credentials.device, timeout=timeout)
         self._jobs: queue.Queue[Callable[[], None] | None] = queue.Queue()
         self._worker = threading.Thread(target=self._work, name="pv-hub", daemon=True)

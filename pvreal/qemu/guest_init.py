@@ -42,6 +42,7 @@ RB_POWER_OFF = 0x4321FEDC
 SYS_FINIT_MODULE = 313  # x86_64
 WDIOC_SETTIMEOUT = 0xC0045706
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
+MS_BIND = 0x1000
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -63,6 +64,13 @@ def mount(source: str, target: str, fstype: str, flags: int = 0, data: str = "")
         err = ctypes.get_errno()
         if err != errno.EBUSY:
             raise OSError(err, f"mount {source} on {target} ({fstype}): {os.strerror(err)}")
+
+
+def bind_mount(source: str, target: str) -> None:
+    """A bind mount onto an existing file or folder (`mount` creates its target as a folder)."""
+    if _libc.mount(source.encode(), target.encode(), b"", MS_BIND, b"") != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"bind mount {source} on {target}: {os.strerror(err)}")
 
 
 def umount(target: str) -> None:
@@ -336,16 +344,24 @@ PYROUTE2_NAMES = {
 
 
 def lean_pyroute2() -> bool:
-    """Make `import pyroute2` load only what the daemon uses. pyroute2's `__init__` imports its
-    whole library (IPDB, NDB, conntrack, ipset, wireguard, nl80211, plan9 ...): under TCG that is
-    most of a second of every boot. The package is registered without running its `__init__`
-    (its `__path__` still finds every submodule); a name of PYROUTE2_NAMES is imported from its
-    submodule when first asked for, and any other name runs the real `__init__` first, so
-    nothing pyroute2 offers goes missing. Nothing is imported here: the cost stays where the
-    daemon first uses pyroute2. False (and nothing done) when pyroute2 is absent or loaded."""
-    if "pyroute2" in sys.modules:
+    """`import pyroute2` loads only what the daemon uses. pyroute2's `__init__` imports its whole
+    library (IPDB, NDB, conntrack, ipset, wireguard, nl80211, plan9 ...): under TCG that is most
+    of a second of every boot. Its socket module also imports `unittest` for `unittest.mock`, so
+    `unittest` gets the same treatment (its `__init__` loads the test runner, argparse and
+    gettext: 76 ms of a boot under TCG, measured with -X importtime)."""
+    lean_package("unittest", {})
+    return lean_package("pyroute2", PYROUTE2_NAMES)
+
+
+def lean_package(package_name: str, names: dict[str, str]) -> bool:
+    """Register `package_name` without running its `__init__` (its `__path__` still finds every
+    submodule). A name of `names` is imported from its submodule when first asked for, a
+    submodule's name imports that submodule, and any other name runs the real `__init__` first,
+    so nothing the package offers goes missing. Nothing is imported here: the cost stays where
+    the daemon first uses the package. False (and nothing done) when it is absent or loaded."""
+    if package_name in sys.modules:
         return False
-    spec = importlib.util.find_spec("pyroute2")
+    spec = importlib.util.find_spec(package_name)
     if spec is None or spec.loader is None or not spec.submodule_search_locations:
         return False
     package = importlib.util.module_from_spec(spec)  # __path__ set, __init__ not run
@@ -353,15 +369,15 @@ def lean_pyroute2() -> bool:
     whole: list[bool] = []
 
     def __getattr__(name: str) -> object:  # PEP 562: only for names not set on the package yet
-        module = PYROUTE2_NAMES.get(name)
+        module = names.get(name)
         if module is None and not name.startswith("__"):
             # `from pyroute2 import config` asks for the attribute before the submodule
             with contextlib.suppress(ImportError):
-                if importlib.util.find_spec(f"pyroute2.{name}") is not None:
-                    return importlib.import_module(f"pyroute2.{name}")
+                if importlib.util.find_spec(f"{package_name}.{name}") is not None:
+                    return importlib.import_module(f"{package_name}.{name}")
         if module is None:
             if whole or name.startswith("__"):
-                raise AttributeError(f"module 'pyroute2' has no attribute {name!r}")
+                raise AttributeError(f"module {package_name!r} has no attribute {name!r}")
             whole.append(True)
             loader.exec_module(package)  # the real __init__: every name it defines
             return getattr(package, name)
@@ -371,7 +387,7 @@ def lean_pyroute2() -> bool:
         return value
 
     package.__getattr__ = __getattr__  # type: ignore[method-assign]
-    sys.modules["pyroute2"] = package
+    sys.modules[package_name] = package
     return True
 
 

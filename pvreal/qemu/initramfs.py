@@ -14,6 +14,7 @@ import hashlib
 import importlib.metadata as metadata
 import io
 import json
+import py_compile
 import re
 import shutil
 import subprocess
@@ -57,17 +58,26 @@ WATCHDOG_MODULES = ("i6300esb", "softdog")
 STDLIB_SKIP_DIRS = {
     "test", "tests", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3", "pydoc_data",
     "distutils", "site-packages", "dist-packages", "__phello__", "msilib",
-    "curses", "dbm", "xmlrpc", "wsgiref", "venv",
+    "curses", "dbm", "xmlrpc", "wsgiref", "venv", "sqlite3", "xml",
 }  # fmt: skip
 STDLIB_SKIP_FILES = {
     "turtle.py", "pydoc.py", "_pydecimal.py", "doctest.py", "pdb.py", "mailbox.py", "imaplib.py",
     "nntplib.py", "smtplib.py", "ftplib.py", "poplib.py", "telnetlib.py", "tabnanny.py",
     "cProfile.py", "profile.py", "trace.py", "idlelib.py", "_osx_support.py",
 }  # fmt: skip
+# Also left out: the CJK codecs, SQLite, the XML parsers, and OpenSSL's hash module: hashlib falls
+# back to its built-in SHA-256/SHA-1/MD5/BLAKE2 modules (loading _hashlib, and with it libcrypto's
+# relocations, cost 42 ms of every boot under TCG). `_ssl` stays: pyroute2 imports ssl.
 DYNLOAD_SKIP = re.compile(
     r"^(_tkinter|_test|xxlimited|_ctypes_test|_xxtestfuzz|xxsubtype|readline|_curses"
-    r"|_dbm|_gdbm|nis|ossaudiodev|spwd|_crypt|audioop)"
+    r"|_dbm|_gdbm|nis|ossaudiodev|spwd|_crypt|audioop"
+    r"|_codecs_|_multibytecodec|_sqlite3|pyexpat|_elementtree|_hashlib)"
 )
+# Parts of the distributions' closure a device never imports: cryptography's compiled module
+# needs only cffi's `_cffi_backend` extension at run time; cffi's Python package and pycparser
+# generate bindings at build time (checked: importing cryptography and verifying a signature
+# loads neither).
+DIST_SKIP_TOP = ("cffi", "pycparser")
 
 DEVICES = {  # name: (major, minor); Python as PID 1 dies without /dev/urandom (platform notes 4b)
     "dev/console": (5, 1), "dev/null": (1, 3), "dev/zero": (1, 5), "dev/full": (1, 7),
@@ -140,7 +150,7 @@ def plan(kern: kernel_mod.Kernel, repo: Path, cache: Path) -> Plan:
     result.generated["etc/group"] = b"root:x:0:\n"
     # CPython's interpreter behind any venv (undeclared in typeshed, hence getattr)
     _add_python(result, Path(getattr(sys, "_base_executable", sys.executable)).resolve())
-    _add_pvtwin(result, repo)
+    _add_pvtwin(result, repo, cache / "compiled")
     _add_tools(result)
     _add_modules(result, kern)
     result.generated["init"] = INIT_SCRIPT.encode()
@@ -213,7 +223,7 @@ def _strip_large_elves(result: Plan, cache: Path) -> None:
         result.files[dest] = stripped
 
 
-def _add_pvtwin(result: Plan, repo: Path) -> None:
+def _add_pvtwin(result: Plan, repo: Path, compiled_cache: Path) -> None:
     for package in PACKAGES:
         root = repo / package
         # Compile ahead: under TCG, compiling ~100 modules at boot would cost seconds.
@@ -230,9 +240,30 @@ def _add_pvtwin(result: Plan, repo: Path) -> None:
             path = Path(str(dist.locate_file(entry))).resolve()
             if not path.is_file() or not path.is_relative_to(base) or ".opt-" in path.name:
                 continue
-            result.files[f"{GUEST_PYTHON_PATH}/{path.relative_to(base)}".lstrip("/")] = path
+            relative = path.relative_to(base)
+            top = relative.parts[0].split("-")[0]  # a package, a module or a .dist-info folder
+            if top in DIST_SKIP_TOP or path.parent.name == "__pycache__":
+                continue
+            dest = f"{GUEST_PYTHON_PATH}/{relative}"
+            if path.suffix == ".py":  # sourceless, like the stdlib: half the bytes to read
+                path, dest = _compiled(path, dest, compiled_cache), dest[:-3] + ".pyc"
+            result.files[dest.lstrip("/")] = path
             if path.suffix == ".so":
                 _add_shared_libraries(result, [path])
+
+
+def _compiled(source: Path, dest: str, cache: Path) -> Path:
+    """`source` compiled to a .pyc whose tracebacks name its guest path `dest` (pip's own .pyc
+    name the host's site-packages), cached by source path, size and mtime."""
+    st = source.stat()
+    key = hashlib.sha256(f"{source} {st.st_size} {st.st_mtime_ns} {dest}".encode()).hexdigest()[:24]
+    compiled = cache / f"{key}-{source.stem}.pyc"
+    if not compiled.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = compiled.with_name(compiled.name + ".tmp")
+        py_compile.compile(str(source), cfile=str(tmp), dfile=dest, doraise=True)
+        tmp.replace(compiled)
+    return compiled
 
 
 def _distribution_closure(names: Iterable[str]) -> list[metadata.Distribution]:
