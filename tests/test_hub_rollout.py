@@ -186,6 +186,25 @@ def test_the_silent_device_rule_counts_each_silent_device_failed_once():
     assert books.expire(900.0) == []
 
 
+def test_the_silent_device_books_hold_only_the_devices_in_flight():
+    """Reports drop the settled deadlines at the front (a million-device run keeps no entry per
+    device for a timeout longer than the run), and the rule still counts the one that stays
+    silent: a FIFO drops only at its front, so the entries behind it wait for its deadline."""
+    books = SilentDevices(1000.0)
+    for dev in range(10_000):
+        books.took(dev, float(dev))
+    books.took(0, 10_000.0)  # took the release again: its first deadline is stale
+    for dev in range(5_000):
+        assert books.reported(dev)
+    assert books.held() == 5_001  # 5 000 .. 9 999, and device 0's second deadline
+    for dev in range(5_001, 10_000):
+        assert books.reported(dev)
+    assert books.held() == 5_001 and books.next_deadline() == 6000.0  # behind device 5 000's
+    assert books.expire(5999.0) == [] and books.expire(6000.0) == [5_000]
+    assert books.held() == 0 and books.next_deadline() is None and books.timed_out == [5_000]
+    assert not books.reported(5_000)  # too late: the Hub ignores the report
+
+
 def test_the_real_hub_counts_a_silent_device_failed_on_its_own_timer(tmp_path):
     """Time passing alone (the Hub's ticker, no request) counts a device that took the release and
     stayed silent past device_timeout_s as failed, once; its late report changes nothing; a device

@@ -221,10 +221,10 @@ class PantavisorModel(Network, Storage, Containers, Power):
         queue: deque[E.Event] = deque()
         writes, _, _ = self._plan(run, brain, commands, queue)
         self._apply_writes(run, brain, writes)
-        for flow, answer in list(brain.transfers.items()):  # transfers complete at once
+        for flow, answer in list((brain.transfers or {}).items()):  # transfers complete at once
             self.world.egress.stop(flow)
             brain.push(run.env._now, TransferDue(answer, flow.size))
-        brain.transfers.clear()
+        brain.transfers = None
         timers = [entry for entry in brain.agenda if type(entry[2]) is E.TimerFired]
         answers = [entry for entry in brain.agenda if type(entry[2]) not in (E.TimerFired, FlowEnd)]
         brain.agenda[:] = timers
