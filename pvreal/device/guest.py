@@ -24,6 +24,7 @@ Progress is printed on the console as `PVTWIN ...` lines, which the host's timel
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -41,6 +42,7 @@ from pvreal.bootenv import FaithfulStore, grub
 from pvreal.device.daemon import Device, DeviceOptions
 from pvreal.device.latch import BootFiles
 from pvreal.qemu.cmdline import write_cmdline_env
+from pvreal.qemu.guest_init import MS_BIND, MS_MOVE, MS_REC
 from shared.engine import bootloader
 from shared.engine.commands import LinkObjects, Reboot, SetBootEnv
 from shared.engine.events import Event
@@ -186,9 +188,6 @@ def _splice_to_ctrl(client: socket.socket) -> None:
 # ------------------------------------------------------------------------------ PID 1
 
 
-MS_BIND, MS_MOVE, MS_REC = 0x1000, 0x2000, 0x4000
-
-
 def _leave_rootfs() -> None:
     """Make `/` a bind mount of the initramfs instead of rootfs itself: pivot_root(2), which runc
     uses to jail every container, refuses rootfs (EINVAL). The usual dance: rbind / somewhere,
@@ -239,7 +238,8 @@ def _use_device_mapper() -> None:
     mounts._root_image = root_image
 
 
-RUNC_SEALS = ("F_SEAL_SEAL", "F_SEAL_SHRINK", "F_SEAL_GROW", "F_SEAL_WRITE")  # what runc checks
+# the seals runc checks for (all four: nothing can change the copy, nor the seals)
+RUNC_SEALS = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
 _sealed_runc: list[int] = []  # the sealed copy's memfd, held by PID 1 for as long as it runs
 
 
@@ -251,8 +251,6 @@ def _seal_runc() -> None:
     every container start. A memfd lives on the kernel's internal mount, which cannot be
     bind-mounted directly: the mount goes through O_PATH magic links, and it lasts while its
     memfd is open, so PID 1 keeps that open. On any failure runc simply copies itself as before."""
-    import fcntl
-
     runc = shutil.which("runc")
     if runc is None:
         return
@@ -263,10 +261,7 @@ def _seal_runc() -> None:
             size, sent = os.fstat(source.fileno()).st_size, 0
             while sent < size:
                 sent += os.sendfile(fd, source.fileno(), sent, size - sent)
-        seals = 0
-        for name in RUNC_SEALS:
-            seals |= getattr(fcntl, name)
-        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, RUNC_SEALS)
         link = os.open(f"/proc/self/fd/{fd}", os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
         target = os.open(runc, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:

@@ -119,7 +119,7 @@ class Plan:
         for dest in sorted(self.files):
             source = self.files[dest]
             if dest.startswith(GUEST_PYTHON_PATH.lstrip("/") + "/") and source.suffix != ".so":
-                if source.suffix == ".pyc":
+                if source.suffix == ".pyc" and "/__pycache__/" in dest:
                     continue  # derived from the .py beside it, compiled by plan()
                 # pvtwin's own sources and pure-Python deps: by content, so that a touched but
                 # unchanged file (an editor, a checkout) does not rebuild the archive
