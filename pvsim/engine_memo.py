@@ -78,6 +78,10 @@ class EngineMemo:
             hit = state.after[key] = self._compute(state, event)
         return hit
 
+    def peek(self, state: EngineState, event: Any) -> tuple[EngineState, list]:
+        """The step `handle` takes, with `state` left as it is (unshared, `handle` steps it in place)."""
+        return self.handle(state, event) if self.shared else self._compute(state, event)
+
     def _compute(self, state: EngineState, event: Any) -> tuple[EngineState, list]:
         updater = state.updater.copy()
         commands = updater.handle(event)

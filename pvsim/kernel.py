@@ -104,9 +104,14 @@ class CountingEnvironment(simpy.Environment):
     def call_later(self, delay: float, fn: Callable[[Any], None]) -> list:
         """Call `fn(call)` after `delay` simulated seconds: one event, timed as `timeout(delay)`.
         Returns the call, which `fn` receives: a caller that rescheduled can tell a stale one."""
+        return self.call_at(self._now + delay, fn)
+
+    def call_at(self, t: float, fn: Callable[[Any], None]) -> list:
+        """`call_later`, at the time `t` (not before now). A device that plans its next wake-up
+        from a later instant than now (the end of the writes under way) gives that time exactly
+        as `call_later` would give it at that instant: `later + (wake - later)` in floating point."""
         self.events += 1
         call = [fn]
-        t = self._now + delay
         entry = (t, NORMAL, next(self._eid), call)
         # self._file(entry), inlined: every wait of every device comes through here
         b = int(t * self._per_s) if t < _FAR else _LAST

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import statistics
+from typing import Any
 
 from pvsim.device import DeviceRun
 from pvsim.dists import SimRandom
@@ -12,7 +13,8 @@ from pvsim.kernel import CountingEnvironment
 from pvsim.pantavisor import DeviceUpdate, PantavisorModel
 from pvsim.testing import scenario
 from pvsim.world import World
-from shared.engine.events import ContainerStarted, TimerFired
+from shared.engine.commands import RunGc
+from shared.engine.events import ContainerStarted, GcDone, TimerFired
 
 
 def test_calls_run_in_time_order_with_timeouts_and_are_counted():
@@ -112,26 +114,61 @@ def test_hub_reachability_window_agrees_with_the_intervals():
     assert answers == {True, False}  # both branches were exercised
 
 
-def test_a_cancelled_timer_wakes_nobody():
+def _sleeper(woken: list[float]) -> tuple[World, Any, DeviceUpdate]:
+    """A factory device in a quiet world, its update noting when it wakes up (and doing no more)."""
     world = World(scenario(**_QUIET), PantavisorModel)
     model = world.model
     run = DeviceRun(world, 0, None)  # type: ignore[arg-type]
     brain = model._wake_factory(run)
-    woken: list[float] = []
 
     class Probe(DeviceUpdate):
         __slots__ = ()
 
-        def _woke(self, _call: object) -> None:
-            woken.append(world.env.now)
+        def _woke(self, call: object) -> None:
+            if call is self.sleeping:
+                woken.append(world.env.now)
 
-    update = Probe(model, run, brain, "1", lambda outcome: None)
+    return world, brain, Probe(model, run, brain, "1", lambda outcome: None)
+
+
+def test_a_cancelled_timer_wakes_nobody():
+    woken: list[float] = []
+    world, brain, update = _sleeper(woken)
     brain.timers.arm("goal:app", 99)
     # the entry of arming 98, since re-armed; then some event
     brain.agenda[:] = [(5.0, 98, TimerFired("goal:app")), (9.0, 100, ContainerStarted("app"))]
     update._rest()
     world.env.run(until=20)
     assert woken[0] == 9.0
+
+
+def test_a_device_writing_is_woken_no_earlier_than_its_writes_land():
+    """DeviceUpdate sleeps through a batch of writes: an entry a transfer adds meanwhile is
+    taken when the writes land (as if the device had woken then), not when it is due."""
+    woken: list[float] = []
+    world, brain, update = _sleeper(woken)
+    brain.agenda[:] = [(50.0, 1, ContainerStarted("app"))]
+    update._doze(10.0)  # planned now, from the end of writes that land at 10
+    brain.push(5.0, ContainerStarted("db"))
+    update.nudge(5.0)  # due while the writes are under way
+    brain.push(0.0, ContainerStarted("db"))
+    world.egress.in_tick = True  # as when the egress delivers a transfer's end from its own event
+    update.nudge(0.0)  # due now: an idle device would take it at once
+    world.egress.in_tick = False
+    assert woken == []
+    world.env.run(until=60)
+    assert woken == [10.0]  # and not at 0 or 5, nor at 50 (that wake-up went stale)
+
+
+def test_a_gc_planned_with_its_batch_is_done_when_the_batch_lands():
+    world = World(scenario(**_QUIET), PantavisorModel)
+    model = world.model
+    run = DeviceRun(world, 0, None)  # type: ignore[arg-type]
+    brain = model._wake_factory(run)
+    gc = RunGc(frozenset({"0"}), frozenset(), "space")
+    model._apply_writes(run, brain, [(0.0, 0.25, gc)], 0.25)
+    assert [(at, type(entry)) for at, _, entry in brain.agenda] == [(0.25, GcDone)]
+    assert world.env.now == 0.0
 
 
 def _busy_program(env, use_calls: bool, seen: list[tuple[float, int]]) -> None:

@@ -1,5 +1,6 @@
 """Performance shortcuts change nothing: the shared factory wake (PVSIM_ENGINE_MEMO) gives the same
-results.json as settling every device on its own, and Updater.copy is a faithful, independent copy."""
+results.json as settling every device on its own, sleeping through a batch of writes gives the same
+results as waking when it lands, and Updater.copy is a faithful, independent copy."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from pvsim.pantavisor.update import DeviceUpdate
 from pvsim.report import write_results_json
 from pvsim.runner import run_scenario
 from pvsim.scenario import load_scenario
@@ -18,8 +20,8 @@ SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios"
 NOISY = ("wall_s", "peak_rss_mb")
 
 
-def _results(tmp_path: Path, name: str, devices: int) -> dict:
-    result = run_scenario(load_scenario(SCENARIOS / f"{name}.toml", **{"fleet.devices": devices}))
+def _results(tmp_path: Path, name: str, devices: int, **overrides: object) -> dict:
+    result = run_scenario(load_scenario(SCENARIOS / f"{name}.toml", **{"fleet.devices": devices, **overrides}))
     path = tmp_path / f"{name}.json"
     write_results_json(result, path)
     doc = json.loads(path.read_text())
@@ -38,6 +40,32 @@ def test_factory_memo_changes_no_result(tmp_path, monkeypatch, name):
     plain = _results(tmp_path, name, 300)
     assert memo["committed"] > 0
     assert memo == plain
+
+
+# little free storage: devices collect garbage to make room for a release (a GC in a batch)
+_LOW_STORAGE = {"device.free_storage_mb": {"dist": "uniform", "low": 40, "high": 90}}
+
+
+@pytest.mark.parametrize(
+    ("name", "devices", "overrides"),
+    [
+        ("quickstart", 300, {}),
+        ("power-cut-storm", 300, {}),
+        ("hub-flaps-during-testing", 300, {}),
+        ("bandwidth-limited", 300, {}),
+        ("quickstart", 1000, _LOW_STORAGE),
+    ],
+)
+def test_sleeping_through_writes_changes_nothing_but_the_event_count(tmp_path, monkeypatch, name, devices, overrides):
+    """DeviceUpdate.SLEEP_THROUGH_WRITES: a batch of writes after which the device only sleeps
+    costs one event instead of two; every figure but the event count stays the same."""
+    merged = _results(tmp_path, name, devices, **overrides)
+    monkeypatch.setattr(DeviceUpdate, "SLEEP_THROUGH_WRITES", False)
+    landed = _results(tmp_path, name, devices, **overrides)
+    assert merged["committed"] > 0
+    assert merged["events"] < landed["events"] * 0.9, (merged["events"], landed["events"])
+    merged.pop("events"), landed.pop("events")
+    assert merged == landed
 
 
 def _booted(state):

@@ -103,8 +103,12 @@ class Storage:
         """One durable write completed."""
         self._apply_writes(run, brain, ((0.0, 0.0, command),))
 
-    def _apply_writes(self, run: DeviceRun, brain: DeviceBrain, writes: Iterable[Write]) -> None:
-        """Durable writes completed, in order (LinkObjects: hard links cost metadata writes only)."""
+    def _apply_writes(
+        self, run: DeviceRun, brain: DeviceBrain, writes: Iterable[Write], landed: float | None = None
+    ) -> None:
+        """Durable writes completed, in order (LinkObjects: hard links cost metadata writes only),
+        at `landed` (default: now). A batch nothing can interrupt is applied when it is planned,
+        and lands at its end (DeviceUpdate.drain)."""
         disk = brain.disk
         if disk is self.factory_disk or disk is self.settled_disk:  # _own_disk, inlined: hot
             disk = brain.disk = disk.copy()
@@ -119,11 +123,11 @@ class Storage:
                     continue
             plan = disk.apply(command)
             if plan is not None:
-                self._gc_done(run, brain, disk, plan)
+                self._gc_done(run, brain, disk, plan, run.env._now if landed is None else landed)
 
-    def _gc_done(self, run: DeviceRun, brain: DeviceBrain, disk: SimDisk, plan: GcPlan) -> None:
+    def _gc_done(self, run: DeviceRun, brain: DeviceBrain, disk: SimDisk, plan: GcPlan, at: float) -> None:
         disk.objects = self._intern(disk.objects)
         removed = frozenset(plan.objects)
         reclaimed = int(math.fsum(self.size_mb.get(s, 0.0) for s in removed) * MB)
         storage = self._storage(run.device, disk)
-        brain.push(run.env._now, E.GcDone(reclaimed, storage, removed, frozenset(plan.revisions)))
+        brain.push(at, E.GcDone(reclaimed, storage, removed, frozenset(plan.revisions)))
