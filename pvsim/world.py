@@ -194,18 +194,22 @@ class World:
         t0 = now + delay
         phase = self.table.phase[device]
         poll = phase + math.ceil((t0 - phase) / self.poll_s) * self.poll_s
-        self.env.call_later(poll - now, lambda _call: self._begin(device, rollout))
+        self.env.call_later_with(poll - now, self._polled, device, rollout)
+
+    def _polled(self, call: list) -> None:
+        _, device, rollout = call
+        self._begin(device, rollout)
 
     def _begin(self, device: int, rollout: Rollout) -> None:
         self._expect_report(rollout, device)
         run = self.run_class(self, device, rollout)
         self.active_runs[device] = run
+        self.model.begin(run, rollout.revision, run.ended)
 
-        def ended(outcome: tuple[str, bool | None]) -> None:
-            del self.active_runs[device]
-            self._finish(device, rollout, run, *outcome)
-
-        self.model.begin(run, rollout.revision, ended)
+    def _run_ended(self, run: DeviceRun, outcome: tuple[str, bool | None]) -> None:
+        """A device-update is over (the update model calls `run.ended(outcome)`)."""
+        del self.active_runs[run.device]
+        self._finish(run.device, run.rollout, run, *outcome)
 
     def _finish(self, device: int, rollout: Rollout, run: DeviceRun, outcome: str, report: bool | None) -> None:
         rollout.mb_downloaded += run.mb_downloaded

@@ -50,6 +50,11 @@ class FlowEnd:
 
 Entry = Event | TransferDue | FlowEnd
 
+# The events a device has yet to feed its engine, oldest first. A list, not a deque: it holds a
+# few events at a time, and every device-update in flight has one (an empty deque is 760 bytes
+# with its first block, an empty list 56: ~0.7 KB per device-update in flight).
+Queue = list[Event]
+
 
 class DeviceBrain:
     """A live device between updates: its (shared) engine state, its disk and what it is waiting for."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import math
 import os
-from collections import deque
 from collections.abc import Callable, Generator
 from heapq import heapify, heappop, heappush
 from math import exp
@@ -19,7 +18,7 @@ from typing import Any
 
 from pvsim.device import INF, DeviceRun
 from pvsim.engine_memo import EngineMemo
-from pvsim.pantavisor.agenda import DeviceBrain, FlowEnd, TransferDue
+from pvsim.pantavisor.agenda import DeviceBrain, FlowEnd, Queue, TransferDue
 from pvsim.pantavisor.containers import Containers
 from pvsim.pantavisor.network import HUB_REACHED, HUB_REQUEST_FAILED, Network
 from pvsim.pantavisor.power import Power
@@ -137,7 +136,7 @@ class PantavisorModel(Network, Storage, Containers, Power):
 
     # -- executing one batch of commands ---------------------------------------------------------------
     def _execute(
-        self, run: DeviceRun, brain: DeviceBrain, commands: list[C.Command], queue: deque[E.Event]
+        self, run: DeviceRun, brain: DeviceBrain, commands: list[C.Command], queue: Queue
     ) -> Generator[Any, Any, bool]:
         """Run one `handle` result. Durable steps are timed back to back with one timeout; returns
         True when the batch ends in a Reboot."""
@@ -145,7 +144,7 @@ class PantavisorModel(Network, Storage, Containers, Power):
         return (yield from self._finish_batch(run, brain, writes, failed_at, rebooting))
 
     def _plan(
-        self, run: DeviceRun, brain: DeviceBrain, commands: list[C.Command], queue: deque[E.Event]
+        self, run: DeviceRun, brain: DeviceBrain, commands: list[C.Command], queue: Queue
     ) -> tuple[list[Write], float, bool]:
         """The instant part of a batch: non-durable commands take effect, durable writes are timed
         back to back. Returns (writes, time of a failed write or INF, ends in a Reboot)."""
@@ -218,7 +217,7 @@ class PantavisorModel(Network, Storage, Containers, Power):
         """The batch's effects and answers with the timing left out (the conformance test's view
         of this backend): durable writes land at once, then everything the batch put in the
         agenda is answered in time order, except armed timers (`pass_time`)."""
-        queue: deque[E.Event] = deque()
+        queue: Queue = []
         writes, _, _ = self._plan(run, brain, commands, queue)
         self._apply_writes(run, brain, writes)
         for flow, answer in list((brain.transfers or {}).items()):  # transfers complete at once

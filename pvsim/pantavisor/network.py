@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_right
-from collections import deque
 from heapq import heappush
 from typing import TYPE_CHECKING, Any
 
 from pvsim.device import INF, DeviceRun
 from pvsim.fairshare import CAPPED
-from pvsim.pantavisor.agenda import DeviceBrain, FlowEnd, TransferDue
+from pvsim.pantavisor.agenda import DeviceBrain, FlowEnd, Queue, TransferDue
 from pvsim.pantavisor.storage import MB
 from pvsim.transfer import HTTP_TIMEOUT_S, attempt
 from shared.engine import commands as C
@@ -55,7 +54,7 @@ class Network:
         def _intern(self, objects: frozenset[str]) -> frozenset[str]: ...
         def _storage(self, device: int, disk: SimDisk) -> E.StorageStats: ...
 
-    def _poll(self, run: DeviceRun, brain: DeviceBrain, rev: str, queue: deque[E.Event]) -> None:
+    def _poll(self, run: DeviceRun, brain: DeviceBrain, rev: str, queue: Queue) -> None:
         """A Hub poll now: the pending step (if the Hub still lists it) or a failed request."""
         engine = brain.engine
         if engine.watches_hub:
@@ -115,7 +114,7 @@ class Network:
             k += 1
         return best
 
-    def _report(self, run: DeviceRun, brain: DeviceBrain, command: C.ReportProgress, queue: deque[E.Event]) -> None:
+    def _report(self, run: DeviceRun, brain: DeviceBrain, command: C.ReportProgress, queue: Queue) -> None:
         msg = command.record.status_msg
         intake = INTAKE_RETRY.get(msg)
         if intake is None:  # once per distinct message (messages are few)
@@ -133,7 +132,7 @@ class Network:
             queue.append(HUB_REACHED if ok else HUB_REQUEST_FAILED)
 
     def _metadata(
-        self, run: DeviceRun, brain: DeviceBrain, command: C.FetchMetadata, t: float, queue: deque[E.Event]
+        self, run: DeviceRun, brain: DeviceBrain, command: C.FetchMetadata, t: float, queue: Queue
     ) -> None:
         if not self._hub_ok(run, brain):
             self.world.retries["metadata"] += 1
@@ -187,7 +186,7 @@ class Network:
         if brain.waker is not None:
             brain.waker(at)
 
-    def _flow_end(self, run: DeviceRun, brain: DeviceBrain, entry: FlowEnd, queue: deque[E.Event]) -> None:
+    def _flow_end(self, run: DeviceRun, brain: DeviceBrain, entry: FlowEnd, queue: Queue) -> None:
         """A transfer's fixed end came (the agenda's FlowEnd): if the egress confirms it, the
         object arrived (or the connection dropped there)."""
         flow = entry.flow
@@ -204,7 +203,7 @@ class Network:
                 self.world.count("corrupt_object")
         self._fetched(run, brain, answer, flow.size, queue)
 
-    def _fetched(self, run: DeviceRun, brain: DeviceBrain, event: E.ObjectFetched, mb: float, queue: deque[E.Event]) -> None:
+    def _fetched(self, run: DeviceRun, brain: DeviceBrain, event: E.ObjectFetched, mb: float, queue: Queue) -> None:
         """A transfer ended (ok, failed or corrupt): a complete object goes into the pool; the bytes
         of a failed or corrupt one are thrown away (the engine asks for the whole object again)."""
         if event.ok:

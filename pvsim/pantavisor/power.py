@@ -13,7 +13,7 @@ from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
 from pvsim.device import DeviceRun, PowerCut
-from pvsim.pantavisor.agenda import DeviceBrain, TransferDue
+from pvsim.pantavisor.agenda import DeviceBrain, Queue, TransferDue
 from pvsim.pantavisor.containers import goals
 from pvsim.pantavisor.storage import DaemonCrash
 from shared.engine import commands as C
@@ -49,7 +49,7 @@ class Power:
         def _apply(self, run: DeviceRun, brain: DeviceBrain, command: C.Command) -> None: ...
         def _stop_transfers(self, run: DeviceRun, brain: DeviceBrain) -> None: ...
         def _execute(
-            self, run: DeviceRun, brain: DeviceBrain, commands: list[C.Command], queue: deque[E.Event]
+            self, run: DeviceRun, brain: DeviceBrain, commands: list[C.Command], queue: Queue
         ) -> Generator[Any, Any, bool]: ...
 
     def _lose_volatile(self, run: DeviceRun, brain: DeviceBrain) -> None:
@@ -76,7 +76,7 @@ class Power:
         except PowerCut:
             yield from run.power_restored()
 
-    def _reboot_safely(self, run: DeviceRun, brain: DeviceBrain, queue: deque[E.Event]) -> Generator[Any, Any, None]:
+    def _reboot_safely(self, run: DeviceRun, brain: DeviceBrain, queue: Queue) -> Generator[Any, Any, None]:
         """Reboot; a power cut or a crash during the boot's own writes means booting again."""
         while True:
             try:
@@ -85,7 +85,7 @@ class Power:
             except (PowerCut, DaemonCrash) as fault:
                 yield from self._recover(run, brain, fault)
 
-    def _reboot(self, run: DeviceRun, brain: DeviceBrain, queue: deque[E.Event]) -> Generator[Any, Any, None]:
+    def _reboot(self, run: DeviceRun, brain: DeviceBrain, queue: Queue) -> Generator[Any, Any, None]:
         """Boot until a revision comes up: bootloader latch, boot delay, kernel panics."""
         world = self.world
         cfg = self.config

@@ -13,16 +13,14 @@ devices still cost nothing: a device-update that is over schedules nothing.
 from __future__ import annotations
 
 import heapq
-from collections import deque
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
 from pvsim.device import INF, DeviceRun, PowerCut
 from pvsim.engine_memo import PER_DEVICE
-from pvsim.pantavisor.agenda import DeviceBrain, FlowEnd, TransferDue
+from pvsim.pantavisor.agenda import DeviceBrain, FlowEnd, Queue, TransferDue
 from pvsim.pantavisor.storage import DaemonCrash
 from pvsim.world import BRICKED_OUT, SILENT
-from shared.engine import events as E
 from shared.engine.events import TimerFired
 from shared.engine.progress import FINAL_STATUSES
 
@@ -30,6 +28,7 @@ if TYPE_CHECKING:
     from pvsim.pantavisor.model import PantavisorModel
 
 Outcome = tuple[str, "bool | None"]
+_NO_WRITES = ()
 # not a Pantavisor message: a device whose boot env was torn never reports again
 TORN_ENV = "boot env torn by a power cut (the device never reports again)"
 
@@ -53,9 +52,9 @@ class DeviceUpdate:
         self.run = run
         self.brain = brain
         self.rev = rev
-        self.queue: deque[E.Event] = deque()
+        self.queue: Queue = []
         self.done = done
-        self.writes: list = []
+        self.writes: Any = _NO_WRITES  # the batch being waited for
         self.poll_at = INF
         self.sleeping: Any = None  # the pending wake-up while the device sleeps; others are stale
         self.wake_at = INF
@@ -74,7 +73,7 @@ class DeviceUpdate:
         memo = model.memo
         step = memo.handle
         while queue:
-            event = queue.popleft()
+            event = queue.pop(0)
             engine = brain.engine
             # memo.handle's lookup, inlined: by id for an interned event, else by value (most steps
             # are hits; both tables stay empty without sharing)
@@ -116,7 +115,8 @@ class DeviceUpdate:
         self._rest()
 
     def _wrote(self, _call: Any) -> None:
-        self.model._apply_writes(self.run, self.brain, self.writes)
+        writes, self.writes = self.writes, _NO_WRITES  # not kept while the device sleeps on
+        self.model._apply_writes(self.run, self.brain, writes)
         self.drain()
 
     def _rest(self) -> None:
