@@ -45,7 +45,7 @@ TRAIL_WRITES = (C.PersistProgress, C.WriteTrail, C.WriteDoneMarker)  # the comma
 class SimDisk:
     """One simulated device's disk (see the module docstring for what a power cut does to it)."""
 
-    __slots__ = ("pv_rev", "pv_try", "torn", "latch", "trails", "objects", "links")
+    __slots__ = ("pv_rev", "pv_try", "torn", "latch", "trails", "objects", "links", "shared")
 
     def __init__(
         self,
@@ -63,6 +63,9 @@ class SimDisk:
         self.trails = trails
         self.objects = objects
         self.links = links
+        # other devices may hold this very disk (the fleet model shares equal disks): whoever
+        # writes to it takes a copy first
+        self.shared = False
 
     def copy(self) -> SimDisk:
         new = SimDisk(self.pv_rev, self.pv_try, self.latch, dict(self.trails), self.objects)
@@ -70,6 +73,13 @@ class SimDisk:
         if self.links is not None:
             new.links = dict(self.links)
         return new
+
+    def sharing_key(self) -> tuple:
+        """Equal for disks with the same contents, built of the same records (trail records and
+        object pools are shared values: compared by identity, which the disk keeps alive)."""
+        links = None if self.links is None else frozenset((rev, id(shas)) for rev, shas in self.links.items())
+        trails = frozenset((rev, id(view)) for rev, view in self.trails.items())
+        return (self.pv_rev, self.pv_try, self.torn, self.latch, trails, id(self.objects), links)
 
     # ------------------------------------------------------------------ reading
 

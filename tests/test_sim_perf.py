@@ -9,10 +9,14 @@ from pathlib import Path
 
 import pytest
 
+from pvsim.device import DeviceRun
+from pvsim.pantavisor import PantavisorModel
 from pvsim.pantavisor.update import DeviceUpdate
 from pvsim.report import write_results_json
 from pvsim.runner import run_scenario
 from pvsim.scenario import load_scenario
+from pvsim.world import World
+from shared.engine import commands as C
 from shared.engine import events as E
 from shared.engine.updater import Updater
 
@@ -195,3 +199,22 @@ def test_metadata_memo_key_decides_the_answer():
     check()
     fits, short = answer(10 * need), answer(0)
     assert fits[0] is not None and short[0] is None
+
+
+def test_devices_that_end_an_update_alike_share_one_disk_until_one_writes():
+    """PantavisorModel._share_disk: after a device-update the disk is swapped for an equal one
+    other devices hold; a device that writes gets its own copy, the others keep theirs as it was."""
+    world = World(load_scenario(SCENARIOS / "quickstart.toml", **{"fleet.devices": 300}), PantavisorModel)
+    world.run()
+    model = world.model
+    brains = list(model.brains.values())
+    disks = {id(brain.disk) for brain in brains}
+    assert len(brains) == 300 and len(disks) <= 10, len(disks)
+    first, second = [b for b in brains if b.disk is brains[0].disk][:2]
+    shared = second.disk
+    trails_before, pv_rev_before = dict(shared.trails), shared.pv_rev
+    run = DeviceRun(world, 0, None)  # type: ignore[arg-type]
+    model._apply(run, first, C.DeleteRevision(pv_rev_before))
+    model._apply(run, first, C.SetBootEnv(pv_rev="9"))
+    assert first.disk is not shared and pv_rev_before not in first.disk.trails and first.disk.pv_rev == "9"
+    assert second.disk is shared and shared.trails == trails_before and shared.pv_rev == pv_rev_before

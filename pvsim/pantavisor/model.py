@@ -68,7 +68,9 @@ class PantavisorModel(Network, Storage, Containers, Power):
         latency = world.device_cfg.storage_latency_s.lognormal_params(world.rng)
         self._latency_ln = latency[:2] if latency is not None else None
         self._factory_template = None if shared else False
+        self.factory_disk.shared = True
         self.settled_disk = None
+        self.shared_disks = {}  # disks devices share between updates, by SimDisk.sharing_key
         # MB used by each object pool (pools are interned, so few distinct ones)
         self._used_mb = {}
         self._sizes = {}

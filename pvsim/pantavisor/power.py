@@ -130,6 +130,7 @@ class Power:
             brain, reusable = self._settle_factory(run)
             if reusable:
                 self.settled_disk = brain.disk
+                brain.disk.shared = True
                 self._factory_template = (brain.engine, dict(brain.hub_progress), brain.seq)
             else:
                 self._factory_template = False

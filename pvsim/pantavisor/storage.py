@@ -46,6 +46,7 @@ class Storage:
     _used_mb: dict[frozenset[str], float]
     factory_disk: SimDisk
     settled_disk: SimDisk | None
+    shared_disks: dict[tuple, SimDisk]
 
     def _storage(self, device: int, disk: SimDisk) -> E.StorageStats:
         """statfs of the device's storage: its free space at the start, less what its pool grew."""
@@ -94,10 +95,21 @@ class Storage:
 
     def _own_disk(self, brain: DeviceBrain) -> SimDisk:
         """Copy-on-write: devices share the factory disk (and then the settled factory disk) until
-        they first write."""
-        if brain.disk is self.factory_disk or brain.disk is self.settled_disk:
+        they first write, and share again the disk they end a device-update with (`_share_disk`)."""
+        if brain.disk.shared:
             brain.disk = brain.disk.copy()
         return brain.disk
+
+    def _share_disk(self, brain: DeviceBrain) -> None:
+        """A device-update is over: the device's disk is swapped for an equal one other devices
+        hold, if there is one (most devices end an update alike), until it writes again. Measured
+        on the quickstart: ~0.3 KB per device that has been updated."""
+        disk = brain.disk
+        if disk.shared:
+            return
+        shared = self.shared_disks.setdefault(disk.sharing_key(), disk)
+        shared.shared = True
+        brain.disk = shared
 
     def _apply(self, run: DeviceRun, brain: DeviceBrain, command: C.Command) -> None:
         """One durable write completed."""
@@ -110,7 +122,7 @@ class Storage:
         at `landed` (default: now). A batch nothing can interrupt is applied when it is planned,
         and lands at its end (DeviceUpdate.drain)."""
         disk = brain.disk
-        if disk is self.factory_disk or disk is self.settled_disk:  # _own_disk, inlined: hot
+        if disk.shared:  # _own_disk, inlined: hot
             disk = brain.disk = disk.copy()
         trails = disk.trails
         for _, _, command in writes:

@@ -274,6 +274,7 @@ class DeviceUpdate:
         # transfers still running leave the Hub's egress (the engine ignores late answers, R5) and a
         # resting device's timers are not simulated (idle devices cost no events)
         self.model._lose_volatile(self.run, self.brain)
+        self.model._share_disk(self.brain)
         self.brain.waker = None  # the brain, the update and its pending wake-up refer to each other:
         self.sleeping = None  # broken here, as the run keeps the cyclic collector off
         self.done(outcome)
