@@ -16,9 +16,9 @@ each command a modelled duration and an outcome, and feeds the resulting events 
 | Reboot | boot delay, then the bootloader latch (`shared.engine.bootloader.choose_boot`) and a new Updater from what survived | power |
 
 Event economy: a batch of commands returned by one `handle` call costs at most one SimPy event
-(the sum of its durable writes), and none when the device only sleeps after it; everything else the device is waiting for (timers, transfers,
-containers, the next poll) sits in a small per-device agenda and the device sleeps until the
-earliest entry. Waits are `call_later` events that call the device's next step (`DeviceUpdate`),
+(the sum of its durable writes), and none when the device only sleeps after it; everything else
+the device is waiting for (timers, transfers, containers, the next poll) sits in a small
+per-device agenda and the device sleeps until the earliest entry. Waits are `call_later` events that call the device's next step (`DeviceUpdate`),
 not generator processes; only what a power cut can interrupt runs as a process. Engine calls are
 plain Python calls, through `pvsim.engine_memo`: devices whose engines are equal share one.
 """
