@@ -137,18 +137,39 @@ def test_pvsims_side_cuts_power_on_the_scheduled_slot_only():
     assert doc["releases"][0]["failed"] == 2
 
 
+def _why_the_real_side_differed(doc: dict, kept: Path, tail: int = 40) -> str:
+    """For a failure message: each differing real device's reports, with their times, and the end
+    of its daemon's log (a real device once took a release 44 s late: docs/validation.md)."""
+    if not (kept / "real-timeline.json").is_file():
+        return ""
+    real = json.loads((kept / "real-timeline.json").read_text())
+    times = {(s["release"], s["position"]): s["reports"] for s in real["slots"]}
+    lines = []
+    for slot in doc["sequences"]:
+        if slot["identical"]:
+            continue
+        device = slot["real_device"]
+        lines.append(f"\n-- real {device}, {slot['release']} #{slot['position']}: {times.get((slot['release'], slot['position']))}")
+        log = kept / "logs" / f"{device}.log"
+        if log.is_file():
+            lines.extend(log.read_text(errors="replace").splitlines()[-tail:])
+    return "\n".join(lines)
+
+
 @FLEET_GROUP
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[p.stem for p in SCENARIOS])
 def test_each_validation_scenario_agrees_on_a_real_fleet(scenario, tmp_path):
     need_device()
     out = tmp_path / "out.json"
     before = set(os.listdir(net.NETNS_DIR)) if os.path.isdir(net.NETNS_DIR) else set()
-    rc = pvsim_main(["validate", str(scenario), "--real-devices", str(CI_DEVICES), "--json", str(out), "--quiet"])
+    kept = tmp_path / "kept"
+    argv = ["validate", str(scenario), "--real-devices", str(CI_DEVICES), "--json", str(out), "--keep", str(kept)]
+    rc = pvsim_main([*argv, "--quiet"])
     doc = json.loads(out.read_text())
     assert set(doc) >= {"devices", "real", "sim", "sequences_identical", "time_to_commit", "agree"}
     assert set(doc["time_to_commit"]) >= {"real_median_s", "sim_median_s", "ks"}
     assert doc["devices"] == CI_DEVICES
-    assert doc["agree"] and rc == 0, json.dumps(doc, indent=1)
+    assert doc["agree"] and rc == 0, json.dumps(doc, indent=1) + _why_the_real_side_differed(doc, kept)
     after = set(os.listdir(net.NETNS_DIR)) if os.path.isdir(net.NETNS_DIR) else set()
     assert not {n for n in after - before if n.startswith("pf")}  # the fleet's namespaces are gone
     assert not list(Path("/var/tmp").glob("pvsim-validate-*/real/fleet/fleet.json"))
