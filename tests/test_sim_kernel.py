@@ -161,6 +161,7 @@ def test_a_device_writing_is_woken_no_earlier_than_its_writes_land():
 
 
 def test_a_gc_planned_with_its_batch_is_done_when_the_batch_lands():
+    """A batch applied when it is planned (DeviceUpdate.drain) has its GC answered when it lands."""
     world = World(scenario(**_QUIET), PantavisorModel)
     model = world.model
     run = DeviceRun(world, 0, None)  # type: ignore[arg-type]

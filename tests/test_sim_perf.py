@@ -1,6 +1,7 @@
 """Performance shortcuts change nothing: the shared factory wake (PVSIM_ENGINE_MEMO) gives the same
 results.json as settling every device on its own, sleeping through a batch of writes gives the same
-results as waking when it lands, and Updater.copy is a faithful, independent copy."""
+results as waking when it lands, devices that end an update alike share one disk only until one
+writes, and Updater.copy is a faithful, independent copy."""
 
 from __future__ import annotations
 
