@@ -108,8 +108,9 @@ class CountingEnvironment(simpy.Environment):
 
     def call_later_with(self, delay: float, fn: Callable[[Any], None], *data: Any) -> list:
         """`call_later` for a callback that needs data: the call is `[fn, *data]`, which `fn`
-        receives. A closure over the data would cost a function, a tuple and a cell each (~200
-        bytes more for each of the hundreds of thousands of devices waiting for a first poll)."""
+        receives. A closure over the data would add a function, a tuple and a cell per item (~200
+        bytes by their sizes, for each of the hundreds of thousands of devices waiting for a first
+        poll)."""
         self.events += 1
         call = [fn, *data]
         self._file((self._now + delay, NORMAL, next(self._eid), call))

@@ -22,7 +22,7 @@ from pvsim.pantavisor.agenda import DeviceBrain, FlowEnd, Queue, TransferDue
 from pvsim.pantavisor.storage import DaemonCrash
 from pvsim.world import BRICKED_OUT, SILENT
 from shared.engine.events import TimerFired
-from shared.engine.progress import FINAL_STATUSES
+from shared.engine.progress import FINAL_STATUSES, Progress
 
 if TYPE_CHECKING:
     from pvsim.pantavisor.model import PantavisorModel
@@ -98,7 +98,7 @@ class DeviceUpdate:
                     if (
                         self.SLEEP_THROUGH_WRITES
                         and end < model.world.until_s
-                        and not self._heard_final()
+                        and self._final_heard() is None
                         and self._only_sleep_after()
                     ):
                         # When the writes land the device only goes to sleep: they are applied
@@ -126,8 +126,8 @@ class DeviceUpdate:
         if brain.disk.torn:
             run.reason = TORN_ENV
             return self._end((BRICKED_OUT, SILENT))  # no readable boot env: nothing boots any more
-        heard = brain.hub_progress.get(self.rev)
-        if heard is not None and heard.status in FINAL_STATUSES:
+        heard = self._final_heard()
+        if heard is not None:
             outcome = model._outcome(brain, self.rev, heard)
             if outcome is not None:
                 run.reason = heard.status_msg  # the final record's status message, as the Hub shows it
@@ -160,9 +160,10 @@ class DeviceUpdate:
         queue.clear()
         return True
 
-    def _heard_final(self) -> bool:
+    def _final_heard(self) -> Progress | None:
+        """The step's progress record the Hub holds, if its status is final."""
         heard = self.brain.hub_progress.get(self.rev)
-        return heard is not None and heard.status in FINAL_STATUSES
+        return heard if heard is not None and heard.status in FINAL_STATUSES else None
 
     def _doze(self, now: float) -> None:
         """Sleep from `now` (the present, or the end of the writes under way) until the earliest
