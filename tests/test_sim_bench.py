@@ -110,3 +110,40 @@ def test_library_call_without_models_picks_the_default_set():
     report = bench([150], repeat=1)
     assert set(report["sizes"][0]) >= {"twin", "interrupt", "predrawn", "twin_over_reference", "cpu_us_per_device_update"}
     assert "twin_cost_growth" not in report  # one size: nothing to grow from
+
+
+def test_instructions_per_device_update_are_the_extra_instructions_of_the_extra_updates():
+    from pvsim.bench_instructions import InstructionCountError, base_size, per_update
+
+    # startup (1e9 in both runs) cancels: 400 more updates cost 2e8 more instructions
+    assert per_update({"instructions": 1_200_000_000, "device_updates": 420}, {"instructions": 1_000_000_000, "device_updates": 20}) == 500_000
+    assert (base_size(4000), base_size(100)) == (200, 20)
+    with pytest.raises(InstructionCountError, match="more --devices"):
+        per_update({"instructions": 5, "device_updates": 20}, {"instructions": 4, "device_updates": 20})
+
+
+def test_instructions_are_counted_under_callgrind_side_by_side(tmp_path):
+    """`pvsim bench --instructions`: each model under callgrind at N and N/20 devices, in its own
+    process; the twin costs more instructions per device-update than the pre-drawn reference
+    (it runs the engine, progress records and the disk), both figures in a sane range."""
+    import shutil
+
+    if shutil.which("valgrind") is None:
+        pytest.skip("needs valgrind (apt-get install valgrind)")
+    out = tmp_path / "ins.json"
+    assert main(["bench", "--instructions", "--devices", "200", "--models", "twin,predrawn", "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert (doc["devices"], doc["base_devices"]) == (200, 20)
+    twin, ref = doc["models"]["twin"], doc["models"]["predrawn"]
+    assert twin["device_updates"] > twin["base_device_updates"] and twin["device_updates"] == ref["device_updates"]
+    assert 50_000 < ref["instructions_per_device_update"] < twin["instructions_per_device_update"] < 5_000_000
+    assert doc["twin_over_reference"]["predrawn"] == round(twin["instructions_per_device_update"] / ref["instructions_per_device_update"], 3)
+
+
+def test_instructions_refuse_what_they_cannot_count(capsys):
+    assert main(["bench", "--instructions", "--devices", "200,400"]) == 1
+    assert "--devices" in capsys.readouterr().err
+    assert main(["bench", "--instructions", "--models", "sharded"]) == 1
+    assert "--models" in capsys.readouterr().err
+    assert main(["bench", "--instructions", "--repeat", "2"]) == 1
+    assert "--instructions" in capsys.readouterr().err

@@ -19,7 +19,8 @@ from devicekit import need_device
 from pvreal.fleet import net
 from pvsim.cli import main as pvsim_main
 from pvsim.scenario import ScenarioError, load_scenario
-from pvsim.validate import calibrate, compare, simrun, timeline
+from pvsim.validate import calibrate, compare, realrun, run, simrun, timeline
+from shared.errors import PvError
 
 # Every test that brings up a real fleet, here and in tests/test_fleet.py, runs in one xdist worker:
 # the leftover checks look at every fleet namespace and validate folder on the machine.
@@ -137,6 +138,42 @@ def test_pvsims_side_cuts_power_on_the_scheduled_slot_only():
     assert doc["releases"][0]["failed"] == 2
 
 
+def test_a_failed_real_run_keeps_its_logs_with_keep_and_says_how_without(tmp_path, monkeypatch):
+    """The real fleet failing (here: a device dying while it boots) names a log in the run's
+    temporary folder, which is removed: with --keep the logs stay in DIR/logs and the error says
+    so; without it, the error says how to keep them. Nothing is left in the temporary parent."""
+    scn = load_scenario(SCENARIOS[0])
+
+    def device_dies_booting(_scn, _devices, work, _display):
+        log = work / "real" / "fleet" / "devices" / "d01" / "daemon.log"
+        log.parent.mkdir(parents=True)
+        log.write_text("boot 1: the root container did not start\n")
+        (work / "real.log").write_text("bringing up 4 real devices\n")
+        raise PvError(f"pvreal fleet: device d01 exited during boot; see {log}")
+
+    monkeypatch.setattr(realrun, "run_real", device_dies_booting)
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.setattr(run, "TMP_PARENT", tmp_path / "tmp")
+    (tmp_path / "tmp").mkdir()
+    kept = tmp_path / "kept"
+    with pytest.raises(PvError, match=f"exited during boot.*logs are kept in {kept / 'logs'}"):
+        run.validate(scn, 4, None, kept)
+    assert (kept / "logs" / "d01.log").read_text() == "boot 1: the root container did not start\n"
+    assert (kept / "real.log").is_file() and not (kept / "real-timeline.json").exists()
+    with pytest.raises(PvError, match="run with --keep DIR to keep the logs"):
+        run.validate(scn, 4, None)
+    assert not list((tmp_path / "tmp").iterdir())
+
+
+def _log_tails(logs: Path, tail: int = 40) -> str:
+    """For a failure message: the end of every log the failed real run left (pvsim validate
+    --keep keeps them also when the real fleet fails, e.g. a device that died while booting)."""
+    lines = []
+    for log in sorted(logs.glob("*.log")) if logs.is_dir() else []:
+        lines += [f"\n-- {log.name}", *log.read_text(errors="replace").splitlines()[-tail:]]
+    return "\n".join(lines)
+
+
 def _why_the_real_side_differed(doc: dict, kept: Path, tail: int = 40) -> str:
     """For a failure message: each differing real device's reports, with their times, and the end
     of its daemon's log (a real device once took a release 44 s late: docs/validation.md)."""
@@ -165,6 +202,7 @@ def test_each_validation_scenario_agrees_on_a_real_fleet(scenario, tmp_path):
     kept = tmp_path / "kept"
     argv = ["validate", str(scenario), "--real-devices", str(CI_DEVICES), "--json", str(out), "--keep", str(kept)]
     rc = pvsim_main([*argv, "--quiet"])
+    assert out.is_file(), f"pvsim validate exited {rc} without a comparison" + _log_tails(kept / "logs")
     doc = json.loads(out.read_text())
     assert set(doc) >= {"devices", "real", "sim", "sequences_identical", "time_to_commit", "agree"}
     assert set(doc["time_to_commit"]) >= {"real_median_s", "sim_median_s", "ks"}

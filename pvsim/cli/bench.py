@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pvsim.bench import MODELS, QUICKSTART, SHARD_FROM, TARGETS, bench, local_dask_cluster
+from pvsim.bench_instructions import BASE_DIVISOR, DEFAULT_DEVICES, bench_instructions
 from pvsim.outputs import check_file
 from pvsim.scenario import ScenarioError, check_option
 
@@ -30,6 +31,17 @@ time on the 2-core build machine, quiet, with the twin as of issue 18: the defau
 a minute a round (`make bench`: 3 rounds, about 3 minutes; twice that while other work loads the
 machine); --devices 1000000 about 15 minutes (the sharded twin, the twin, both references; 41
 minutes measured while other work loaded the machine).
+
+--instructions counts CPU instructions with valgrind's callgrind instead of timing, which a
+machine whose speed drifts cannot blur: each model runs in a process of its own at N devices
+(default {DEFAULT_DEVICES:,}, one size) and at N/{BASE_DIVISOR}; the difference of the counts over the difference
+of the device-updates is its instructions per device-update (startup and imports cancel out).
+About 3 minutes at 4 000 devices, two processes at a time. Needs valgrind.
+
+examples:
+  pvsim bench --repeat 3                         # what `make bench` runs
+  pvsim bench --devices 1000000 --models sharded # the million-device run, sharded
+  pvsim bench --instructions --devices 4000      # instructions per device-update
 """
 
 
@@ -55,6 +67,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="... on a Dask LocalCluster of WORKERS single-threaded worker processes started here",
     )  # fmt: skip
     parser.add_argument("--scenario", type=Path, default=QUICKSTART, help="scenario file (default scenarios/quickstart.toml)")
+    parser.add_argument(
+        "--instructions", action="store_true",
+        help=f"count instructions per device-update under callgrind instead of timing (one --devices, default {DEFAULT_DEVICES:,})",
+    )  # fmt: skip
     parser.add_argument("--json", type=Path, help="write the figures to this JSON file")
     parser.set_defaults(func=handle)
 
@@ -98,6 +114,8 @@ def handle(args: argparse.Namespace) -> int:
     if args.json:
         check_file(args.json, "--json")
     err = Console(stderr=True)
+    if args.instructions:
+        return _handle_instructions(args, models, err)
     with ExitStack() as stack:
         dask: Any = args.dask
         if args.dask_local:
@@ -108,6 +126,31 @@ def handle(args: argparse.Namespace) -> int:
     for row in report["sizes"]:
         console.print(_size_table(row))
     console.print(_summary_table(report))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+def _handle_instructions(args: argparse.Namespace, models: list[str] | None, err: Console) -> int:
+    sizes = _sizes(args.devices) if args.devices else [DEFAULT_DEVICES]
+    if len(sizes) != 1:
+        raise ScenarioError("--instructions counts one size at a time", source="--devices")
+    if models is not None and "sharded" in models:
+        raise ScenarioError("the sharded twin is not counted (its work is in other processes)", source="--models")
+    if args.dask or args.dask_local or args.repeat != 1:
+        raise ScenarioError("--instructions runs each model once, here: no --dask, --dask-local or --repeat", source="--instructions")
+    report = bench_instructions(sizes[0], models, args.scenario, say=lambda line: err.print(f"[dim]{line}[/dim]"))
+    table = Table(title=f"instructions per device-update (callgrind: {report['devices']:,} devices less {report['base_devices']:,})")
+    table.add_column("model")
+    table.add_column("instructions per device-update", justify="right")
+    table.add_column("twin ÷ it", justify="right")
+    for model, figures in report["models"].items():
+        ratio = report.get("twin_over_reference", {}).get(model)
+        table.add_row(model if model == "twin" else f"reference: {model}", _fmt(figures["instructions_per_device_update"]), _fmt(ratio))
+    console = Console()
+    console.width = max(console.width, 100)
+    console.print(table)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

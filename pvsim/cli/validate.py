@@ -53,7 +53,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="devices in both worlds (default: validation.devices)")  # fmt: skip
     parser.add_argument("--json", type=Path, metavar="OUT", help="write the comparison as JSON")
     parser.add_argument("--keep", type=Path, metavar="DIR",
-                        help="keep both timelines (real-timeline.json, sim-timeline.json) in DIR")  # fmt: skip
+                        help="keep both timelines (real-timeline.json, sim-timeline.json) and the real side's logs "
+                             "(DIR/logs: each daemon's, the Hub's, the relay's) in DIR, also when the real run fails")  # fmt: skip
     parser.add_argument("--quiet", action="store_true", help="no live display")
     parser.set_defaults(func=handle)
 
