@@ -32,6 +32,7 @@ from shared.errors import PvError
 
 DEFAULT_DEVICES = 4000
 BASE_DIVISOR = 20  # the base fleet is devices / 20 (at least 20 devices)
+MIN_DEVICES = 100  # well above the base fleet, so the difference is mostly device-updates
 _COLLECTED = re.compile(r"Collected\s*:\s*(\d+)")
 
 
@@ -81,8 +82,17 @@ def bench_instructions(
     devices: int = DEFAULT_DEVICES, models: list[str] | None = None, scenario: Path = QUICKSTART,
     jobs: int = 2, say: Callable[[str], None] = lambda _line: None,
 ) -> dict[str, Any]:  # fmt: skip
-    """Count each model at `devices` and at `base_size(devices)`, `jobs` processes at a time."""
+    """Count each model at `devices` and at `base_size(devices)`, `jobs` processes at a time.
+    The scenario is checked here first, so a bad one costs no minutes under callgrind."""
+    from pvsim.reference import check_supported
+    from pvsim.scenario import ScenarioError, load_scenario
+
     models = list(models or MODELS)
+    if devices < MIN_DEVICES:
+        raise ScenarioError(f"counting needs at least {MIN_DEVICES} devices (the base run has {base_size(devices)})", source="--devices")
+    loaded = load_scenario(scenario, **{"fleet.devices": devices})
+    if any(m != "twin" for m in models):
+        check_supported(loaded)
     base = base_size(devices)
     runs = [(model, n) for model in models for n in (devices, base)]
 

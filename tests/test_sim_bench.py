@@ -147,3 +147,19 @@ def test_instructions_refuse_what_they_cannot_count(capsys):
     assert "--models" in capsys.readouterr().err
     assert main(["bench", "--instructions", "--repeat", "2"]) == 1
     assert "--instructions" in capsys.readouterr().err
+
+
+def test_instructions_check_the_scenario_and_size_before_any_run(tmp_path, monkeypatch, capsys):
+    import pvsim.bench_instructions as counting
+
+    def no_run(*_args):
+        raise AssertionError("nothing may run under callgrind for bad input")
+
+    monkeypatch.setattr(counting, "count_run", no_run)
+    assert main(["bench", "--instructions", "--devices", "50"]) == 1
+    assert "--devices" in capsys.readouterr().err
+    broken = tmp_path / "broken.toml"
+    broken.write_text('[fleet]\ndevices = "many"\n')
+    assert main(["bench", "--instructions", "--scenario", str(broken)]) == 1
+    err = capsys.readouterr().err
+    assert "broken.toml" in err and len(err.strip().splitlines()) == 1
