@@ -9,7 +9,9 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +80,8 @@ def serve_command(args: argparse.Namespace) -> int:
         print(f"hub: serving {args.db} at {url}", flush=True)
         print(f"hub: dashboard {url}/#token=<{files.database}.operator-token>", flush=True)
 
+    # `kill -USR1 PID` prints every thread's stack to stderr: why a Hub does not answer or stop
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         serve_forever(files, host, port, announce)
     except OSError as exc:

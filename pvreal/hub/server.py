@@ -23,6 +23,9 @@ from pvreal.hub.api import make_app
 from pvreal.hub.objects import ObjectStore
 from pvreal.hub.service import Hub
 
+# how long a stopping Hub (Ctrl-C) waits for the requests under way (aiohttp's default: 60 s)
+SHUTDOWN_TIMEOUT_S = 5.0
+
 
 def token_for(database: Path, kind: str, given: str | None) -> str:
     """`given`, or the token stored beside the database (created, 0600, on first start)."""
@@ -53,7 +56,8 @@ class HubFiles:
 async def start(files: HubFiles, host: str, port: int, clock: Callable[[], float] | None = None
                 ) -> tuple[web.AppRunner, str]:  # fmt: skip
     """Bind and serve; returns the runner (to clean up) and the URL the Hub answers on."""
-    runner = web.AppRunner(make_app(files.open_hub(clock), files.operator_token), access_log=None)
+    runner = web.AppRunner(make_app(files.open_hub(clock), files.operator_token), access_log=None,
+                           shutdown_timeout=SHUTDOWN_TIMEOUT_S)  # fmt: skip
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
