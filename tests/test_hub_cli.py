@@ -86,24 +86,37 @@ def run(words: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=120)  # fmt: skip
 
 
+def _sigint_as_from_a_terminal() -> None:
+    """In the Hub's process before exec: SIGINT as a terminal delivers it. A test run started in
+    the background (`make test &`, nohup) has SIGINT ignored, and an ignored signal stays ignored
+    across exec, so the Hub would never see the Ctrl-C these tests send."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _served_url(proc: subprocess.Popen, folder: Path) -> str:
+    """The URL a `pvreal hub serve --db hub.sqlite` started in `folder` wrote once it listened."""
+    url_file = folder / "hub.sqlite.url"
+    for _ in range(300):
+        if url_file.exists() or proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    assert url_file.exists(), proc.communicate(timeout=10)
+    return url_file.read_text().strip()
+
+
 def test_the_readme_hub_commands_work_as_written(tmp_path):
     commands = readme_hub_commands()
     assert commands[0].startswith("pvreal hub serve") and commands[0].endswith("&")
     write_release(tmp_path, "v1")
     # the README's serve line, on a port the system picks so parallel tests never collide
     serve = shlex.split(commands[0].rstrip("&")) + ["--listen", "127.0.0.1:0"]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", *serve], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", *serve], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_sigint_as_from_a_terminal)  # fmt: skip
     try:
-        url_file = tmp_path / "hub.sqlite.url"
-        for _ in range(300):
-            if url_file.exists() or proc.poll() is not None:
-                break
-            time.sleep(0.1)
-        assert url_file.exists(), proc.communicate(timeout=10)
+        url = _served_url(proc, tmp_path)
         files = hub_files(tmp_path)
-        device(url_file.read_text().strip(), files, "d1")  # a device, so the rollout has a fleet
+        device(url, files, "d1")  # a device, so the rollout has a fleet
         outputs = []
         for command in commands[1:]:
             done = run(shlex.split(command), tmp_path)
@@ -116,7 +129,7 @@ def test_the_readme_hub_commands_work_as_written(tmp_path):
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            # once in CI the Hub did not stop: its threads' stacks (faulthandler on SIGUSR1) say where
+            # the Hub did not stop: its threads' stacks (faulthandler on SIGUSR1) say where
             proc.send_signal(signal.SIGUSR1)
             time.sleep(2)
             proc.kill()
@@ -133,17 +146,12 @@ def test_ctrl_c_stops_the_hub_in_seconds_even_mid_request_and_sigusr1_shows_its_
 
     from pvreal.hub.server import SHUTDOWN_TIMEOUT_S
 
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
     argv = [sys.executable, "-m", "pvreal", "hub", "serve", "--db", "hub.sqlite", "--listen", "127.0.0.1:0"]
-    proc = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(argv, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_sigint_as_from_a_terminal)  # fmt: skip
     try:
-        url_file = tmp_path / "hub.sqlite.url"
-        for _ in range(300):
-            if url_file.exists() or proc.poll() is not None:
-                break
-            time.sleep(0.1)
-        assert url_file.exists(), proc.communicate(timeout=10)
-        host, port = url_file.read_text().strip().removeprefix("http://").rsplit(":", 1)
+        host, port = _served_url(proc, tmp_path).removeprefix("http://").rsplit(":", 1)
         with socket.create_connection((host, int(port))) as half:
             half.sendall(b"POST /auth/login HTTP/1.1\r\nHost: hub\r\nContent-Length: 100\r\n\r\n{")
             time.sleep(0.5)
