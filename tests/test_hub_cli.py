@@ -93,6 +93,13 @@ def _sigint_as_from_a_terminal() -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+def _start_hub(words: list[str], folder: Path) -> subprocess.Popen:
+    """`python -m WORDS...` (a `pvreal hub serve`) in `folder`, its output piped, Ctrl-C deliverable."""
+    return subprocess.Popen([sys.executable, "-m", *words], cwd=folder, env={**os.environ, "PYTHONPATH": str(REPO)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_sigint_as_from_a_terminal)  # fmt: skip
+
+
 def _served_url(proc: subprocess.Popen, folder: Path) -> str:
     """The URL a `pvreal hub serve --db hub.sqlite` started in `folder` wrote once it listened."""
     url_file = folder / "hub.sqlite.url"
@@ -110,9 +117,7 @@ def test_the_readme_hub_commands_work_as_written(tmp_path):
     write_release(tmp_path, "v1")
     # the README's serve line, on a port the system picks so parallel tests never collide
     serve = shlex.split(commands[0].rstrip("&")) + ["--listen", "127.0.0.1:0"]
-    proc = subprocess.Popen([sys.executable, "-m", *serve], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=_sigint_as_from_a_terminal)  # fmt: skip
+    proc = _start_hub(serve, tmp_path)
     try:
         url = _served_url(proc, tmp_path)
         files = hub_files(tmp_path)
@@ -146,10 +151,7 @@ def test_ctrl_c_stops_the_hub_in_seconds_even_mid_request_and_sigusr1_shows_its_
 
     from pvreal.hub.server import SHUTDOWN_TIMEOUT_S
 
-    argv = [sys.executable, "-m", "pvreal", "hub", "serve", "--db", "hub.sqlite", "--listen", "127.0.0.1:0"]
-    proc = subprocess.Popen(argv, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=_sigint_as_from_a_terminal)  # fmt: skip
+    proc = _start_hub(["pvreal", "hub", "serve", "--db", "hub.sqlite", "--listen", "127.0.0.1:0"], tmp_path)
     try:
         host, port = _served_url(proc, tmp_path).removeprefix("http://").rsplit(":", 1)
         with socket.create_connection((host, int(port))) as half:

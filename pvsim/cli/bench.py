@@ -127,8 +127,7 @@ def handle(args: argparse.Namespace) -> int:
         console.print(_size_table(row))
     console.print(_summary_table(report))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        _write_json(args.json, report)
     return 0
 
 
@@ -152,9 +151,13 @@ def _handle_instructions(args: argparse.Namespace, models: list[str] | None, err
     console.width = max(console.width, 100)
     console.print(table)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        _write_json(args.json, report)
     return 0
+
+
+def _write_json(path: Path, report: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
 
 
 def _fmt(value: Any) -> str:
