@@ -88,11 +88,13 @@ def up_command(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGINT, _terminate)
     doc = up(spec)  # removes what it made if interrupted
-    mode = "remote" if doc["remote"] else "local (no remote mode)"
-    print(f"fleet {doc['id']}: {len(doc['devices'])} devices up in {doc['up_s']} s, {mode}, "
-          f"Hub at {doc['hub']['device_url']} in the fleet", flush=True)  # fmt: skip
-    print(f"fleet: Ctrl-C or `pvreal fleet down --storage {args.storage}` to stop", flush=True)
+    # from here on the fleet is up (fleet.json says so): a Ctrl-C, even one that comes while the
+    # lines below are printed, takes it down
     try:
+        mode = "remote" if doc["remote"] else "local (no remote mode)"
+        print(f"fleet {doc['id']}: {len(doc['devices'])} devices up in {doc['up_s']} s, {mode}, "
+              f"Hub at {doc['hub']['device_url']} in the fleet", flush=True)  # fmt: skip
+        print(f"fleet: Ctrl-C or `pvreal fleet down --storage {args.storage}` to stop", flush=True)
         while True:
             time.sleep(1)
             _reap()  # daemons killed by a fault, a restarted Hub: they were our children
