@@ -142,6 +142,18 @@ class ContainerNet:
     host_if: str
 
 
+def bridge_mac(owner: str) -> str:
+    """A fixed, locally administered unicast MAC address for the bridge `owner` makes.
+
+    A bridge created without one takes the lowest MAC of its ports, and changes it as ports join
+    and leave. Whoever learned the gateway's MAC before the change (the first container, the
+    first device of a fleet) keeps sending to the old one, and its connections can stall until
+    its neighbour entry is renewed: in `pvsim validate` a real device took a release 44-56 s late
+    (tests/test_bridge_mac.py)."""
+    digest = hashlib.sha256(owner.encode()).digest()
+    return ":".join(f"{b:02x}" for b in (0x02, *digest[:5]))
+
+
 def _short(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:8]
 
@@ -192,7 +204,7 @@ class DeviceNetwork:
             create_netns(self.device_netns)
         with self._device() as ns:
             if not ns.link_lookup(ifname=self.bridge):
-                ns.link("add", ifname=self.bridge, kind="bridge")
+                ns.link("add", ifname=self.bridge, kind="bridge", address=bridge_mac(self.prefix))
             index = ns.link_lookup(ifname=self.bridge)[0]
             self._bridge_index = index
             gw = self.pool.gateway

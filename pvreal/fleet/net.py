@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 
 from pyroute2 import NetlinkError, NetNS, netns
 
-from pvreal.netns import NETNS_DIR, create_netns
+from pvreal.netns import NETNS_DIR, bridge_mac, create_netns
 
 BRIDGE = "fbr0"
 DEVICE_IF = "eth0"
@@ -101,11 +101,11 @@ def in_netns(name: str, work: Callable[[], T]) -> T:
 
 
 def create_hub_side(plan: Plan) -> None:
-    """The fleet netns with its bridge holding the gateway address."""
+    """The fleet netns with its bridge holding the gateway address (its MAC fixed: bridge_mac)."""
 
     def configure(ns: Any) -> None:
         ns.link("set", index=1, state="up")  # lo
-        ns.link("add", ifname=BRIDGE, kind="bridge")
+        ns.link("add", ifname=BRIDGE, kind="bridge", address=bridge_mac(plan.fleet_id))
         bridge = ns.link_lookup(ifname=BRIDGE)[0]
         gw = plan.gateway
         ns.addr("add", index=bridge, address=str(gw.ip), prefixlen=gw.network.prefixlen)
