@@ -13,12 +13,13 @@ them time out (10 s) in 2 of 4 runs."""
 from __future__ import annotations
 
 import ipaddress
-import os
+import secrets
 import socket
 import threading
 import time
 
 import pytest
+from pyroute2 import NetNS
 from realkit import need_root
 
 from pvreal.fleet import net
@@ -37,7 +38,7 @@ def test_the_bridge_mac_is_a_fixed_locally_administered_unicast_address_per_owne
 
 
 def _mac_of(netns_name: str, ifname: str) -> str:
-    with net.NetNS(netns_name) as ns:
+    with NetNS(netns_name) as ns:
         return ns.get_links(ns.link_lookup(ifname=ifname)[0])[0].get_attr("IFLA_ADDRESS")
 
 
@@ -62,11 +63,11 @@ def _connect_s(plan: net.Plan, name: str, port: int, timeout: float) -> float:
 
 def test_the_first_device_keeps_reaching_the_gateway_while_fifteen_more_join():
     need_root()
-    plan = net.Plan(f"pft{os.getpid() % 100000:05d}", ipaddress.IPv4Network(net.DEFAULT_SUBNET))
+    plan = net.Plan(f"pft{secrets.token_hex(3)}", ipaddress.IPv4Network(net.DEFAULT_SUBNET))
     net.create_hub_side(plan)
+    gateway = str(plan.gateway.ip)
+    listener = net.in_netns(plan.hub_netns, lambda: socket.create_server((gateway, 0)))
     try:
-        gateway = str(plan.gateway.ip)
-        listener = net.in_netns(plan.hub_netns, lambda: socket.create_server((gateway, 0)))
         port = listener.getsockname()[1]
 
         def answer() -> None:
@@ -86,27 +87,31 @@ def test_the_first_device_keeps_reaching_the_gateway_while_fifteen_more_join():
         slow = []
         for index in range(1, 16):
             net.add_device(plan, f"d{index + 1:02d}", index)
-            assert _bridge_mac(plan) == expected, f"the bridge's MAC changed when d{index + 1:02d} joined"
+            assert _bridge_mac(plan) == expected, (
+                f"the bridge's MAC changed when d{index + 1:02d} joined"
+            )
             took = _connect_s(plan, "d01", port, timeout=3.0)
             if took >= 3.0:
                 slow.append((f"after d{index + 1:02d} joined", took))
         assert not slow, f"d01 could not reach the gateway in 3 s: {slow}"
-        listener.close()
     finally:
+        listener.close()
         for name in net.leftovers(plan.fleet_id):
             net.remove_netns(name)
 
 
 def test_a_devices_bridge_keeps_its_mac_while_containers_come_and_go():
     need_root()
-    device = DeviceNetwork(f"pvm{os.getpid() % 100000:05d}", "10.215.0.0/24")
+    device = DeviceNetwork(f"pvm{secrets.token_hex(3)}", "10.215.0.0/24")
     device.setup()
     try:
         expected = bridge_mac(device.prefix)
         assert _mac_of(device.device_netns, device.bridge) == expected
         for index in range(8):
             device.attach(f"c{index}")
-            assert _mac_of(device.device_netns, device.bridge) == expected, f"changed when c{index} joined"
+            assert _mac_of(device.device_netns, device.bridge) == expected, (
+                f"changed when c{index} joined"
+            )
         device.detach("c0")
         assert _mac_of(device.device_netns, device.bridge) == expected, "changed when c0 left"
     finally:
