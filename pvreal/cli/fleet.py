@@ -122,7 +122,7 @@ def _up_argv(args: argparse.Namespace) -> list[str]:
     if args.objects:
         argv += ["--objects", str(args.objects.resolve())]
     if args.token:
-        argv += ["--token", args.token]
+        argv += [f"--token={args.token}"]  # one word: a token may start with "-" (procs.remote_args)
     if args.hub_db:
         argv += ["--hub-db", str(args.hub_db.resolve())]
     for item in args.config:

@@ -132,8 +132,10 @@ def daemon_takes_hub() -> bool:
 
 
 def remote_args(hub_url: str, token: str) -> list[str]:
-    """The one place that knows the daemon's remote-mode flags."""
-    return ["--hub", hub_url, "--token", token]
+    """The one place that knows the daemon's remote-mode flags. `--token=T` in one word: a token
+    may start with "-" (one in 64 of the Hub's do), which argparse would take for an option,
+    and every device of the fleet would exit at once ("expected one argument")."""
+    return ["--hub", hub_url, f"--token={token}"]
 
 
 def _proc_table() -> dict[int, tuple[int, int, int]]:

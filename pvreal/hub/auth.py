@@ -46,7 +46,11 @@ def decoy_hash() -> str:
 
 
 def new_token() -> str:
-    return secrets.token_urlsafe(32)
+    """256 random bits, URL-safe, never starting with "-": a token is pasted after `--token` on
+    command lines, where argparse (and most option parsers) would take "-..." for an option."""
+    while (token := secrets.token_urlsafe(32)).startswith("-"):
+        pass
+    return token
 
 
 def token_hash(token: str) -> str:
